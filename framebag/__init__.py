@@ -1,0 +1,15 @@
+"""framebag: per-frame jobs on HDF5 detector data, on dask.
+
+Register per-frame functions on a :class:`Workflow`, then run it on a finished
+or live (SWMR) file, on a laptop or a batch cluster, with ``framebag run``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import FramebagError  # noqa: E402
+from .folds import Fold, histogram  # noqa: E402
+from .workflow import Workflow, load_workflow  # noqa: E402
+
+__all__ = ["Workflow", "Fold", "histogram", "FramebagError", "load_workflow", "__version__"]

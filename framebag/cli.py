@@ -1,0 +1,149 @@
+"""The command line: ``framebag run | simulate | inspect | profiles | ...``.
+
+Every user-facing failure is one sentence on stderr and a non-zero exit code;
+the traceback is shown only with ``--debug``. Each subcommand other than
+``run`` lives beside the stage it belongs to and registers itself through
+``COMMANDS`` below (a module exposing ``add_parser(subparsers)`` whose parser
+sets ``func``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .errors import FramebagError
+
+log = logging.getLogger("framebag")
+
+#: modules that add a subcommand each: ``add_parser(subparsers)``
+COMMANDS: list[str] = []
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FramebagError(f"--set {item!r}: expected name=value")
+        out[key.strip()] = value
+    return out
+
+
+def _parse_bytes(text: str) -> int:
+    units = {"": 1, "k": 2**10, "kib": 2**10, "m": 2**20, "mib": 2**20, "g": 2**30, "gib": 2**30,
+             "kb": 10**3, "mb": 10**6, "gb": 10**9}
+    t = text.strip().lower()
+    num = t.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = t[len(num):]
+    try:
+        if unit not in units:
+            raise ValueError
+        return int(float(num) * units[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 16MiB") from None
+
+
+def add_run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a workflow over an HDF5 file",
+                       description="Run WORKFLOW (a .py file or dotted module) over INPUT.")
+    p.add_argument("workflow", help="workflow file (.py) or importable module name")
+    p.add_argument("input", help="input HDF5 file (never written to)")
+    p.add_argument("-o", "--output", help="output HDF5 file (default: <stem>_<workflow>.h5)")
+    p.add_argument("--profile", help="cluster profile name or YAML file (default: local)")
+    p.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a function parameter (repeatable)")
+    p.add_argument("--data", help="data dataset path (overrides the workflow's)")
+    p.add_argument("--keys", action="append", help="key dataset path (repeatable)")
+    p.add_argument("--finished", help="finished-flag dataset path (overrides the workflow's)")
+    p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="with --follow: stop after this many seconds with no new frame")
+    p.add_argument("--latency", type=float, default=0.25,
+                   help="with --follow: send a partial partition after this many seconds")
+    p.add_argument("--partition-bytes", type=_parse_bytes, default="16MiB",
+                   help="target bytes of frames per partition (default 16MiB)")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="a failing frame stops the run (raise) or is recorded and left (skip)")
+    p.add_argument("--retries", type=int, default=2, help="retries of a failed partition")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .workflow import load_workflow
+
+    wf = load_workflow(args.workflow)
+    res = wf.run(
+        args.input, args.output, profile=args.profile, params=_parse_set(args.params),
+        data=args.data, keys=args.keys, finished=args.finished, follow=args.follow,
+        timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
+        overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
+        retries=args.retries,
+    )
+    s = res.stats
+    failed = f", {s['failed']} failed" if s["failed"] else ""
+    rate = s["processed"] / s["wall"] if s["wall"] > 0 else 0.0
+    print(f"framebag: {s['processed']} frames processed{failed} in {s['wall']:.2f} s "
+          f"({rate:.0f} frames/s), {s['done']}/{res.done.size} done; output {res.output}",
+          file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="framebag", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"framebag {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    add_run_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(name, __package__).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``framebag`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    level = logging.DEBUG if args.debug else (logging.INFO if args.verbose else logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    log.setLevel(level)
+    # dask's own start-up and shutdown chatter is noise on a normal run; the variable is
+    # read when distributed is first imported, here and in every worker process we start
+    noisy = "debug" if args.debug else ("info" if args.verbose > 1 else "error")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", noisy)
+    try:
+        return int(args.func(args) or 0)
+    except FramebagError as exc:
+        if debug:
+            raise
+        print(f"framebag: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("framebag: interrupted; the output keeps what was done: "
+              "run the same command with --resume to continue", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"framebag: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

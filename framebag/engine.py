@@ -1,0 +1,341 @@
+"""The run: a dask bag over partitions, partials streamed back and combined, the live loop.
+
+One loop serves finished and live files alike::
+
+    poll keys -> Dispatcher.due() -> runs -> dask.bag (one partition per run)
+      -> map_partitions(process_partition) on the workers -> futures
+      -> as they complete: combine into the accumulators -> OutputFile.commit()
+
+A finished file is polled once and every run is flushed at once; a live file
+is polled every ``poll_interval`` until the finished flag, a full scan or the
+inactivity ``timeout``. Futures are gathered as they complete (never one
+blocking ``compute``), so results reach the output while the rest runs, and a
+partition's partial is combined exactly once (distributed may recompute a lost
+partition, but its future resolves once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.bag as db
+import numpy as np
+
+from . import __version__, hdf5
+from .errors import FramebagError
+from .keys import DataInfo, KeyFollower
+from .output import OutputFile, Schema, default_output_path
+from .partitions import DEFAULT_PARTITION_BYTES, Dispatcher, chunk_run, partition_size
+from .reading import read_run
+from .workflow import FrameError, Partial, Workflow
+
+__all__ = ["run", "Results", "RunSpec", "process_partition"]
+
+log = logging.getLogger("framebag")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything a worker needs to process a partition; shipped once per dispatch."""
+
+    data: DataInfo
+    workflow: Workflow
+    params: dict[str, Any]
+    on_error: str
+    live: bool
+
+
+def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
+    """Runs on a worker: read each run as slabs, apply every function, fold."""
+    d = spec.data
+    out = []
+    for start, stop in runs:
+        frames = read_run(d.path, d.name, start, stop, d.scan_shape, d.frame_shape, d.dtype,
+                          refresh=spec.live)
+        out.append(spec.workflow.apply(frames, start, d.scan_shape, spec.params, spec.on_error))
+    return out
+
+
+class Results(dict):
+    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``."""
+
+    done: np.ndarray
+    output: Path
+    errors: list[tuple[tuple[int, ...], str, str]]
+    stats: dict[str, Any]
+
+
+def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
+        *, client: Any = None, profile: str | None = None,
+        params: Mapping[str, Any] | None = None, data: str | None = None,
+        keys: list[str] | None = None, finished: str | None = None, follow: bool = False,
+        timeout: float = 60.0, poll_interval: float = 0.05, latency: float = 0.25,
+        partition_bytes: int = DEFAULT_PARTITION_BYTES, overwrite: bool = False,
+        resume: bool = False, on_error: str = "raise", retries: int = 2,
+        progress: Callable[[dict[str, Any]], None] | None = None) -> Results:
+    """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
+
+    Validates everything it can (parameters, datasets, output path) before any
+    cluster starts, so bad input fails in well under a second.
+    """
+    if on_error not in ("raise", "skip"):
+        raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+    if partition_bytes <= 0:
+        raise FramebagError(f"--partition-bytes must be positive, got {partition_bytes}")
+    resolved = workflow.resolve_params(params)
+    input_path = Path(input).resolve()
+    data = data or workflow.data
+    keys = list(keys or workflow.keys)
+    finished_required = bool(finished)
+    finished = (finished or workflow.finished) if follow else None
+    out_path = Path(output) if output else default_output_path(input_path, workflow.name)
+    OutputFile.check_target(out_path, overwrite, resume)
+    follower = KeyFollower(input_path, data, keys, finished, live=follow,
+                           finished_required=finished_required)
+    first = follower.poll().ravel()
+    if not follow and not first.any():
+        raise FramebagError(
+            f"no frame of {str(input_path)!r} is complete: key datasets {', '.join(keys)} are "
+            "zero everywhere (use --follow to wait for a live scan)"
+        )
+    provenance = {
+        "framebag_version": __version__,
+        "workflow": workflow.name,
+        "workflow_hash": workflow.source,
+        "parameters": resolved,
+        "input_file": str(input_path),
+        "data": data,
+        "keys": keys,
+        "finished": finished or "",
+    }
+    job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
+               timeout=timeout, poll_interval=poll_interval, latency=latency,
+               partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
+               on_error=on_error, retries=retries, progress=progress)
+    if client is not None:
+        return job.run(client)
+    from .profiles import start_client
+
+    with start_client(profile) as own_client:
+        return job.run(own_client)
+
+
+class _Job:
+    def __init__(self, workflow: Workflow, follower: KeyFollower, out_path: Path,
+                 params: dict[str, Any], provenance: dict[str, Any], **opts: Any) -> None:
+        self.wf = workflow
+        self.follower = follower
+        self.info = follower.data
+        self.out_path = out_path
+        self.params = params
+        self.provenance = provenance
+        self.o = opts
+        self.out: OutputFile | None = None
+        self.accs: dict[str, Any] = {}
+        self.errors: list[tuple[int, str, str]] = []
+        self.ended_by = ""
+
+    # setting up ------------------------------------------------------------------
+
+    def _probe_schema(self, complete: np.ndarray) -> Schema:
+        """Run every function on a complete frame, on the driver, to learn result shapes."""
+        d = self.info
+        last: Exception | None = None
+        for i in np.flatnonzero(complete)[:20]:
+            frames = read_run(d.path, d.name, int(i), int(i) + 1, d.scan_shape, d.frame_shape,
+                              d.dtype, refresh=self.follower.live)
+            try:
+                p = self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
+            except FrameError as exc:
+                if self.o["on_error"] != "skip":
+                    raise
+                last = exc
+                continue
+            schema = Schema()
+            for name, fn in self.wf.functions.items():
+                if fn.fold.is_stack:
+                    v = p.stacks[name]
+                    schema[name] = (True, v.shape[1:], v.dtype)
+                else:
+                    v = np.asarray(fn.fold.finalize(p.accs[name]))
+                    if v.dtype.kind not in "biufc":
+                        raise FramebagError(
+                            f"fold {fn.fold.name!r} of function {name!r} finalizes to "
+                            f"{type(v).__name__} of dtype {v.dtype}; it must give a numeric array"
+                        )
+                    schema[name] = (False, v.shape, v.dtype)
+            return schema
+        raise FramebagError(f"every frame tried failed; the last: {last}")
+
+    def _open_output(self, complete: np.ndarray) -> None:
+        if self.o["resume"]:
+            self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance)
+        else:
+            schema = self._probe_schema(complete)
+            if self.o["overwrite"] and self.out_path.exists():
+                self.out_path.unlink()
+            self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
+                                         schema, self.provenance)
+        for name, fn in self.wf.functions.items():
+            if not fn.fold.is_stack:
+                self.accs.setdefault(name, fn.fold.initial())
+
+    # the loop ----------------------------------------------------------------------
+
+    def run(self, client: Any) -> Results:
+        from distributed import wait
+
+        t0 = time.monotonic()
+        o = self.o
+        follow = o["follow"]
+        nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        complete = self.follower.poll().ravel()
+        nframes = complete.size
+        size = partition_size(
+            self.info.frame_nbytes, o["partition_bytes"],
+            chunk_run(self.info.scan_shape, self.info.chunks),
+            None if follow else int(complete.sum()), 2 * nworkers,
+        )
+        dispatcher = Dispatcher(nframes, size, o["latency"])
+        inflight: dict[Any, tuple[int, int]] = {}
+        spec_key = None
+        processed = 0
+        last_new = time.monotonic()
+        seen = int(complete.sum())
+        final_poll = not follow
+        status = "failed"
+        try:
+            while True:
+                now = time.monotonic()
+                if self.out is None and complete.any():
+                    self._open_output(complete)
+                    dispatcher.mark(np.flatnonzero(self.out.done))
+                    processed = int(self.out.done.sum())
+                if self.out is not None:
+                    runs = dispatcher.due(complete, now, flush=final_poll)
+                    if runs:
+                        if spec_key is None:
+                            spec_key = dask.delayed(RunSpec(
+                                self.info, self.wf, self.params, o["on_error"], follow),
+                                pure=True)
+                        bag = db.from_sequence(runs, partition_size=1)
+                        bag = bag.map_partitions(process_partition, spec_key)
+                        futures = client.compute(bag.to_delayed(), retries=o["retries"])
+                        inflight.update(zip(futures, runs))
+                finished_now = [f for f in inflight if f.done()]
+                if finished_now:
+                    processed += self._combine(client, finished_now, inflight)
+                if o["progress"]:
+                    o["progress"]({"processed": processed, "complete": int(complete.sum()),
+                                   "total": nframes, "inflight": len(inflight)})
+                if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
+                    break
+                if follow and not final_poll:
+                    ended = self._should_end(complete, last_new)
+                    if ended:
+                        self.ended_by = ended
+                        final_poll = True  # one more poll: the last keys can land just before
+                    fresh = self.follower.poll().ravel()
+                    if int(fresh.sum()) > seen:
+                        seen = int(fresh.sum())
+                        last_new = time.monotonic()
+                    complete = fresh
+                if inflight and not finished_now:
+                    try:
+                        wait(list(inflight), timeout=o["poll_interval"],
+                             return_when="FIRST_COMPLETED")
+                    except TimeoutError:
+                        pass
+                elif not inflight and follow and not final_poll:
+                    time.sleep(o["poll_interval"])
+            status = "complete"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            for f in inflight:
+                f.cancel()
+            self._cleanup(client, status)
+        if not self.ended_by:
+            self.ended_by = "every complete frame processed" if not follow else "scan complete"
+        return self._results(time.monotonic() - t0, processed)
+
+    def _should_end(self, complete: np.ndarray, last_new: float) -> str:
+        if complete.all():
+            return "every frame of the scan is complete"
+        if self.follower.finished():
+            return f"finished flag {self.follower.finished_name!r} set"
+        if time.monotonic() - last_new > self.o["timeout"]:
+            return f"no new complete frame for {self.o['timeout']:g} s (timeout)"
+        return ""
+
+    def _combine(self, client: Any, finished: list[Any], inflight: dict[Any, tuple[int, int]]
+                 ) -> int:
+        failed = [f for f in finished if f.status != "finished"]
+        if failed:
+            f = failed[0]
+            start, stop = inflight[f]
+            exc = f.exception() if f.status == "error" else None
+            if isinstance(exc, FramebagError):
+                raise FramebagError(str(exc)) from exc
+            where = [tuple(int(x) for x in np.unravel_index(i, self.info.scan_shape))
+                     for i in (start, stop - 1)]
+            raise FramebagError(
+                f"partition of frames {where[0]}..{where[1]} failed after "
+                f"{self.o['retries']} retries: {type(exc).__name__}: {exc}; "
+                "the rest is kept, resume with --resume"
+            ) from exc
+        partials: list[Partial] = [p for batch in client.gather(finished) for p in batch]
+        for f in finished:
+            del inflight[f]
+        newly = []
+        for p in partials:
+            for name, values in p.stacks.items():
+                self.out.write_stack(name, p.start, p.stop, values)
+            for name, acc in p.accs.items():
+                self.accs[name] = self.wf.functions[name].fold.combine(self.accs[name], acc)
+            newly.append(np.arange(p.start, p.stop)[p.done])
+            self.errors.extend(p.errors)
+        results = {}
+        for name, acc in self.accs.items():
+            if acc is not None:
+                results[name] = self.wf.functions[name].fold.finalize(acc)
+        newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
+        self.out.commit(newly_done, results, self.accs, [e for p in partials for e in p.errors])
+        return int(newly_done.size)
+
+    def _cleanup(self, client: Any, status: str) -> None:
+        try:
+            client.run(hdf5.close, self.info.path)
+        except Exception:  # noqa: BLE001 - workers may be gone already
+            log.debug("could not close input handles on the workers", exc_info=True)
+        hdf5.close(self.info.path)
+        if self.out is not None:
+            self.out.close(status, ended_by=self.ended_by or status)
+
+    def _results(self, wall: float, processed: int) -> Results:
+        import h5py
+
+        res = Results()
+        with h5py.File(self.out_path, "r") as f:
+            g = f[f"entry/{self.wf.name}"]
+            for name in self.wf.functions:
+                res[name] = g[name][()]
+            res.done = g["done"][()].astype(bool)
+            errs = g["errors"][()]
+        res.output = self.out_path
+        res.errors = [
+            (tuple(int(x) for x in np.unravel_index(int(e["flat"]), self.info.scan_shape)),
+             e["function"].decode(), e["message"].decode("utf-8", "replace")) for e in errs
+        ]
+        res.stats = {"processed": processed, "failed": len(self.errors), "wall": wall,
+                     "done": int(res.done.sum()), "ended_by": self.ended_by}
+        return res
+

@@ -1,0 +1,13 @@
+"""The one exception type users see as a one-line message instead of a traceback."""
+
+from __future__ import annotations
+
+
+class FramebagError(Exception):
+    """Bad input or a failed run, explained in one sentence naming the culprit.
+
+    The CLI prints it on stderr with a non-zero exit and no traceback (unless
+    ``--debug``); the Python API raises it as is.
+    """
+
+    exit_code = 2

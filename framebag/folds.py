@@ -1,0 +1,244 @@
+"""Folds: how the per-frame values of one function become one result.
+
+Every fold is a monoid, as in ``dask.bag.Bag.fold``:
+
+* ``initial()`` makes a fresh, empty accumulator. It is *called* once per
+  partition, so a mutable accumulator is never shared between partitions.
+* ``binop(acc, value)`` adds one frame's value inside a partition.
+* ``combine(a, b)`` merges two partition accumulators, in any order.
+* ``finalize(acc)`` turns an accumulator into the array written to the output.
+
+``binop_many(acc, values)`` is optional: it adds a whole stack of values
+(leading axis = frames) at once, for batched functions and vectorised folds.
+
+``stack`` is the default and is special: it keeps one value per frame, placed by
+the driver at the frame's scan index, so its accumulator never crosses the wire
+as anything but the stacked values of one partition.
+
+The accumulator ``None`` means "no frame yet" for every built-in fold, so the
+value's shape and dtype come from the first frame and need not be declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Fold", "stack", "histogram", "resolve", "BUILTIN"]
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A monoid over per-frame values. ``initial`` must be a callable."""
+
+    name: str
+    initial: Callable[[], Any]
+    binop: Callable[[Any, Any], Any]
+    combine: Callable[[Any, Any], Any]
+    finalize: Callable[[Any], Any] = field(default=lambda acc: acc)
+    binop_many: Callable[[Any, Any], Any] | None = None
+    is_stack: bool = False
+
+    def __post_init__(self) -> None:
+        if not callable(self.initial):
+            raise TypeError(
+                f"fold {self.name!r}: initial must be a callable that returns a fresh "
+                f"accumulator (got {type(self.initial).__name__}); a shared mutable "
+                "initial would be reused by every partition"
+            )
+        for part in ("binop", "combine", "finalize"):
+            if not callable(getattr(self, part)):
+                raise TypeError(f"fold {self.name!r}: {part} must be callable")
+
+    def add_many(self, acc: Any, values: Any) -> Any:
+        """Fold a stack of values (one per frame along axis 0) into ``acc``."""
+        if self.binop_many is not None:
+            return self.binop_many(acc, values)
+        for v in values:
+            acc = self.binop(acc, v)
+        return acc
+
+
+def _none() -> None:
+    return None
+
+
+def _accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a sum is carried in: wide enough that frames do not overflow."""
+    if dtype.kind == "b":
+        return np.dtype(np.int64)
+    if dtype.kind == "u":
+        return np.dtype(np.uint64)
+    if dtype.kind == "i":
+        return np.dtype(np.int64)
+    if dtype.kind == "c":
+        return np.dtype(np.complex128)
+    return np.dtype(np.float64)
+
+
+def _merge(ufunc: np.ufunc) -> Callable[[Any, Any], Any]:
+    def merge(a: Any, b: Any) -> Any:
+        if a is None:
+            return None if b is None else np.array(b, copy=True)
+        if b is None:
+            return a
+        return ufunc(a, b)
+
+    return merge
+
+
+def _merge_many(reduce: Callable[..., Any], ufunc: np.ufunc) -> Callable[[Any, Any], Any]:
+    def merge_many(acc: Any, values: Any) -> Any:
+        values = np.asarray(values)
+        if len(values) == 0:
+            return acc
+        part = reduce(values, axis=0)
+        return part if acc is None else ufunc(acc, part)
+
+    return merge_many
+
+
+# sum ---------------------------------------------------------------------------
+
+
+def _sum_binop(acc: Any, v: Any) -> Any:
+    v = np.asarray(v)
+    if acc is None:
+        return v.astype(_accumulator_dtype(v.dtype), copy=True)
+    acc += v
+    return acc
+
+
+def _sum_many(acc: Any, values: Any) -> Any:
+    values = np.asarray(values)
+    if len(values) == 0:
+        return acc
+    part = values.sum(axis=0, dtype=_accumulator_dtype(values.dtype))
+    return part if acc is None else acc + part
+
+
+# mean, var, std: accumulator (n, mean, M2) merged with Chan et al.'s formula ----
+
+
+def _moments_of(values: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    mean = values.mean(axis=0)
+    m2 = ((values - mean) ** 2).sum(axis=0)
+    return n, mean, m2
+
+
+def _moments_combine(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    na, ma, m2a = a
+    nb, mb, m2b = b
+    n = na + nb
+    delta = mb - ma
+    mean = ma + delta * (nb / n)
+    m2 = m2a + m2b + delta**2 * (na * nb / n)
+    return n, mean, m2
+
+
+def _moments_binop(acc: Any, v: Any) -> Any:
+    v = np.asarray(v, dtype=np.float64)
+    if acc is None:
+        return 1, v.copy(), np.zeros_like(v)
+    n, mean, m2 = acc
+    n += 1
+    delta = v - mean
+    mean = mean + delta / n
+    m2 = m2 + delta * (v - mean)
+    return n, mean, m2
+
+
+def _moments_many(acc: Any, values: Any) -> Any:
+    if len(values) == 0:
+        return acc
+    return _moments_combine(acc, _moments_of(values))
+
+
+def _var(acc: Any) -> Any:
+    n, _, m2 = acc
+    return m2 / n
+
+
+def _moments_fold(name: str, finalize: Callable[[Any], Any]) -> Fold:
+    return Fold(name, _none, _moments_binop, _moments_combine, finalize, _moments_many)
+
+
+def _stack_unused(acc: Any, v: Any) -> Any:
+    raise RuntimeError("stack values are placed by the engine, not folded")
+
+
+def stack() -> Fold:
+    """One value per frame, gathered into ``scan_shape + value_shape``."""
+    return Fold("stack", _none, _stack_unused, _stack_unused, is_stack=True)
+
+
+def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # noqa: A002
+    """Counts of all values of every frame in fixed bins (``np.histogram`` edges)."""
+    edges = np.histogram_bin_edges([], bins=bins, range=range) if np.ndim(bins) == 0 else bins
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError("histogram bins must be a count with a range, or increasing edges")
+
+    def counts(values: Any) -> np.ndarray:
+        return np.histogram(np.asarray(values), bins=edges)[0].astype(np.int64)
+
+    def binop(acc: Any, v: Any) -> Any:
+        c = counts(v)
+        return c if acc is None else acc + c
+
+    def combine(a: Any, b: Any) -> Any:
+        if a is None:
+            return b
+        if b is None:
+            return a
+        return a + b
+
+    return Fold("histogram", _none, binop, combine, binop_many=binop)
+
+
+BUILTIN: dict[str, Callable[[], Fold]] = {
+    "stack": stack,
+    "sum": lambda: Fold("sum", _none, _sum_binop, _merge(np.add), binop_many=_sum_many),
+    "mean": lambda: _moments_fold("mean", lambda acc: acc[1]),
+    "var": lambda: _moments_fold("var", _var),
+    "std": lambda: _moments_fold("std", lambda acc: np.sqrt(_var(acc))),
+    "min": lambda: Fold(
+        "min",
+        _none,
+        _merge(np.minimum),
+        _merge(np.minimum),
+        binop_many=_merge_many(np.min, np.minimum),
+    ),
+    "max": lambda: Fold(
+        "max",
+        _none,
+        _merge(np.maximum),
+        _merge(np.maximum),
+        binop_many=_merge_many(np.max, np.maximum),
+    ),
+}
+
+
+def resolve(spec: str | Fold | None, **options: Any) -> Fold:
+    """Turn a decorator's ``fold=`` argument into a :class:`Fold`."""
+    if spec is None:
+        return stack()
+    if isinstance(spec, Fold):
+        return spec
+    if spec == "histogram":
+        if "bins" not in options:
+            raise ValueError("fold='histogram' needs bins=..., e.g. bins=64, range=(0, 1000)")
+        return histogram(options["bins"], options.get("range"))
+    if isinstance(spec, str) and spec in BUILTIN:
+        return BUILTIN[spec]()
+    names = ", ".join([*BUILTIN, "histogram"])
+    raise ValueError(f"unknown fold {spec!r}; built-in folds are {names}, or pass a Fold")

@@ -1,0 +1,91 @@
+"""One open handle per input file and dataset, per process.
+
+Two handles to one dataset in one process return wrong data after ``refresh()``
+(h5py 3.16 / HDF5 2.0), so every reader in a process -- the driver's key
+follower and a worker's slab reads alike -- goes through this cache. Files are
+opened read-only with ``swmr=True``: that reads finished files, live SWMR files
+and files left flagged "open for write" by a crashed writer alike. The input is
+never opened for writing.
+
+A file replaced at the same path (new inode) is reopened, not served stale.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import h5py
+
+from .errors import FramebagError
+
+_lock = threading.RLock()
+_files: dict[str, tuple[tuple[int, int], h5py.File]] = {}
+_datasets: dict[tuple[str, str], h5py.Dataset] = {}
+
+
+def _identity(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def open_file(path: str) -> h5py.File:
+    """The process's read-only handle on ``path``, opened on first use."""
+    path = os.path.abspath(path)
+    with _lock:
+        try:
+            ident = _identity(path)
+        except FileNotFoundError:
+            raise FramebagError(f"input file {path!r} does not exist") from None
+        cached = _files.get(path)
+        if cached is not None and cached[0] == ident and cached[1].id.valid:
+            return cached[1]
+        if cached is not None:
+            close(path)
+        if not h5py.is_hdf5(path):
+            raise FramebagError(f"input file {path!r} is not an HDF5 file")
+        try:
+            f = h5py.File(path, "r", swmr=True)
+        except OSError as exc:
+            raise FramebagError(f"cannot open input file {path!r}: {exc}") from exc
+        _files[path] = (ident, f)
+        return f
+
+
+def dataset(path: str, name: str) -> h5py.Dataset:
+    """The process's one handle on dataset ``name`` in ``path``."""
+    path = os.path.abspath(path)
+    with _lock:
+        f = open_file(path)
+        ds = _datasets.get((path, name))
+        if ds is not None and ds.id.valid:
+            return ds
+        obj = f.get(name)
+        if obj is None:
+            raise FramebagError(
+                f"dataset {name!r} is not in input file {path!r} "
+                f"(datasets there: {', '.join(list_datasets(f)[:12]) or 'none'})"
+            )
+        if not isinstance(obj, h5py.Dataset):
+            raise FramebagError(f"{name!r} in input file {path!r} is a group, not a dataset")
+        _datasets[(path, name)] = obj
+        return obj
+
+
+def list_datasets(f: h5py.File) -> list[str]:
+    """Every dataset path in ``f``, in visiting order."""
+    names: list[str] = []
+    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def close(path: str | None = None) -> None:
+    """Close the handles on ``path`` (or on every file) held by this process."""
+    with _lock:
+        paths = [os.path.abspath(path)] if path else list(_files)
+        for p in paths:
+            for key in [k for k in _datasets if k[0] == p]:
+                del _datasets[key]
+            entry = _files.pop(p, None)
+            if entry is not None and entry[1].id.valid:
+                entry[1].close()

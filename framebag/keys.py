@@ -1,0 +1,157 @@
+"""Following completed keys: which frames of the scan are complete.
+
+A frame is complete when every key dataset is non-zero (and not NaN) at its
+scan index, in any order. The scan rank is the key rank less any trailing
+length-1 dims; every data dim after the scan dims is a frame dim.
+
+The scan shape is taken from the datasets' ``maxshape`` where it is known, so a
+preallocated live file is indexed by its final shape; an unlimited dim uses the
+current extent and grows as the writer extends it.
+
+Every poll is one vectorised read of each whole key dataset (after
+``refresh()`` when following a live file); there is no Python loop per index.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import hdf5
+from .errors import FramebagError
+
+__all__ = ["DataInfo", "KeyFollower"]
+
+log = logging.getLogger("framebag")
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the rest of the flow needs to know about the data dataset."""
+
+    path: str
+    name: str
+    scan_shape: tuple[int, ...]
+    frame_shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+    compression: str | None
+
+    @property
+    def frame_nbytes(self) -> int:
+        return int(np.prod(self.frame_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def nframes(self) -> int:
+        return int(np.prod(self.scan_shape, dtype=np.int64))
+
+
+def _extent(ds, rank: int) -> tuple[int, ...]:
+    """Per dim: the maxshape where known, else the current extent."""
+    maxshape = ds.maxshape or ds.shape
+    return tuple(int(m) if m is not None else int(s)
+                 for m, s in zip(maxshape[:rank], ds.shape[:rank]))
+
+
+def _scan_rank(shape: tuple[int, ...]) -> int:
+    rank = len(shape)
+    while rank > 1 and shape[rank - 1] == 1:
+        rank -= 1
+    return rank
+
+
+class KeyFollower:
+    """Reads the key datasets of one input file and says which frames are complete.
+
+    ``live=True`` refreshes every dataset before each read (SWMR following).
+    """
+
+    def __init__(self, path: str | os.PathLike, data: str, keys: list[str],
+                 finished: str | None = None, *, live: bool = False,
+                 finished_required: bool = True) -> None:
+        if not keys:
+            raise FramebagError("no key dataset given: set keys= on the Workflow or pass --keys")
+        if not data:
+            raise FramebagError("no data dataset given: set data= on the Workflow or pass --data")
+        self.path = os.path.abspath(os.fspath(path))
+        self.live = live
+        self._keys = [hdf5.dataset(self.path, k) for k in keys]
+        self._key_names = list(keys)
+        if finished and not finished_required and finished not in hdf5.open_file(self.path):
+            log.warning("finished flag %r is not in %r; the run ends when the scan is full "
+                        "or on the timeout", finished, self.path)
+            finished = None
+        self._finished = hdf5.dataset(self.path, finished) if finished else None
+        self._finished_name = finished
+        ranks = {_scan_rank(k.maxshape or k.shape) for k in self._keys}
+        shapes = {k.name: _extent(k, _scan_rank(k.maxshape or k.shape)) for k in self._keys}
+        if len(set(shapes.values())) > 1 or len(ranks) > 1:
+            listed = "; ".join(f"{n} {s}" for n, s in shapes.items())
+            raise FramebagError(f"key datasets in {self.path!r} disagree on the scan shape: {listed}")
+        for k in self._keys:
+            if k.dtype.kind not in "biuf":
+                raise FramebagError(
+                    f"key dataset {k.name!r} in {self.path!r} has dtype {k.dtype}; "
+                    "keys must be numeric"
+                )
+        self.scan_rank = ranks.pop()
+        self.data = self._describe_data(data)
+        self.scan_shape = self.data.scan_shape
+
+    def _describe_data(self, name: str) -> DataInfo:
+        d = hdf5.dataset(self.path, name)
+        key_scan = _extent(self._keys[0], self.scan_rank)
+        if d.ndim < self.scan_rank:
+            raise FramebagError(
+                f"data dataset {name!r} in {self.path!r} has rank {d.ndim}, less than the "
+                f"scan rank {self.scan_rank} of key dataset {self._key_names[0]!r}"
+            )
+        data_scan = _extent(d, self.scan_rank)
+        if data_scan != key_scan:
+            raise FramebagError(
+                f"key dataset {self._key_names[0]!r} has scan shape {key_scan} but data dataset "
+                f"{name!r} has scan shape {data_scan} in {self.path!r}"
+            )
+        frame_shape = tuple(int(s) for s in d.shape[self.scan_rank:])
+        return DataInfo(self.path, name, key_scan, frame_shape, d.dtype, d.chunks,
+                        d.compression)
+
+    def poll(self) -> np.ndarray:
+        """A scan-shaped bool mask of the frames complete now."""
+        mask = np.ones(self.scan_shape, dtype=bool)
+        for k in self._keys:
+            if self.live:
+                k.refresh()
+            arr = k[()]
+            arr = arr.reshape(arr.shape[: self.scan_rank]) if arr.ndim > self.scan_rank else arr
+            ok = arr != 0
+            if arr.dtype.kind == "f":
+                ok &= ~np.isnan(arr)
+            if ok.shape == self.scan_shape:
+                mask &= ok
+            else:  # a growing dataset: frames beyond its extent are not complete yet
+                region = tuple(slice(0, min(a, b)) for a, b in zip(ok.shape, self.scan_shape))
+                part = np.zeros(self.scan_shape, dtype=bool)
+                part[region] = ok[region]
+                mask &= part
+        return mask
+
+    def finished(self) -> bool:
+        """True once the scalar (or 1-element) finished flag is non-zero."""
+        if self._finished is None:
+            return False
+        if self.live:
+            self._finished.refresh()
+        value = np.asarray(self._finished[()])
+        return bool(value.size and np.any(value != 0))
+
+    @property
+    def key_names(self) -> list[str]:
+        return list(self._key_names)
+
+    @property
+    def finished_name(self) -> str | None:
+        return self._finished_name

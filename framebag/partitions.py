@@ -1,0 +1,157 @@
+"""Grouping completed flat indices into partitions: contiguous, chunk-aligned runs.
+
+A partition is a half-open run ``[start, stop)`` of flat scan indices. All runs
+lie on one grid of blocks of ``size`` frames, where ``size`` comes from a byte
+target and is a multiple (or an even divisor) of the data's chunk run along the
+scan dims, so one read serves many frames and no chunk is read by two
+partitions. Because the grid is fixed, a live run that dispatches part of a
+block early sends the rest of that block later as another run of the same block.
+
+dask.bag's own partitioning (``npartitions=``) is approximate and knows nothing
+of HDF5 chunks, which is why the runs are built here and handed to the bag one
+per partition.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_PARTITION_BYTES",
+    "chunk_run",
+    "partition_size",
+    "cut",
+    "blocks",
+    "Dispatcher",
+]
+
+DEFAULT_PARTITION_BYTES = 16 * 2**20
+MAX_PARTITION_FRAMES = 65536
+
+Run = tuple[int, int]
+
+
+def chunk_run(scan_shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> int:
+    """How many consecutive flat indices one chunk covers along the scan dims.
+
+    For scan ``(ny, nx)`` and chunks ``(2, nx, ...)`` that is ``2 * nx``; for chunks
+    ``(1, 10, ...)`` it is 10 (chunk rows of 10 within a scan row).
+    """
+    if not chunks:
+        return 1
+    c = chunks[: len(scan_shape)]
+    k = len(scan_shape) - 1
+    while k > 0 and c[k] == scan_shape[k]:
+        k -= 1
+    return int(c[k]) * int(np.prod(scan_shape[k + 1 :], dtype=np.int64))
+
+
+def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
+                   nframes: int | None = None, min_partitions: int = 1) -> int:
+    """Frames per partition: about ``target_bytes`` of frames, aligned to ``chunk``.
+
+    With ``nframes`` and ``min_partitions``, it is also small enough that the scan
+    splits into at least that many partitions (to keep every worker busy).
+    """
+    if target_bytes <= 0:
+        raise ValueError(f"partition target must be positive bytes, got {target_bytes}")
+    n = max(1, target_bytes // max(1, frame_nbytes))
+    if nframes and min_partitions > 1:
+        n = min(n, max(1, math.ceil(nframes / min_partitions)))
+    n = min(n, MAX_PARTITION_FRAMES)
+    if n >= chunk:
+        return (n // chunk) * chunk
+    return max(d for d in range(1, n + 1) if chunk % d == 0)
+
+
+def cut(flat: np.ndarray, size: int) -> list[Run]:
+    """Split sorted flat indices into runs that are contiguous and within one block."""
+    flat = np.asarray(flat, dtype=np.int64)
+    if flat.size == 0:
+        return []
+    breaks = np.flatnonzero((np.diff(flat) != 1) | (flat[1:] % size == 0)) + 1
+    starts = flat[np.r_[0, breaks]]
+    stops = flat[np.r_[breaks - 1, flat.size - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+def blocks(start: int, stop: int, shape: tuple[int, ...]) -> Iterator[tuple[tuple[slice, ...], int]]:
+    """Decompose the flat run ``[start, stop)`` of ``shape`` into rectangular hyperslabs.
+
+    Yields ``(selection, count)`` in flat order; at most ``2 * rank - 1`` slabs.
+    """
+    if len(shape) == 1:
+        yield (slice(start, stop),), stop - start
+        return
+    inner = int(np.prod(shape[1:], dtype=np.int64))
+    r0, o0 = divmod(start, inner)
+    r1, o1 = divmod(stop, inner)
+    if r0 == r1:
+        for sel, n in blocks(o0, o1, shape[1:]):
+            yield (slice(r0, r0 + 1), *sel), n
+        return
+    if o0:
+        for sel, n in blocks(o0, inner, shape[1:]):
+            yield (slice(r0, r0 + 1), *sel), n
+        r0 += 1
+    if r1 > r0:
+        yield (slice(r0, r1), *(slice(0, s) for s in shape[1:])), (r1 - r0) * inner
+    if o1:
+        for sel, n in blocks(0, o1, shape[1:]):
+            yield (slice(r1, r1 + 1), *sel), n
+
+
+def selection_shape(sel: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(s.stop - s.start for s in sel)
+
+
+class Dispatcher:
+    """Decides which completed frames go out as partitions, and when.
+
+    A run that fills its block goes at once; a partial run goes once its oldest
+    frame has waited ``latency`` seconds, or at once when ``flush`` is asked for.
+    Every frame is handed out exactly once.
+    """
+
+    def __init__(self, nframes: int, size: int, latency: float = 0.25) -> None:
+        self.size = size
+        self.latency = latency
+        self.dispatched = np.zeros(nframes, dtype=bool)
+        self._since = np.full(nframes, np.inf)
+
+    def mark(self, flat: np.ndarray) -> None:
+        """Record frames as already handled (a resumed run's done frames)."""
+        self.dispatched[flat] = True
+
+    def grow(self, nframes: int) -> None:
+        """Extend to a larger scan (a growing live file)."""
+        extra = nframes - len(self.dispatched)
+        if extra > 0:
+            self.dispatched = np.r_[self.dispatched, np.zeros(extra, dtype=bool)]
+            self._since = np.r_[self._since, np.full(extra, np.inf)]
+
+    def due(self, complete: np.ndarray, now: float, flush: bool = False) -> list[Run]:
+        """The runs to dispatch now, given the flat bool mask of complete frames."""
+        new = complete & ~self.dispatched
+        idx = np.flatnonzero(new)
+        if idx.size == 0:
+            return []
+        fresh = idx[np.isinf(self._since[idx])]
+        self._since[fresh] = now
+        out: list[Run] = []
+        n = len(self.dispatched)
+        for a, b in cut(idx, self.size):
+            if not flush:
+                b0 = (a // self.size) * self.size
+                b1 = min(b0 + self.size, n)
+                covered = b - a == b1 - b0 or bool(
+                    (self.dispatched[b0:b1] | complete[b0:b1]).all()
+                )
+                if not covered and self._since[a:b].min() + self.latency > now:
+                    continue
+            out.append((a, b))
+            self.dispatched[a:b] = True
+        return out

@@ -1,0 +1,413 @@
+"""Workflow: the registry of per-frame functions, their folds and parameters.
+
+A workflow module creates one :class:`Workflow` and registers functions on it::
+
+    workflow = Workflow("frame_sum", data="entry/data/data", keys=["entry/keys/key_1"])
+
+    @workflow.frame                 # fold "stack": one value per frame
+    def total(frame):
+        return frame.sum()
+
+    @workflow.frame(fold="max")     # one frame-shaped result
+    def brightest(frame):
+        return frame
+
+    @workflow.frames                # batched: a stack (n, *frame_shape) in, n values out
+    def totals(frames):
+        return frames.sum(axis=(1, 2))
+
+A function's keyword parameters with defaults are the workflow's parameters;
+``framebag run --set y0=2`` overrides them (converted to the default's type).
+A parameter named ``index`` is not a parameter: it receives the frame's scan
+index as a tuple (for batched functions, an ``(n, scan_rank)`` array).
+
+:meth:`Workflow.apply` is the per-partition hot path run on the workers: one
+call per function per frame (or per stack), no I/O, no copies of the frames.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import folds as _folds
+from .errors import FramebagError
+
+__all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
+
+_INDEX = "index"
+
+
+class FrameError(FramebagError):
+    """A registered function raised on a frame (names function, scan index and cause)."""
+
+
+@dataclass
+class FrameFunction:
+    """One registered function: how to call it and how to fold its values."""
+
+    name: str
+    func: Callable[..., Any]
+    fold: _folds.Fold
+    batched: bool
+    wants_index: bool
+    defaults: dict[str, Any]
+
+    def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: params.get(k, v) for k, v in self.defaults.items()}
+
+
+@dataclass
+class Partial:
+    """What one partition sends back: its run, its done frames, one entry per function.
+
+    ``stacks`` holds, for each ``stack`` function, the values of the run's frames
+    (frames not done hold zeros); ``accs`` holds the accumulator of every other
+    function; ``errors`` lists ``(flat_index, function, message)`` of skipped frames.
+    """
+
+    start: int
+    stop: int
+    done: np.ndarray
+    stacks: dict[str, np.ndarray] = field(default_factory=dict)
+    accs: dict[str, Any] = field(default_factory=dict)
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+class Workflow:
+    """A named set of per-frame functions run in one pass over an HDF5 scan.
+
+    ``data`` and ``keys`` are the default dataset paths (the CLI's ``--data`` and
+    ``--keys`` override them); ``finished`` is the optional path of the
+    "scan finished" flag used when following a live file.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        data: str | None = None,
+        keys: list[str] | str | None = None,
+        finished: str | None = None,
+    ) -> None:
+        if not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"workflow name {name!r} must be letters, digits, '_' or '-'")
+        self.name = name
+        self.data = data
+        self.keys = [keys] if isinstance(keys, str) else list(keys or [])
+        self.finished = finished
+        self.functions: dict[str, FrameFunction] = {}
+        self.source: str = ""
+
+    # registration ------------------------------------------------------------
+
+    def frame(self, func: Callable[..., Any] | None = None, *, fold: Any = None,
+              name: str | None = None, **fold_options: Any) -> Any:
+        """Register a function of one frame. Usable bare or as ``@frame(fold=...)``."""
+        return self._register(func, fold, name, False, fold_options)
+
+    def frames(self, func: Callable[..., Any] | None = None, *, fold: Any = None,
+               name: str | None = None, **fold_options: Any) -> Any:
+        """Register a batched function: a stack ``(n, *frame_shape)`` in, ``n`` values out."""
+        return self._register(func, fold, name, True, fold_options)
+
+    def _register(self, func: Any, fold: Any, name: str | None, batched: bool,
+                  fold_options: dict[str, Any]) -> Any:
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            fname = name or f.__name__
+            if fname in self.functions:
+                raise ValueError(f"workflow {self.name!r} already has a function {fname!r}")
+            if fname in ("done", "errors", "checkpoint"):
+                raise ValueError(f"{fname!r} is reserved for the output layout; rename it")
+            self.functions[fname] = FrameFunction(
+                fname, f, _folds.resolve(fold, **fold_options), batched, *_signature(f)
+            )
+            return f
+
+        return register(func) if func is not None else register
+
+    # parameters --------------------------------------------------------------
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Every function's keyword parameter and its default (shared names share a value)."""
+        out: dict[str, Any] = {}
+        for fn in self.functions.values():
+            out.update(fn.defaults)
+        return out
+
+    def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check ``given`` against the declared parameters and convert strings.
+
+        Values given as strings (from ``--set``) are converted to the type of the
+        default; an unknown name or an unconvertible value is a FramebagError.
+        """
+        known = self.params
+        out = dict(known)
+        for key, value in (given or {}).items():
+            if key not in known:
+                valid = ", ".join(sorted(known)) or "none"
+                raise FramebagError(
+                    f"unknown parameter {key!r} for workflow {self.name!r} (parameters: {valid})"
+                )
+            out[key] = _convert(key, value, known[key])
+        return out
+
+    # the hot path ------------------------------------------------------------
+
+    def apply(self, frames: np.ndarray, start: int, scan_shape: tuple[int, ...],
+              params: Mapping[str, Any], on_error: str = "raise") -> Partial:
+        """Run every function over ``frames`` (the run ``start .. start+len``) and fold.
+
+        Each frame is computed by all functions before it is folded, so a frame
+        that fails in any function (with ``on_error="skip"``) is left out of all.
+        """
+        n = len(frames)
+        done = np.ones(n, dtype=bool)
+        errors: list[tuple[int, str, str]] = []
+        per_frame = [f for f in self.functions.values() if not f.batched]
+        batched = [f for f in self.functions.values() if f.batched]
+        kwargs = {f.name: f.bind(params) for f in self.functions.values()}
+        index = None
+        if any(f.wants_index for f in self.functions.values()):
+            index = np.stack(np.unravel_index(np.arange(start, start + n), scan_shape), axis=1)
+
+        values: dict[str, Any] = {}
+        for f in batched:
+            kw = dict(kwargs[f.name])
+            if f.wants_index:
+                kw[_INDEX] = index
+            try:
+                out = np.asarray(f.func(frames, **kw))
+                if len(out) != n:
+                    raise ValueError(f"returned {len(out)} values for a stack of {n} frames")
+                values[f.name] = out
+            except Exception as exc:  # noqa: BLE001 - reported with the frame, below
+                if on_error != "skip" or n == 1:
+                    self._fail(f.name, start, scan_shape, exc, on_error, errors, done, 0)
+                    values[f.name] = None
+                else:
+                    values[f.name] = self._batched_one_by_one(
+                        f, frames, kw, start, scan_shape, errors, done, index
+                    )
+
+        stacks: dict[str, np.ndarray] = {}
+        accs: dict[str, Any] = {f.name: f.fold.initial() for f in self.functions.values()
+                                if not f.fold.is_stack}
+        if per_frame:
+            calls = [(f.name, f.func, kwargs[f.name], f.wants_index, f.fold) for f in per_frame]
+            outs: dict[str, Any] = {f.name: None for f in per_frame if f.fold.is_stack}
+            first: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+            for i in range(n):
+                if not done[i]:
+                    continue
+                frame = frames[i]
+                row = []
+                for fname, func, kw, wants_index, _ in calls:
+                    try:
+                        v = func(frame, index=tuple(index[i]), **kw) if wants_index \
+                            else func(frame, **kw)
+                    except Exception as exc:  # noqa: BLE001
+                        self._fail(fname, start + i, scan_shape, exc, on_error, errors, done, i)
+                        break
+                    row.append(v)
+                else:
+                    for (fname, _, _, _, fold), v in zip(calls, row):
+                        if fold.is_stack:
+                            out = outs[fname]
+                            if out is None:
+                                v = np.asarray(v)
+                                first[fname] = (v.shape, v.dtype)
+                                out = outs[fname] = np.zeros((n, *v.shape), dtype=v.dtype)
+                            elif np.shape(v) != first[fname][0]:
+                                _shape_error(fname, start + i, scan_shape, first[fname], v)
+                            out[i] = v
+                        else:
+                            accs[fname] = fold.binop(accs[fname], v)
+            for fname, out in outs.items():
+                if out is not None:
+                    stacks[fname] = out
+
+        for f in batched:
+            vals = values[f.name]
+            if vals is None:
+                continue
+            if f.fold.is_stack:
+                if not done.all():
+                    vals = np.array(vals, copy=True)
+                    vals[~done] = 0
+                stacks[f.name] = vals
+            else:
+                accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
+        return Partial(start, start + n, done, stacks, accs, errors)
+
+    def _batched_one_by_one(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
+                            start: int, scan_shape: tuple[int, ...], errors: list,
+                            done: np.ndarray, index: np.ndarray | None) -> np.ndarray | None:
+        """After a batched call failed under on_error='skip', find the failing frames."""
+        rows: list[Any] = []
+        for i in range(len(frames)):
+            if f.wants_index:
+                kw[_INDEX] = index[i : i + 1]
+            try:
+                rows.append(np.asarray(f.func(frames[i : i + 1], **kw))[0])
+            except Exception as exc:  # noqa: BLE001
+                self._fail(f.name, start + i, scan_shape, exc, "skip", errors, done, i)
+                rows.append(None)
+        good = next((r for r in rows if r is not None), None)
+        if good is None:
+            return None
+        return np.stack([np.zeros_like(good) if r is None else r for r in rows])
+
+    @staticmethod
+    def _fail(fname: str, flat: int, scan_shape: tuple[int, ...], exc: Exception,
+              on_error: str, errors: list, done: np.ndarray, i: int) -> None:
+        where = tuple(int(x) for x in np.unravel_index(flat, scan_shape))
+        message = f"{type(exc).__name__}: {exc}"
+        if on_error != "skip":
+            raise FrameError(
+                f"function {fname!r} failed on frame {where}: {message}"
+            ) from exc
+        done[i] = False
+        errors.append((flat, fname, message))
+
+    # running -----------------------------------------------------------------
+
+    def run(self, input: str | Path, output: str | Path | None = None, *,  # noqa: A002
+            client: Any = None, profile: str | None = None,
+            params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, np.ndarray]:
+        """Run the workflow over ``input`` and return the results keyed by function name.
+
+        With ``client`` (a ``distributed.Client``) no cluster is started; otherwise the
+        ``profile`` (default ``local``) is started and shut down. ``options`` are the
+        engine's run options (``data``, ``keys``, ``follow``, ``timeout``,
+        ``partition_bytes``, ``overwrite``, ``resume``, ``on_error`` ...).
+        """
+        from .engine import run
+
+        return run(self, input, output, client=client, profile=profile, params=params,
+                   **options)
+
+    def __repr__(self) -> str:
+        return f"Workflow({self.name!r}, functions={list(self.functions)})"
+
+
+# helpers -----------------------------------------------------------------------
+
+
+def _signature(f: Callable[..., Any]) -> tuple[bool, dict[str, Any]]:
+    sig = inspect.signature(f)
+    ps = list(sig.parameters.values())
+    if not ps or ps[0].kind not in (ps[0].POSITIONAL_ONLY, ps[0].POSITIONAL_OR_KEYWORD):
+        raise TypeError(f"{f.__name__}: the first parameter must take the frame")
+    wants_index = False
+    defaults: dict[str, Any] = {}
+    for p in ps[1:]:
+        if p.name == _INDEX:
+            wants_index = True
+        elif p.default is p.empty:
+            raise TypeError(
+                f"{f.__name__}: parameter {p.name!r} needs a default; framebag passes only "
+                "the frame, the index and parameters with defaults"
+            )
+        else:
+            defaults[p.name] = p.default
+    return wants_index, defaults
+
+
+def _convert(key: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if isinstance(default, (int, float, complex)):
+            return type(default)(value)
+        if default is None or isinstance(default, (list, tuple, dict)):
+            parsed = ast.literal_eval(value)
+            if default is not None and not isinstance(parsed, type(default)):
+                raise ValueError(value)
+            return parsed
+    except (ValueError, SyntaxError):
+        raise FramebagError(
+            f"--set {key}={value}: cannot convert {value!r} to "
+            f"{type(default).__name__} (the type of its default {default!r})"
+        ) from None
+    return value
+
+
+def _shape_error(fname: str, flat: int, scan_shape: tuple[int, ...],
+                 first: tuple[tuple[int, ...], np.dtype], v: Any) -> None:
+    where = tuple(int(x) for x in np.unravel_index(flat, scan_shape))
+    raise FrameError(
+        f"function {fname!r} returned shape {np.shape(v)} on frame {where}, "
+        f"but shape {first[0]} on an earlier frame; a stacked result needs one shape"
+    )
+
+
+def load_workflow(spec: str | Path) -> Workflow:
+    """Load the :class:`Workflow` in a Python file or an importable (dotted) module.
+
+    A file is imported under a private module name and registered with cloudpickle
+    by value, so workers that cannot import it still get its functions.
+    """
+    path = Path(spec)
+    if path.suffix == ".py" or path.exists():
+        if not path.is_file():
+            raise FramebagError(f"workflow file {str(spec)!r} does not exist")
+        source = path.read_bytes()
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        modname = f"framebag_user_{path.stem}_{digest}"
+        mspec = importlib.util.spec_from_file_location(modname, path)
+        if mspec is None or mspec.loader is None:
+            raise FramebagError(f"cannot import workflow file {str(spec)!r}")
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[modname] = module
+        try:
+            mspec.loader.exec_module(module)
+        except FramebagError:
+            raise
+        except Exception as exc:
+            del sys.modules[modname]
+            raise FramebagError(
+                f"workflow file {str(spec)!r} failed to import: {type(exc).__name__}: {exc}"
+            ) from exc
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+        where = str(path)
+    else:
+        try:
+            module = importlib.import_module(str(spec))
+        except ImportError as exc:
+            raise FramebagError(
+                f"workflow {str(spec)!r} is neither a file nor an importable module ({exc})"
+            ) from exc
+        source = inspect.getsource(module).encode() if hasattr(module, "__file__") else b""
+        where = str(spec)
+    found = [v for v in vars(module).values() if isinstance(v, Workflow)]
+    if not found:
+        raise FramebagError(f"workflow {where!r} defines no framebag.Workflow")
+    if len(found) > 1:
+        names = ", ".join(w.name for w in found)
+        raise FramebagError(f"workflow {where!r} defines several Workflows ({names}); keep one")
+    wf = found[0]
+    if not wf.functions:
+        raise FramebagError(f"workflow {wf.name!r} in {where!r} registers no function")
+    wf.source = hashlib.sha256(source).hexdigest()
+    return wf

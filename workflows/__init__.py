@@ -1,0 +1,1 @@
+"""Example workflows shipped with framebag; copy one to start your own."""
