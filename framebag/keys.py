@@ -90,7 +90,9 @@ class KeyFollower:
         shapes = {k.name: _extent(k, _scan_rank(k.maxshape or k.shape)) for k in self._keys}
         if len(set(shapes.values())) > 1 or len(ranks) > 1:
             listed = "; ".join(f"{n} {s}" for n, s in shapes.items())
-            raise FramebagError(f"key datasets in {self.path!r} disagree on the scan shape: {listed}")
+            raise FramebagError(
+                f"key datasets in {self.path!r} disagree on the scan shape: {listed}"
+            )
         for k in self._keys:
             if k.dtype.kind not in "biuf":
                 raise FramebagError(

@@ -78,7 +78,10 @@ def cut(flat: np.ndarray, size: int) -> list[Run]:
     return list(zip(starts.tolist(), stops.tolist()))
 
 
-def blocks(start: int, stop: int, shape: tuple[int, ...]) -> Iterator[tuple[tuple[slice, ...], int]]:
+Slab = tuple[tuple[slice, ...], int]
+
+
+def blocks(start: int, stop: int, shape: tuple[int, ...]) -> Iterator[Slab]:
     """Decompose the flat run ``[start, stop)`` of ``shape`` into rectangular hyperslabs.
 
     Yields ``(selection, count)`` in flat order; at most ``2 * rank - 1`` slabs.

@@ -39,7 +39,8 @@ def write_scan(path: Path, data: np.ndarray, scan_rank: int, *, complete: np.nda
         f.create_dataset(DATA, data=data, chunks=chunks, compression=compression)
         f.create_dataset(KEY, data=complete.astype(key_dtype).reshape(key_shape))
         for i, extra in enumerate(extra_keys or []):
-            f.create_dataset(f"entry/keys/key_{i + 2}", data=extra.astype(key_dtype).reshape(key_shape))
+            name = f"entry/keys/key_{i + 2}"
+            f.create_dataset(name, data=extra.astype(key_dtype).reshape(key_shape))
     return path
 
 
