@@ -1,0 +1,51 @@
+"""Partitions: runs are contiguous, on one grid, chunk-aligned, and slabs tile them exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from framebag.partitions import blocks, chunk_run, cut, partition_size, selection_shape
+
+
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data())
+def test_blocks_tile_a_flat_run_exactly_in_order(shape, data):
+    n = int(np.prod(shape))
+    start = data.draw(st.integers(0, n - 1))
+    stop = data.draw(st.integers(start + 1, n))
+    grid = np.arange(n).reshape(shape)
+    pieces = []
+    for sel, count in blocks(start, stop, tuple(shape)):
+        assert int(np.prod(selection_shape(sel))) == count
+        pieces.append(grid[sel].ravel())
+    assert len(pieces) <= 2 * len(shape) - 1
+    np.testing.assert_array_equal(np.concatenate(pieces), np.arange(start, stop))
+
+
+@given(mask=st.lists(st.booleans(), min_size=1, max_size=200), size=st.integers(1, 17))
+def test_cut_gives_contiguous_runs_within_one_block(mask, size):
+    flat = np.flatnonzero(mask)
+    runs = cut(flat, size)
+    covered = np.concatenate([np.arange(a, b) for a, b in runs]) if runs else np.zeros(0, int)
+    np.testing.assert_array_equal(covered, flat)
+    for a, b in runs:
+        assert a // size == (b - 1) // size
+
+
+def test_chunk_run_along_scan_dims():
+    assert chunk_run((20, 30), (1, 1, 64, 64)) == 1
+    assert chunk_run((20, 30), (2, 30, 64, 64)) == 60
+    assert chunk_run((20, 30), (1, 10, 64, 64)) == 10
+    assert chunk_run((4, 5, 6), (1, 5, 6, 8)) == 30
+    assert chunk_run((20, 30), None) == 1
+
+
+def test_partition_size_is_aligned_to_chunks_and_bounded():
+    frame = 128 * 128 * 2
+    assert partition_size(frame, 16 * 2**20) == 512
+    assert partition_size(frame, 16 * 2**20, chunk=30) == 510  # a multiple of the chunk run
+    assert partition_size(frame, 5 * frame, chunk=30) == 5  # an even divisor of it
+    assert partition_size(frame, 7 * frame, chunk=30) == 6
+    assert partition_size(frame, 16 * 2**20, nframes=100, min_partitions=4) == 25
+    assert partition_size(1, 2**40) == 65536
