@@ -110,22 +110,24 @@ class OutputFile:
     @classmethod
     def create(cls, path: Path, workflow: str, scan_shape: tuple[int, ...], schema: Schema,
                provenance: dict[str, Any]) -> OutputFile:
-        """Create the layout under a temporary name, then move it into place and go SWMR."""
+        """Create the layout under a temporary name, go SWMR, then move it into place.
+
+        Readers can only ever find the file already in SWMR mode, so a reader that
+        opens it early never blocks the writer (HDF5 file locking).
+        """
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
+        f = None
         try:
-            with h5py.File(tmp, "w", libver=LIBVER) as f:
-                _layout(f, workflow, scan_shape, schema, provenance)
+            f = h5py.File(tmp, "w", libver=LIBVER)
+            _layout(f, workflow, scan_shape, schema, provenance)
+            f.swmr_mode = True
             os.replace(tmp, path)
         except BaseException:
+            if f is not None:
+                f.close()
             Path(tmp).unlink(missing_ok=True)
             raise
-        return cls._open_swmr(path, workflow, scan_shape)
-
-    @classmethod
-    def _open_swmr(cls, path: Path, workflow: str, scan_shape: tuple[int, ...]) -> OutputFile:
-        f = h5py.File(path, "r+", libver=LIBVER)
-        f.swmr_mode = True
         return cls(path, f, workflow, scan_shape)
 
     # resuming ------------------------------------------------------------------
