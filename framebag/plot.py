@@ -1,0 +1,296 @@
+"""Quick-look pictures of an output file: ``framebag plot OUTPUT [-o DIR]`` and ``run --plot``.
+
+One PNG per result, chosen by the result's shape:
+
+* a stacked scalar (one number per frame) is a scan map in scan indices with a
+  colour bar (a curve for a 1-D scan);
+* a stacked short vector (up to 4 numbers per frame, e.g. a centre of mass) is
+  one scan map per component;
+* a stacked longer 1-D value (a profile per frame) is a waterfall (frames in
+  flat scan order against the value index) beside the mean curve with its
+  standard deviation;
+* a stacked frame-shaped value is shown as its mean image over the done frames;
+* a folded 2-D result (a frame-shaped sum, mean, max ...) is an image, a
+  folded 1-D result (a histogram ...) a curve.
+
+Frames not done (or NaN) are masked: grey in maps, gaps in curves, left out of
+means. The file is read with ``swmr=True``, so a running output can be looked
+at. matplotlib is optional (the ``[plot]`` extra) and drawn through the Agg
+canvas directly, so no GUI backend or global ``pyplot`` state is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import FramebagError
+
+__all__ = ["write_pictures", "require_matplotlib", "default_dir", "add_parser"]
+
+log = logging.getLogger("framebag")
+
+#: stacked vectors up to this length are drawn as one scan map per component
+MAX_COMPONENTS = 4
+#: rows of a waterfall (frames are sampled evenly beyond this)
+MAX_WATERFALL_ROWS = 2000
+#: frames read at once when averaging stacked values
+SLAB_BYTES = 64 << 20
+
+
+def require_matplotlib() -> None:
+    """Raise a one-line FramebagError if matplotlib is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise FramebagError(
+            "quick-look pictures need matplotlib: pip install 'framebag[plot]'"
+        )
+
+
+def default_dir(output: str | os.PathLike) -> Path:
+    """``<output stem>_plots`` next to the output file."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}_plots")
+
+
+def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None = None
+                   ) -> list[Path]:
+    """Write one PNG per picturable result of every framebag workflow in ``output``.
+
+    Returns the paths written (in ``outdir``, default :func:`default_dir`).
+    """
+    require_matplotlib()
+    from .inspect import framebag_groups, open_readonly
+
+    outdir = Path(outdir) if outdir is not None else default_dir(output)
+    written: list[Path] = []
+    with open_readonly(output, "output file") as f:
+        groups = framebag_groups(f)
+        if not groups:
+            raise FramebagError(f"{str(output)!r} holds no framebag output (no /entry/<workflow>)")
+        outdir.mkdir(parents=True, exist_ok=True)
+        for wname, g in groups:
+            scan_shape = tuple(int(x) for x in g.attrs["scan_shape"])
+            done = g["done"][()].astype(bool) if "done" in g else np.ones(scan_shape, bool)
+            for name, ds in g.items():
+                if name in ("done", "errors", "checkpoint") or not hasattr(ds, "shape"):
+                    continue
+                path = outdir / f"{wname}_{name}.png"
+                fig = _figure_for(wname, name, ds, scan_shape, done)
+                if fig is None:
+                    log.debug("no picture for %s/%s of shape %s", wname, name, ds.shape)
+                    continue
+                fig.savefig(path, dpi=100)
+                written.append(path)
+    return written
+
+
+# choosing a picture ------------------------------------------------------------
+
+
+def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
+                done: np.ndarray) -> Any:
+    is_stack = _attr(ds, "fold") == "stack"
+    ndone, ntotal = int(done.sum()), done.size
+    head = f"{wname}: {name}"
+    sub = f"{ndone}/{ntotal} frames done" + ("; grey = not done" if ndone < ntotal else "")
+    if is_stack:
+        vshape = tuple(ds.shape[len(scan_shape):])
+        if vshape == ():
+            fig, ax = _fig(1)
+            _scan_map(fig, ax[0], _masked(ds[()], done), name)
+        elif len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS:
+            values = ds[()]
+            fig, ax = _fig(vshape[0])
+            for c in range(vshape[0]):
+                _scan_map(fig, ax[c], _masked(values[..., c], done), f"{name}[{c}]")
+        elif len(vshape) == 1:
+            fig, ax = _fig(2)
+            _waterfall(fig, ax[0], ax[1], ds, scan_shape, done, name)
+        elif len(vshape) == 2:
+            mean = _stack_mean(ds, scan_shape, done)
+            if mean is None:
+                return None
+            fig, ax = _fig(1)
+            _image(fig, ax[0], mean, f"mean of {name} over done frames")
+        else:
+            return None
+    else:
+        value = np.asarray(ds[()])
+        if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
+            return None
+        fold = _attr(ds, "fold") or "fold"
+        fig, ax = _fig(1)
+        if value.ndim == 2:
+            _image(fig, ax[0], value, name)
+        else:
+            ax[0].plot(np.arange(value.size), value, drawstyle="steps-mid")
+            ax[0].set_xlabel(f"{name} index")
+            ax[0].set_ylabel(name)
+        sub = f"folded over {ndone}/{ntotal} frames" + (f" ({fold})" if fold != "fold" else "")
+    fig.suptitle(f"{head}\n{sub}", fontsize=10)
+    return fig
+
+
+def _attr(ds: Any, key: str) -> str:
+    v = ds.attrs.get(key, "")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _masked(values: np.ndarray, done: np.ndarray) -> np.ma.MaskedArray:
+    values = np.asarray(values)
+    mask = ~done
+    if values.dtype.kind in "fc":
+        mask = mask | ~np.isfinite(values)
+    return np.ma.masked_array(values, mask=mask)
+
+
+def _fig(panels: int) -> tuple[Any, list[Any]]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2 * panels, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _cmap() -> Any:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("0.8")
+    return cmap
+
+
+def _integer_ticks(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+# the pictures --------------------------------------------------------------------
+
+
+def _scan_map(fig: Any, ax: Any, values: np.ma.MaskedArray, label: str) -> None:
+    """A scan-shaped array drawn in scan indices: curve (1-D) or map (2-D and more)."""
+    if values.ndim == 1:
+        ax.plot(np.arange(values.size), values, marker=".", markersize=3)
+        ax.set_xlabel("scan index 0")
+        ax.set_ylabel(label)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        return
+    rank = values.ndim
+    ylabel = "scan index 0"
+    if rank > 2:
+        ylabel = f"scan indices 0..{rank - 2} (flattened)"
+        values = values.reshape(-1, values.shape[-1])
+    ny, nx = values.shape
+    aspect = "equal" if max(ny, nx) <= 4 * min(ny, nx) else "auto"
+    im = ax.imshow(values, cmap=_cmap(), interpolation="nearest", aspect=aspect)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+    ax.set_xlabel(f"scan index {rank - 1}")
+    ax.set_ylabel(ylabel)
+    _integer_ticks(ax)
+
+
+def _image(fig: Any, ax: Any, image: np.ndarray, label: str) -> None:
+    """A frame-shaped array: image in pixels with a colour bar."""
+    im = ax.imshow(np.ma.masked_invalid(np.asarray(image, dtype=np.float64)), cmap=_cmap(),
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+    ax.set_xlabel("frame x (pixel)")
+    ax.set_ylabel("frame y (pixel)")
+    _integer_ticks(ax)
+
+
+def _slabs(ds: Any, scan_shape: tuple[int, ...]) -> Any:
+    """(first-axis slice, values) of a stacked dataset, a bounded number of bytes at a time."""
+    row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    step = max(1, SLAB_BYTES // max(1, row))
+    for i in range(0, scan_shape[0], step):
+        yield slice(i, min(i + step, scan_shape[0])), ds[i : i + step]
+
+
+def _stack_mean(ds: Any, scan_shape: tuple[int, ...], done: np.ndarray) -> np.ndarray | None:
+    vshape = tuple(ds.shape[len(scan_shape):])
+    total = np.zeros(vshape, dtype=np.float64)
+    n = 0
+    for sel, values in _slabs(ds, scan_shape):
+        d = done[sel]
+        if d.any():
+            total += values[d].sum(axis=0, dtype=np.float64)
+            n += int(d.sum())
+    return total / n if n else None
+
+
+def _waterfall(fig: Any, ax_w: Any, ax_m: Any, ds: Any, scan_shape: tuple[int, ...],
+               done: np.ndarray, name: str) -> None:
+    """Per-frame 1-D values: waterfall (sampled rows) and the mean curve with its std."""
+    nvals = ds.shape[-1]
+    nframes = done.size
+    keep = np.unique(np.linspace(0, nframes - 1, min(nframes, MAX_WATERFALL_ROWS)).astype(int))
+    rows = np.zeros((keep.size, nvals), dtype=np.float64)
+    row_done = done.ravel()[keep]
+    s1 = np.zeros(nvals, dtype=np.float64)
+    s2 = np.zeros(nvals, dtype=np.float64)
+    n = 0
+    per_first = int(np.prod(scan_shape[1:], dtype=np.int64))
+    for sel, values in _slabs(ds, scan_shape):
+        flat = values.reshape(-1, nvals).astype(np.float64, copy=False)
+        d = done[sel].ravel()
+        good = flat[d]
+        good = good[np.isfinite(good).all(axis=1)]
+        s1 += good.sum(axis=0)
+        s2 += (good**2).sum(axis=0)
+        n += len(good)
+        base = sel.start * per_first
+        inside = (keep >= base) & (keep < base + len(flat))
+        rows[inside] = flat[keep[inside] - base]
+    masked = np.ma.masked_array(rows, mask=np.repeat(~row_done[:, None], nvals, axis=1))
+    im = ax_w.imshow(np.ma.masked_invalid(masked), cmap=_cmap(), interpolation="nearest",
+                     aspect="auto")
+    fig.colorbar(im, ax=ax_w, label=name, shrink=0.9)
+    ax_w.set_xlabel(f"{name} index")
+    ax_w.set_ylabel("frame (flat scan index)" + (" (sampled)" if keep.size < nframes else ""))
+    if keep.size < nframes:
+        ticks = ax_w.get_yticks()
+        ticks = ticks[(ticks >= 0) & (ticks < keep.size)]
+        ax_w.set_yticks(ticks, [str(keep[int(t)]) for t in ticks])
+    x = np.arange(nvals)
+    if n:
+        mean = s1 / n
+        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+        ax_m.plot(x, mean, label=f"mean of {n} frames")
+        ax_m.fill_between(x, mean - std, mean + std, alpha=0.3, label="± 1 std")
+        ax_m.legend(fontsize=8)
+    ax_m.set_xlabel(f"{name} index")
+    ax_m.set_ylabel(name)
+
+
+# the command ---------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``framebag plot``."""
+    p = sub.add_parser("plot", help="write quick-look PNGs of an output file",
+                       description="Write one PNG per result of a framebag output file.")
+    p.add_argument("output", help="a framebag output file (may still be running)")
+    p.add_argument("-o", "--outdir", help="directory for the PNGs (default: <stem>_plots)")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    paths = write_pictures(args.output, args.outdir)
+    if not paths:
+        print(f"framebag: no result in {args.output} has a shape to picture")
+    for p in paths:
+        print(p)
+    return 0

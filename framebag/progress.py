@@ -1,0 +1,221 @@
+"""What a run tells the user while it goes: a progress bar or log lines, then one summary line.
+
+:class:`Progress` is the ``progress=`` callback of :func:`framebag.engine.run`.
+On a terminal it drives a tqdm bar of frames done out of frames complete, with
+tqdm's own rate (frames/s) and ETA; when following a live file the bar's
+postfix adds how much of the scan is complete so far. When stderr is not a
+terminal (a batch job's log, a pipe) it writes a plain log line every
+``interval`` seconds instead. Lines go through the standard logger
+``framebag.progress``; :func:`configure` gives it a stderr handler so that
+``--quiet`` (level WARNING) silences the bar, the lines and the summary alike.
+
+Written here rather than taken from tqdm alone because the bar's total moves
+(frames become complete while the run goes) and a non-terminal needs timed
+lines, not carriage returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, Any
+
+__all__ = ["Progress", "configure", "summary_line", "LOGGER"]
+
+LOGGER = "framebag.progress"
+log = logging.getLogger(LOGGER)
+
+
+def configure(quiet: bool = False, stream: IO[str] | None = None) -> logging.Logger:
+    """Point the ``framebag.progress`` logger at ``stream`` (default: the current stderr).
+
+    With ``quiet`` its level is WARNING, which hides progress and the summary.
+    Calling it again replaces the handler it added before (so a new stderr is used).
+    """
+    for h in [h for h in log.handlers if getattr(h, "_framebag", False)]:
+        log.removeHandler(h)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("framebag: %(message)s"))
+    handler._framebag = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.propagate = False
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    return log
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f} min {seconds % 60:02.0f} s"
+    return f"{seconds // 3600:.0f} h {seconds % 3600 // 60:02.0f} min"
+
+
+class Progress:
+    """The engine's progress callback: a bar on a terminal, timed log lines elsewhere.
+
+    ``follow`` adds the scan-wide count of complete frames (a live file fills
+    while the run goes). ``tty`` defaults to whether ``stream`` is a terminal;
+    ``interval`` is the seconds between log lines. Nothing is shown when the
+    ``framebag.progress`` logger does not pass INFO (``--quiet``).
+    Call :meth:`close` when the run ends.
+    """
+
+    def __init__(self, *, follow: bool = False, stream: IO[str] | None = None,
+                 tty: bool | None = None, interval: float = 10.0) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.follow = follow
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = interval
+        self.enabled = log.isEnabledFor(logging.INFO)
+        self.bar: Any = None
+        self.start = time.monotonic()
+        self.first: int | None = None  # frames done before this run (resume)
+        self.last_line = 0.0
+        self.state: dict[str, int] = {}
+        self._postfix = ""
+
+    @property
+    def resumed(self) -> int:
+        """Frames already done when the run started (nonzero only with ``--resume``)."""
+        return self.first or 0
+
+    def __call__(self, state: dict[str, Any]) -> None:
+        processed, complete = int(state["processed"]), int(state["complete"])
+        if self.first is None:
+            if complete == 0:
+                return  # following a file with nothing complete yet: the output is not open
+            self.first = processed
+            self.start = time.monotonic()
+        self.state = {k: int(v) for k, v in state.items()}
+        if not self.enabled:
+            return
+        if self.tty:
+            self._bar(processed, complete, int(state["total"]), int(state["inflight"]))
+        else:
+            now = time.monotonic()
+            if not self.last_line or now - self.last_line >= self.interval:
+                self.last_line = now
+                log.info(self.line())
+
+    def _bar(self, processed: int, complete: int, total: int, inflight: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=complete, initial=processed, unit="frame", file=self.stream,
+                            dynamic_ncols=True, mininterval=0.2, smoothing=0.1,
+                            desc="frames done/complete", leave=True)
+        bar = self.bar
+        if bar.total != complete:
+            bar.total = complete
+        if self.follow:
+            postfix = f"scan {complete}/{total} complete, {total - complete} not yet"
+            if postfix != self._postfix:
+                self._postfix = postfix
+                bar.set_postfix_str(postfix, refresh=False)
+        bar.update(processed - bar.n)
+
+    def line(self) -> str:
+        """One plain status line: done of complete, rate, ETA (and the scan, when following)."""
+        s = self.state
+        processed, complete = s.get("processed", 0), s.get("complete", 0)
+        elapsed = time.monotonic() - self.start
+        new = processed - self.resumed
+        rate = new / elapsed if elapsed > 0 else 0.0
+        pct = 100.0 * processed / complete if complete else 0.0
+        text = f"{processed}/{complete} complete frames done ({pct:.0f}%), {rate:.0f} frames/s"
+        left = complete - processed
+        if left and rate > 0:
+            text += f", ETA {_duration(left / rate)}"
+        if self.follow:
+            total = s.get("total", 0)
+            text += f"; scan {complete}/{total} complete, {total - complete} not yet"
+        return text
+
+    def close(self) -> None:
+        """Finish the bar (leaving it on screen) so the summary prints below it."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def summary_line(results: Any, resumed: int = 0) -> str:
+    """The one line printed at the end of a run, from a :class:`framebag.engine.Results`.
+
+    ``resumed`` frames (done by an earlier run) are reported apart from this run's,
+    and the throughput counts only this run's frames.
+    """
+    s = results.stats
+    new = int(s["processed"]) - resumed
+    wall = float(s["wall"])
+    rate = new / wall if wall > 0 else 0.0
+    parts = [f"{new} frames processed"]
+    if resumed:
+        parts[0] += f" (+{resumed} done by the earlier run)"
+    parts.append(f"{s['failed']} failed and skipped" if s["failed"] else "none failed")
+    text = (f"{', '.join(parts)} in {wall:.2f} s ({rate:.0f} frames/s); "
+            f"{s['done']}/{results.done.size} of the scan done; output {results.output}")
+    if s.get("ended_by") and s["ended_by"] not in ("every complete frame processed",):
+        text += f" (ended: {s['ended_by']})"
+    return text
+
+
+def run_reported(workflow: str, input: str, output: str | None = None, *,  # noqa: A002
+                 quiet: bool = False, plot: bool = False, report: str | None = None,
+                 log_interval: float = 10.0, follow: bool = False, profile: str | None = None,
+                 **options: Any) -> Any:
+    """``framebag run``: load the workflow, run it with progress, print the summary.
+
+    ``plot`` writes quick-look PNGs afterwards (see :mod:`framebag.plot`);
+    ``report`` wraps the run in a ``distributed.performance_report`` written to
+    that file. Both check their optional dependencies before anything starts.
+    Returns the engine's ``Results``.
+    """
+    import importlib.util
+    from contextlib import ExitStack
+
+    from .errors import FramebagError
+    from .workflow import load_workflow
+
+    if plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    if report and importlib.util.find_spec("bokeh") is None:
+        raise FramebagError(
+            f"--report {report}: dask's performance report needs bokeh; "
+            "install it with: pip install 'bokeh>=3.1'"
+        )
+    configure(quiet)
+    wf = load_workflow(workflow)
+    progress = Progress(follow=follow, interval=log_interval)
+    with ExitStack() as stack:
+        if progress.tty and progress.enabled:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.enter_context(logging_redirect_tqdm([logging.root, log]))
+        stack.callback(progress.close)
+        if report:
+            from distributed import performance_report
+
+            from .profiles import start_client
+
+            client = stack.enter_context(start_client(profile))
+            stack.enter_context(performance_report(filename=report))
+            options["client"] = client
+        else:
+            options["profile"] = profile
+        res = wf.run(input, output, follow=follow, progress=progress, **options)
+    log.info(summary_line(res, progress.resumed))
+    if report:
+        log.info("performance report in %s", report)
+    if plot:
+        from .plot import write_pictures
+
+        pictures = write_pictures(res.output)
+        if pictures:
+            log.info("pictures in %s: %s", pictures[0].parent,
+                     ", ".join(p.name for p in pictures))
+    return res
