@@ -23,7 +23,7 @@ from .errors import FramebagError
 log = logging.getLogger("framebag")
 
 #: modules that add a subcommand each: ``add_parser(subparsers)``
-COMMANDS: list[str] = []
+COMMANDS: list[str] = [".simulate"]
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, str]:

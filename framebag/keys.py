@@ -5,8 +5,11 @@ scan index, in any order. The scan rank is the key rank less any trailing
 length-1 dims; every data dim after the scan dims is a frame dim.
 
 The scan shape is taken from the datasets' ``maxshape`` where it is known, so a
-preallocated live file is indexed by its final shape; an unlimited dim uses the
-current extent and grows as the writer extends it.
+preallocated live file is indexed by its final shape. Only the first scan dim
+may be unlimited (a growing layout): it takes the keys' current extent and
+grows as the writer extends it, which appends flat indices without moving any
+frame's flat index. A later unlimited scan dim would renumber every frame, so
+it is read at its current extent and a change of it during a run is an error.
 
 Every poll is one vectorised read of each whole key dataset (after
 ``refresh()`` when following a live file); there is no Python loop per index.
@@ -14,6 +17,7 @@ Every poll is one vectorised read of each whole key dataset (after
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -100,6 +104,8 @@ class KeyFollower:
                     "keys must be numeric"
                 )
         self.scan_rank = ranks.pop()
+        #: the first scan dim is unlimited: the scan grows and is never "full"
+        self.growing = any((k.maxshape or k.shape)[0] is None for k in self._keys)
         self.data = self._describe_data(data)
         self.scan_shape = self.data.scan_shape
 
@@ -112,7 +118,9 @@ class KeyFollower:
                 f"scan rank {self.scan_rank} of key dataset {self._key_names[0]!r}"
             )
         data_scan = _extent(d, self.scan_rank)
-        if data_scan != key_scan:
+        # a growing writer extends the data before the keys: only the fixed dims must agree
+        skip = 1 if self.growing else 0
+        if data_scan[skip:] != key_scan[skip:]:
             raise FramebagError(
                 f"key dataset {self._key_names[0]!r} has scan shape {key_scan} but data dataset "
                 f"{name!r} has scan shape {data_scan} in {self.path!r}"
@@ -122,12 +130,20 @@ class KeyFollower:
                         d.compression)
 
     def poll(self) -> np.ndarray:
-        """A scan-shaped bool mask of the frames complete now."""
-        mask = np.ones(self.scan_shape, dtype=bool)
+        """A scan-shaped bool mask of the frames complete now.
+
+        In a growing layout the mask (and ``scan_shape``) grow with the keys'
+        first dim; they never shrink.
+        """
+        arrays = []
         for k in self._keys:
             if self.live:
                 k.refresh()
-            arr = k[()]
+            arrays.append(k[()])
+        if self.live:
+            self._grow(arrays)
+        mask = np.ones(self.scan_shape, dtype=bool)
+        for arr in arrays:
             arr = arr.reshape(arr.shape[: self.scan_rank]) if arr.ndim > self.scan_rank else arr
             ok = arr != 0
             if arr.dtype.kind == "f":
@@ -140,6 +156,20 @@ class KeyFollower:
                 part[region] = ok[region]
                 mask &= part
         return mask
+
+    def _grow(self, arrays: list[np.ndarray]) -> None:
+        current = tuple(max(a.shape[d] for a in arrays) for d in range(self.scan_rank))
+        later_unlimited = any((k.maxshape or k.shape)[d] is None
+                              for k in self._keys for d in range(1, self.scan_rank))
+        if later_unlimited and current[1:] != self.scan_shape[1:]:
+            raise FramebagError(
+                f"key datasets {', '.join(self._key_names)} in {self.path!r} changed their scan "
+                f"dims after the first from {self.scan_shape[1:]} to {current[1:]} during the "
+                "run; only the first scan dim may grow"
+            )
+        if self.growing and current[0] > self.scan_shape[0]:
+            self.scan_shape = (current[0], *self.scan_shape[1:])
+            self.data = dataclasses.replace(self.data, scan_shape=self.scan_shape)
 
     def finished(self) -> bool:
         """True once the scalar (or 1-element) finished flag is non-zero."""

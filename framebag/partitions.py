@@ -24,6 +24,7 @@ __all__ = [
     "chunk_run",
     "partition_size",
     "cut",
+    "by_block",
     "blocks",
     "Dispatcher",
 ]
@@ -78,6 +79,19 @@ def cut(flat: np.ndarray, size: int) -> list[Run]:
     return list(zip(starts.tolist(), stops.tolist()))
 
 
+def by_block(runs: list[Run], size: int) -> list[list[Run]]:
+    """Group sorted runs by the block of ``size`` frames they lie in, keeping their order."""
+    groups: list[list[Run]] = []
+    block = -1
+    for run in runs:
+        b = run[0] // size
+        if b != block:
+            groups.append([])
+            block = b
+        groups[-1].append(run)
+    return groups
+
+
 Slab = tuple[tuple[slice, ...], int]
 
 
@@ -119,9 +133,12 @@ class Dispatcher:
     Every frame is handed out exactly once.
     """
 
-    def __init__(self, nframes: int, size: int, latency: float = 0.25) -> None:
+    def __init__(self, nframes: int, size: int, latency: float = 0.25,
+                 growing: bool = False) -> None:
         self.size = size
         self.latency = latency
+        #: the scan may grow, so a block cut short by the current end is not full
+        self.growing = growing
         self.dispatched = np.zeros(nframes, dtype=bool)
         self._since = np.full(nframes, np.inf)
 
@@ -149,10 +166,14 @@ class Dispatcher:
         for a, b in cut(idx, self.size):
             if not flush:
                 b0 = (a // self.size) * self.size
-                b1 = min(b0 + self.size, n)
-                covered = b - a == b1 - b0 or bool(
-                    (self.dispatched[b0:b1] | complete[b0:b1]).all()
-                )
+                b1 = b0 + self.size
+                if b1 > n and self.growing:
+                    covered = False
+                else:
+                    b1 = min(b1, n)
+                    covered = b - a == b1 - b0 or bool(
+                        (self.dispatched[b0:b1] | complete[b0:b1]).all()
+                    )
                 if not covered and self._since[a:b].min() + self.latency > now:
                     continue
             out.append((a, b))

@@ -1,0 +1,292 @@
+"""A detector-like SWMR writer: ``framebag simulate OUTPUT``, for trying out live runs.
+
+It writes a scan the way a detector does: every dataset is created first, the
+file enters SWMR mode, and then, frame by frame at ``rate`` frames per second,
+the frame's data are written and flushed, then its key, flushed again. At the
+end it sets the finished flag. The file appears at ``OUTPUT`` only once it is
+in SWMR mode (it is written under a temporary name and renamed), so a reader
+that finds the path can open it at once with ``swmr=True``.
+
+Frame content is a pure function of ``(seed, flat index)`` (:func:`frame_at`,
+:func:`expected_frames`), so a test can compute the exact answer with numpy.
+Options make the hard cases: interleaved writers (keys complete out of
+order), a snake scan, a stall, a growing (unlimited first dim) layout, a
+scalar or 1-element finished flag (or none).
+
+Alongside the keys it records ``entry/instrument/key_time``: the wall-clock
+time (``time.time()``) at which each frame's key was flushed, for latency
+measurements (benchmarks/bench_latency.py).
+
+h5py does the writing; what is written by hand here is only the schedule
+(which frame is due when, in which order), which no library provides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from .errors import FramebagError
+
+__all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "expected_frames",
+           "emission_order", "add_parser"]
+
+DATA = "entry/data/data"
+KEY = "entry/keys/key_1"
+FINISHED = "entry/finished"
+KEY_TIME = "entry/instrument/key_time"
+LIBVER = ("v110", "latest")
+
+
+def frame_at(seed: int, flat: int, frame_shape: tuple[int, ...],
+             dtype: str | np.dtype = "uint16") -> np.ndarray:
+    """The frame the simulator writes at flat scan index ``flat``: a pure function of its inputs."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng([seed, flat])
+    if dtype.kind in "iu":
+        high = min(1000, int(np.iinfo(dtype).max) + 1)
+        return rng.integers(0, high, size=frame_shape).astype(dtype, copy=False)
+    return (rng.random(frame_shape) * 1000).astype(dtype, copy=False)
+
+
+def expected_frames(scan_shape: tuple[int, ...], frame_shape: tuple[int, ...],
+                    dtype: str | np.dtype = "uint16", seed: int = 0) -> np.ndarray:
+    """The whole dataset the simulator writes, ``scan_shape + frame_shape``, for checking."""
+    n = int(np.prod(scan_shape, dtype=np.int64))
+    out = np.empty((n, *frame_shape), dtype=dtype)
+    for i in range(n):
+        out[i] = frame_at(seed, i, frame_shape, dtype)
+    return out.reshape(tuple(scan_shape) + tuple(frame_shape))
+
+
+def emission_order(scan_shape: tuple[int, ...], writers: int = 1, snake: bool = False,
+                   writer_lag: int = 5) -> np.ndarray:
+    """Flat indices in the order their keys are written.
+
+    The scan order is row-major (with ``snake``, every other row of the last scan
+    dim reversed). Frames are dealt round-robin to ``writers``; writer ``k``
+    runs ``k * writer_lag`` frames behind writer 0, so keys complete out of order.
+    """
+    if writers < 1:
+        raise FramebagError(f"--writers must be at least 1, got {writers}")
+    n = int(np.prod(scan_shape, dtype=np.int64))
+    order = np.arange(n, dtype=np.int64)
+    if snake and len(scan_shape) >= 2:
+        rows = order.reshape(-1, scan_shape[-1])
+        rows[1::2] = rows[1::2, ::-1].copy()
+        order = rows.ravel()
+    slot = np.arange(n, dtype=np.float64)
+    writer = slot.astype(np.int64) % writers
+    when = slot + writer * writer_lag * writers
+    return order[np.argsort(when, kind="stable")]
+
+
+def _chunks(scan_shape: tuple[int, ...], frame_shape: tuple[int, ...],
+            chunk_frames: int) -> tuple[int, ...]:
+    """Chunks of ``chunk_frames`` consecutive frames, filled from the last scan dim inward."""
+    c = [1] * len(scan_shape)
+    left = max(1, chunk_frames)
+    for d in range(len(scan_shape) - 1, -1, -1):
+        take = min(left, scan_shape[d]) if scan_shape[d] else left
+        c[d] = max(1, take)
+        left = max(1, left // max(1, scan_shape[d]))
+        if take < scan_shape[d] or left == 1:
+            break
+    return tuple(c) + tuple(frame_shape)
+
+
+def _create(f: h5py.File, scan_shape: tuple[int, ...], frame_shape: tuple[int, ...],
+            dtype: np.dtype, growing: bool, finished_shape: str, chunk_frames: int,
+            compression: str | None) -> None:
+    key_shape = tuple(scan_shape) + (1,) * len(frame_shape)
+    start = (0, *scan_shape[1:]) if growing else tuple(scan_shape)
+    grow = (None, *scan_shape[1:]) if growing else tuple(scan_shape)
+    ones = (1,) * len(frame_shape)
+    f.create_dataset(DATA, shape=start + tuple(frame_shape), maxshape=grow + tuple(frame_shape),
+                     dtype=dtype, chunks=_chunks(scan_shape, frame_shape, chunk_frames),
+                     compression=compression, fillvalue=0)
+    key_chunks = (1, *key_shape[1:]) if growing else None
+    f.create_dataset(KEY, shape=start + ones, maxshape=grow + ones, dtype="i4",
+                     chunks=key_chunks, fillvalue=0)
+    f.create_dataset(KEY_TIME, shape=start, maxshape=grow, dtype="f8",
+                     chunks=(1, *scan_shape[1:]) if growing else None, fillvalue=0)
+    if finished_shape == "scalar":
+        f.create_dataset(FINISHED, shape=(), dtype="i4", data=0)
+    elif finished_shape == "1":
+        f.create_dataset(FINISHED, shape=(1,), dtype="i4", data=[0])
+    elif finished_shape != "none":
+        raise FramebagError(f"--finished-shape must be scalar, 1 or none, not {finished_shape!r}")
+    det = f["entry/data"]
+    det.attrs["simulated"] = True
+
+
+def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
+             frame: tuple[int, ...] = (128, 128), rate: float = 500.0, *, writers: int = 1,
+             writer_lag: int = 5, snake: bool = False, stall_after: int | None = None,
+             stall_for: float = math.inf, growing: bool = False, dtype: str = "uint16",
+             finished_shape: str = "scalar", chunk_frames: int = 1,
+             compression: str | None = None, seed: int = 0, start_delay: float = 0.0,
+             overwrite: bool = True) -> int:
+    """Write a simulated live scan to ``path`` and return the number of frames written.
+
+    Blocks until the scan is written (or, with ``stall_after`` and the default
+    ``stall_for``, until the process is killed). The finished flag is set only
+    when every frame was written. Safe as a ``multiprocessing`` target.
+    """
+    scan = tuple(int(s) for s in scan)
+    frame = tuple(int(s) for s in frame)
+    if not scan or min(scan) < 1 or not frame or min(frame) < 1:
+        raise FramebagError(f"--scan {scan} and --frame {frame} need positive sizes")
+    if rate <= 0:
+        raise FramebagError(f"--rate must be positive frames per second, got {rate}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise FramebagError(f"--dtype {dtype!r} is not a numpy dtype") from None
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FramebagError(f"simulate output {str(path)!r} exists")
+    if not path.resolve().parent.is_dir():
+        raise FramebagError(f"simulate output directory {str(path.resolve().parent)!r} "
+                            "does not exist")
+    order = emission_order(scan, writers, snake, writer_lag)
+    inner = int(np.prod(scan[1:], dtype=np.int64))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    f = h5py.File(tmp, "w", libver=LIBVER)
+    try:
+        _create(f, scan, frame, dt, growing, finished_shape, chunk_frames, compression)
+        f.swmr_mode = True
+        os.replace(tmp, path)
+        data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
+        if start_delay:
+            time.sleep(start_delay)
+        t0 = time.monotonic()
+        written = 0
+        rows = 0
+        n = order.size
+        while written < n:
+            if stall_after is not None and written >= stall_after:
+                _stall(stall_for)
+                stall_after = None
+                t0 = time.monotonic() - written / rate
+            due = min(n, int((time.monotonic() - t0) * rate) + 1)
+            if stall_after is not None:
+                due = min(due, stall_after)
+            batch = order[written:due]
+            idx = [np.unravel_index(int(i), scan) for i in batch]
+            if growing:
+                need = int(batch.max()) // inner + 1
+                if need > rows:
+                    rows = need
+                    for ds in (data, key, key_time):
+                        ds.resize(rows, axis=0)
+            for i, ix in zip(batch.tolist(), idx):
+                data[ix] = frame_at(seed, i, frame, dt)
+            data.flush()
+            now = time.time()
+            for ix in idx:
+                key[ix] = 1
+                key_time[ix] = now
+            key.flush()
+            key_time.flush()
+            written = due
+            if written < n:
+                wake = t0 + written / rate
+                delay = wake - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        if finished_shape != "none":
+            flag = f[FINISHED]
+            flag[()] = 1
+            flag.flush()
+        return written
+    finally:
+        f.close()
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _stall(seconds: float) -> None:
+    """Hold the file open, writing nothing, like a detector that hangs."""
+    if math.isinf(seconds):
+        while True:
+            time.sleep(3600)
+    time.sleep(seconds)
+
+
+# command line -------------------------------------------------------------------------
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 20x30") from None
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape of positive sizes")
+    return shape
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``framebag simulate`` to the CLI's subcommands."""
+    p = sub.add_parser(
+        "simulate", help="write a simulated live scan (a detector-like SWMR writer)",
+        description="Write a scan to OUTPUT the way a detector does: SWMR mode, data then "
+                    "keys flushed frame by frame at --rate, the finished flag at the end.")
+    p.add_argument("output", help="HDF5 file to write (replaced if it exists)")
+    p.add_argument("--scan", type=_shape, default=(20, 30), help="scan shape (default 20x30)")
+    p.add_argument("--frame", type=_shape, default=(128, 128),
+                   help="frame shape (default 128x128)")
+    p.add_argument("--rate", type=float, default=500.0, help="frames per second (default 500)")
+    p.add_argument("--writers", type=int, default=1,
+                   help="interleaved writers; more than 1 completes keys out of order")
+    p.add_argument("--writer-lag", type=int, default=5,
+                   help="frames each further writer runs behind the one before (default 5)")
+    p.add_argument("--snake", action="store_true", help="reverse every other scan row")
+    p.add_argument("--stall-after", type=int, metavar="N",
+                   help="stop writing after N frames, keeping the file open")
+    p.add_argument("--stall-for", type=float, default=math.inf, metavar="S",
+                   help="with --stall-after: resume after S seconds (default: never)")
+    p.add_argument("--growing", action="store_true",
+                   help="unlimited first scan dim, extended as the scan goes")
+    p.add_argument("--dtype", default="uint16", help="data dtype (default uint16)")
+    p.add_argument("--finished-shape", choices=("scalar", "1", "none"), default="scalar",
+                   help="finished flag of shape () (default), (1,), or no flag")
+    p.add_argument("--chunk-frames", type=int, default=1,
+                   help="frames per data chunk along the scan (default 1)")
+    p.add_argument("--compression", help="data compression filter, e.g. gzip")
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame content")
+    p.set_defaults(func=cmd_simulate)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    # a plain kill ends the writer like Ctrl-C, so the file is closed on the way out
+    signal.signal(signal.SIGTERM, _interrupt)
+    t0 = time.monotonic()
+    try:
+        n = simulate(args.output, args.scan, args.frame, args.rate, writers=args.writers,
+                     writer_lag=args.writer_lag, snake=args.snake, stall_after=args.stall_after,
+                     stall_for=args.stall_for, growing=args.growing, dtype=args.dtype,
+                     finished_shape=args.finished_shape, chunk_frames=args.chunk_frames,
+                     compression=args.compression, seed=args.seed)
+    except KeyboardInterrupt:
+        print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)
+        return 130
+    wall = time.monotonic() - t0
+    print(f"framebag: simulated {n} frames in {wall:.2f} s ({n / wall:.0f} frames/s) "
+          f"into {args.output}", flush=True)
+    return 0
