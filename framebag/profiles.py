@@ -2,19 +2,46 @@
 
 A profile is a YAML file::
 
-    cluster: local          # local | slurm | pbs | sge | lsf | htcondor | address
+    cluster: slurm          # local | slurm | pbs | sge | lsf | htcondor | address
     scale: {jobs: 2}        # or adapt: {minimum_jobs: 0, maximum_jobs: 20}
-    options: {...}          # keyword arguments of the cluster class, validated
+    options:                # keyword arguments of the cluster class, validated
+      cores: 8
+      memory: 32GiB
+      walltime: "01:00:00"  # required by every batch kind that has one
+    python: /path/to/python           # optional: the Python on the compute nodes
+    job_script_prologue: [...]        # optional: shell lines run before the worker starts
+    first_worker_timeout: 600         # optional: seconds to wait for the first worker
 
 ``--profile NAME|FILE`` is looked up as an explicit path, then in
 ``$FRAMEBAG_PROFILES``, ``./cluster_profiles``, ``~/.config/framebag/profiles``
 and the profiles packaged with framebag, in that order.
+
+The cluster classes are dask's ``LocalCluster`` and dask-jobqueue's
+``SLURMCluster``, ``PBSCluster``, ``SGECluster``, ``LSFCluster`` and
+``HTCondorCluster``. What this module adds, because they do not do it:
+
+- validation before anything starts, with the valid option names derived from
+  the classes' own signatures (so they follow the installed dask-jobqueue), and
+  errors instead of dask-jobqueue's FutureWarnings for renamed keywords;
+- no silent walltime default (dask-jobqueue falls back to 30 minutes);
+- a bounded wait for the first worker that explains itself (job ids, log
+  directory, usual causes) instead of a run that hangs on a pending job;
+- a ledger of every job submitted, so that every one is cancelled on exit,
+  including after errors, Ctrl-C and SIGTERM (and Ctrl-C raises KeyboardInterrupt
+  again: importing dask-jobqueue 0.9 turns it into a silent ``sys.exit()``).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,15 +53,47 @@ import yaml
 
 from .errors import FramebagError
 
-__all__ = ["Profile", "find", "load", "start_client", "search_path"]
+__all__ = ["Profile", "find", "load", "start_client", "search_path", "list_profiles",
+           "make_cluster", "job_script", "resolved", "KINDS"]
 
 log = logging.getLogger("framebag")
 DEFAULT = "local"
 
+#: cluster kind -> dask-jobqueue class name (``None``: not a batch system)
+KINDS: dict[str, str | None] = {
+    "local": None,
+    "slurm": "SLURMCluster",
+    "pbs": "PBSCluster",
+    "sge": "SGECluster",
+    "lsf": "LSFCluster",
+    "htcondor": "HTCondorCluster",
+    "address": None,
+}
+
+#: keywords dask-jobqueue renamed (it still accepts the old ones with a FutureWarning)
+RENAMED = {
+    "job_extra": "job_extra_directives",
+    "env_extra": "job_script_prologue",
+    "extra": "worker_extra_args",
+    "header_skip": "job_directives_skip",
+}
+
+#: keywords dask-jobqueue rejects at the top level and wants inside ``scheduler_options``
+SCHEDULER_ONLY = ("dashboard_address", "host")
+
+#: parameters of the cluster and job classes that are not user options
+_INTERNAL = {"self", "scheduler", "name", "job_cls", "loop", "asynchronous", "n_workers",
+             "kwargs", "args", "job_kwargs", "base_class_kwargs"}
+
+TOP_KEYS = ("cluster", "options", "scale", "adapt", "address", "python",
+            "job_script_prologue", "first_worker_timeout")
+DEFAULT_FIRST_WORKER_TIMEOUT = 600.0
+DEFAULT_LOG_DIRECTORY = "framebag-logs"
+
 
 @dataclass
 class Profile:
-    """A validated cluster profile."""
+    """A validated cluster profile: what to start, how to scale it, and where it came from."""
 
     name: str
     source: Path
@@ -43,6 +102,15 @@ class Profile:
     scale: dict[str, Any] = field(default_factory=dict)
     adapt: dict[str, Any] | None = None
     address: str | None = None
+    first_worker_timeout: float = DEFAULT_FIRST_WORKER_TIMEOUT
+
+    @property
+    def is_batch(self) -> bool:
+        """True for the dask-jobqueue kinds (workers run inside batch jobs)."""
+        return KINDS.get(self.cluster) is not None
+
+
+# finding -------------------------------------------------------------------------
 
 
 def search_path() -> list[tuple[str, Path]]:
@@ -77,80 +145,520 @@ def find(name: str | os.PathLike | None) -> Path:
     )
 
 
-def load(name: str | os.PathLike | None) -> Profile:
-    """Find, parse and validate a profile."""
-    path = find(name)
+def list_profiles() -> list[tuple[str, str, Path, bool]]:
+    """Every profile file on the search path: ``(name, place label, path, shadowed)``.
+
+    ``shadowed`` is true when a profile of the same name earlier in the search
+    path wins over this one.
+    """
+    seen: set[str] = set()
+    files: set[Path] = set()
+    out: list[tuple[str, str, Path, bool]] = []
+    for label, place in search_path():
+        if not place.is_dir():
+            continue
+        for path in sorted(place.iterdir()):
+            if path.suffix not in (".yaml", ".yml") or not path.is_file():
+                continue
+            if path.resolve() in files:  # e.g. ./cluster_profiles of an editable install
+                continue
+            files.add(path.resolve())
+            out.append((path.stem, label, path, path.stem in seen))
+            seen.add(path.stem)
+    return out
+
+
+# loading and validating ----------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise FramebagError(f"profile {str(path)!r} is not valid YAML{where}: {problem}") from None
+
+
+def load(name: str | os.PathLike | None) -> Profile:
+    """Find, parse and validate a profile; nothing is started and nothing is submitted."""
+    path = find(name)
+    where = f"profile {str(path)!r}"
+    raw = _read_yaml(path)
     if not isinstance(raw, dict) or "cluster" not in raw:
-        raise FramebagError(f"profile {str(path)!r} must be a mapping with a 'cluster:' key")
-    unknown = set(raw) - {"cluster", "options", "scale", "adapt", "address"}
+        raise FramebagError(f"{where} must be a mapping with a 'cluster:' key")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise FramebagError(
-            f"profile {str(path)!r} has unknown key(s) {', '.join(sorted(unknown))}; "
-            "valid keys are cluster, options, scale, adapt, address"
+            f"{where} has unknown key(s) {', '.join(map(str, unknown))}; "
+            f"valid keys are {', '.join(TOP_KEYS)}"
         )
     kind = str(raw["cluster"])
-    options = dict(raw.get("options") or {})
-    if kind == "local":
-        _check_options(path, kind, options, _local_options())
-    elif kind == "address":
-        if not raw.get("address"):
-            raise FramebagError(f"profile {str(path)!r}: cluster 'address' needs address: tcp://...")
-    else:
+    if kind not in KINDS:
         raise FramebagError(
-            f"profile {str(path)!r}: unknown cluster kind {kind!r}; valid kinds are local, address"
+            f"{where}: unknown cluster kind {kind!r}; valid kinds are {', '.join(KINDS)}"
         )
-    return Profile(Path(path).stem, path, kind, options, dict(raw.get("scale") or {}),
-                   raw.get("adapt"), raw.get("address"))
+    options = raw.get("options") or {}
+    if not isinstance(options, dict):
+        raise FramebagError(f"{where}: 'options:' must be a mapping of option: value")
+    options = dict(options)
+    timeout = raw.get("first_worker_timeout", DEFAULT_FIRST_WORKER_TIMEOUT)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise FramebagError(f"{where}: first_worker_timeout must be a positive number of seconds")
+
+    if kind == "address":
+        extra = sorted(k for k in raw if k not in ("cluster", "address", "first_worker_timeout"))
+        if not raw.get("address"):
+            raise FramebagError(f"{where}: cluster 'address' needs address: tcp://host:8786")
+        if extra:
+            raise FramebagError(
+                f"{where}: cluster 'address' connects to a running scheduler and takes no "
+                f"{', '.join(extra)}"
+            )
+        return Profile(path.stem, path, kind, {}, {}, None, str(raw["address"]), float(timeout))
+
+    for key in ("python", "job_script_prologue"):
+        if key in raw:
+            if kind == "local":
+                raise FramebagError(f"{where}: {key!r} is for batch systems, not cluster 'local'")
+            if key in options:
+                raise FramebagError(f"{where}: give {key!r} once, at the top level or in options")
+            options[key] = raw[key]
+    if isinstance(options.get("job_script_prologue"), str):
+        options["job_script_prologue"] = [options["job_script_prologue"]]
+
+    valid = valid_options(kind)
+    for key in options:
+        _check_option(where, kind, str(key), valid)
+    if kind != "local":
+        _check_batch(where, kind, options)
+
+    scale = raw.get("scale")
+    adapt = raw.get("adapt")
+    if scale is not None and adapt is not None:
+        raise FramebagError(f"{where}: give either 'scale:' or 'adapt:', not both")
+    if scale is not None:
+        scale = _check_mapping(where, "scale", scale, _scale_keys(kind))
+        if "workers" in scale:
+            scale["n"] = scale.pop("workers")
+    elif kind != "local":
+        scale = {"jobs": 1}
+    if adapt is not None:
+        adapt = _check_mapping(where, "adapt", adapt, _adapt_keys(kind))
+    return Profile(path.stem, path, kind, options, dict(scale or {}), adapt, None, float(timeout))
 
 
-def _local_options() -> set[str]:
-    import inspect
+def cluster_class(kind: str) -> type:
+    """The dask (``local``) or dask-jobqueue class that starts clusters of ``kind``."""
+    if kind == "local":
+        from distributed import LocalCluster
 
-    from distributed import LocalCluster, Nanny, Worker
+        return LocalCluster
+    import dask_jobqueue
 
-    names = set(inspect.signature(LocalCluster.__init__).parameters)
-    names |= set(inspect.signature(Worker.__init__).parameters)
-    names |= set(inspect.signature(Nanny.__init__).parameters)
-    return {n for n in names if n not in ("self", "kwargs", "args")}
+    _restore_ctrl_c()
+    return getattr(dask_jobqueue, KINDS[kind])  # type: ignore[arg-type]
 
 
-def _check_options(path: Path, kind: str, options: dict[str, Any], valid: set[str]) -> None:
-    bad = sorted(set(options) - valid)
+def _restore_ctrl_c() -> None:
+    """Undo dask-jobqueue 0.9's import-time SIGINT handler (``sys.exit()``, status 0).
+
+    ``dask_jobqueue.runner`` replaces Ctrl-C's KeyboardInterrupt by a clean exit, so an
+    interrupted run would look successful; framebag wants the KeyboardInterrupt back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if getattr(handler, "__module__", "").startswith("dask_jobqueue"):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _params(func: Any) -> set[str]:
+    return {name for name, p in inspect.signature(func).parameters.items()
+            if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def valid_options(kind: str) -> set[str]:
+    """Option names a profile of ``kind`` accepts, read from the installed classes' signatures."""
+    cls = cluster_class(kind)
+    if kind == "local":
+        from distributed import Nanny, Worker
+
+        names = _params(cls.__init__) | _params(Worker.__init__) | _params(Nanny.__init__)
+        return names - {"self", "scheduler_ip", "scheduler_file", "loop", "asynchronous"}
+    from dask_jobqueue.core import Job
+
+    names = _params(cls.__init__) | _params(Job.__init__) | _params(cls.job_cls.__init__)
+    names -= _INTERNAL | set(RENAMED) | set(SCHEDULER_ONLY)
+    if "account" in names:  # SLURM and PBS renamed project -> account; SGE and LSF keep project
+        names.discard("project")
+    return names
+
+
+def _check_option(where: str, kind: str, key: str, valid: set[str]) -> None:
+    if key in valid:
+        return
+    if key in RENAMED and kind != "local":
+        raise FramebagError(f"{where}: option {key!r} was renamed; write {RENAMED[key]!r}")
+    if key == "project" and "account" in valid:
+        raise FramebagError(f"{where}: option 'project' was renamed; write 'account'")
+    if key in SCHEDULER_ONLY and kind != "local":
+        raise FramebagError(
+            f"{where}: option {key!r} belongs to the scheduler; write it as "
+            f"scheduler_options: {{{key}: ...}}"
+        )
+    if key == "n_workers" and kind != "local":
+        raise FramebagError(f"{where}: option 'n_workers' is set by scale: {{jobs: N}} instead")
+    raise FramebagError(
+        f"{where}: unknown option {key!r} for cluster {kind!r}; "
+        f"valid options are {', '.join(sorted(valid))}"
+    )
+
+
+def _check_batch(where: str, kind: str, options: dict[str, Any]) -> None:
+    import dask
+
+    job_cls = cluster_class(kind).job_cls
+    config = options.get("config_name") or job_cls.config_name
+    for needed in ("cores", "memory"):
+        if options.get(needed) is None and dask.config.get(f"jobqueue.{config}.{needed}",
+                                                            None) is None:
+            raise FramebagError(f"{where}: option {needed!r} is required for cluster {kind!r} "
+                                "(per job, for example cores: 8, memory: 32GiB)")
+    if "walltime" in valid_options(kind) and not options.get("walltime"):
+        raise FramebagError(
+            f"{where}: option 'walltime' is required for cluster {kind!r} "
+            "(for example walltime: \"01:00:00\"; there is no silent default)"
+        )
+    if "walltime" in options and not isinstance(options["walltime"], str):
+        raise FramebagError(
+            f"{where}: option 'walltime' was read as the number {options['walltime']!r} "
+            "(YAML reads 1:00:00 as 3600); quote it: walltime: \"01:00:00\""
+        )
+    if "memory" in options:
+        from dask.utils import parse_bytes
+
+        try:
+            parse_bytes(options["memory"])
+        except (ValueError, TypeError):
+            raise FramebagError(
+                f"{where}: option 'memory' {options['memory']!r} is not a size like 32GiB"
+            ) from None
+
+
+def _scale_keys(kind: str) -> set[str]:
+    return (_params(cluster_class(kind).scale) - {"self"}) | ({"workers"} if kind == "local"
+                                                              else set())
+
+
+def _adapt_keys(kind: str) -> set[str]:
+    from distributed.deploy.adaptive import Adaptive
+    from distributed.deploy.adaptive_core import AdaptiveCore
+
+    cls = cluster_class(kind)
+    names = _params(cls.adapt) | _params(Adaptive.__init__) | _params(AdaptiveCore.__init__)
+    return names - {"self", "cluster", "Adaptive", "worker_key"}
+
+
+def _check_mapping(where: str, key: str, value: Any, valid: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise FramebagError(f"{where}: '{key}:' must be a mapping like {{jobs: 2}}")
+    bad = sorted(set(map(str, value)) - valid)
     if bad:
         raise FramebagError(
-            f"profile {str(path)!r}: unknown option {bad[0]!r} for cluster {kind!r}; "
-            f"valid options are {', '.join(sorted(valid))}"
+            f"{where}: unknown {key} key {bad[0]!r}; valid keys are {', '.join(sorted(valid))}"
         )
+    return dict(value)
+
+
+# resolving -------------------------------------------------------------------------
+
+
+def cluster_options(prof: Profile) -> dict[str, Any]:
+    """The keyword arguments the cluster class is called with: the profile's options + defaults.
+
+    Batch kinds get ``python`` (the interpreter running framebag, or ``python``
+    from ``PATH`` when a ``job_script_prologue`` sets up the environment), an
+    absolute ``log_directory`` (``./framebag-logs``) and a dashboard on a free port.
+    Local clusters get one single-threaded worker process per core.
+    """
+    opts = dict(prof.options)
+    if prof.cluster == "local":
+        opts.setdefault("n_workers", os.cpu_count() or 1)
+        opts.setdefault("threads_per_worker", 1)
+        opts.setdefault("processes", True)
+        return opts
+    opts.setdefault("python", "python" if opts.get("job_script_prologue") else sys.executable)
+    opts["log_directory"] = os.path.abspath(
+        os.path.expanduser(str(opts.get("log_directory") or DEFAULT_LOG_DIRECTORY)))
+    sched = dict(opts.get("scheduler_options") or {})
+    sched.setdefault("dashboard_address", ":0")
+    opts["scheduler_options"] = sched
+    return opts
+
+
+def resolved(prof: Profile) -> dict[str, Any]:
+    """The profile as framebag will use it, defaults filled in (for ``profiles show``)."""
+    out: dict[str, Any] = {"cluster": prof.cluster}
+    if prof.cluster == "address":
+        out["address"] = prof.address
+    else:
+        if prof.adapt is not None:
+            out["adapt"] = dict(prof.adapt)
+        elif prof.scale:
+            out["scale"] = dict(prof.scale)
+        out["options"] = cluster_options(prof)
+    if prof.is_batch or prof.cluster == "address":
+        out["first_worker_timeout"] = prof.first_worker_timeout
+    return out
+
+
+# starting --------------------------------------------------------------------------
+
+
+class _Ledger:
+    """Every job a cluster submitted or failed to submit, so none outlives framebag."""
+
+    def __init__(self) -> None:
+        self.submitted: list[str] = []
+        self.closed: set[str] = set()
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+
+    def open_ids(self) -> list[str]:
+        with self.lock:
+            return [j for j in self.submitted if j not in self.closed]
+
+
+def _recording(job_cls: type, ledger: _Ledger) -> type:
+    """A subclass of dask-jobqueue's ``job_cls`` that writes what it submits into ``ledger``."""
+
+    class Recorded(job_cls):  # type: ignore[misc, valid-type]
+        async def start(self) -> None:
+            try:
+                await super().start()
+            except BaseException as exc:
+                ledger.errors.append(exc)
+                raise
+            finally:
+                if self.job_id:
+                    with ledger.lock:
+                        ledger.submitted.append(str(self.job_id))
+
+        async def close(self) -> None:
+            await super().close()
+            if self.job_id:
+                with ledger.lock:
+                    ledger.closed.add(str(self.job_id))
+
+    Recorded.__name__ = Recorded.__qualname__ = job_cls.__name__
+    return Recorded
+
+
+def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
+    """Create the profile's cluster object (scheduler running, no job submitted yet)."""
+    if prof.cluster == "address":
+        raise FramebagError(f"profile {str(prof.source)!r} connects to {prof.address}; "
+                            "it has no cluster to create")
+    cls = cluster_class(prof.cluster)
+    opts = cluster_options(prof)
+    if prof.is_batch and ledger is not None:
+        opts["job_cls"] = _recording(cls.job_cls, ledger)
+    try:
+        return cls(**opts)
+    except FramebagError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FramebagError(
+            f"profile {str(prof.source)!r}: {cls.__name__} rejected the options: {first}"
+        ) from exc
+
+
+def job_script(profile: str | os.PathLike | Profile) -> str:
+    """The batch script dask-jobqueue would submit for ``profile`` (``cluster.job_script()``).
+
+    A scheduler is started briefly, to put its real address in the script; no job
+    is submitted.
+    """
+    prof = profile if isinstance(profile, Profile) else load(profile)
+    if not prof.is_batch:
+        raise FramebagError(f"profile {str(prof.source)!r} is cluster {prof.cluster!r}, "
+                            "which submits no batch jobs and has no job script")
+    cluster = make_cluster(prof)
+    try:
+        return str(cluster.job_script())
+    finally:
+        cluster.close()
+
+
+def _first_line_of_stderr(exc: BaseException) -> str:
+    text = str(exc)
+    if "stderr:" in text:
+        text = text.split("stderr:", 1)[1]
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _queue_states(kind: str, ids: list[str]) -> dict[str, str] | None:
+    """SLURM job states of ``ids`` (ended jobs are absent); ``None`` where we cannot ask."""
+    if kind != "slurm" or not ids:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:
+        return None
+    return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
+
+
+def _wait_first_worker(client: Any, cluster: Any, prof: Profile, ledger: _Ledger,
+                       timeout: float) -> None:
+    """Block until one worker connected; explain why not within ``timeout`` seconds."""
+    kind = prof.cluster
+    submit = cluster.job_cls.submit_command
+    deadline = time.monotonic() + timeout
+    last_check = 0.0
+    while True:
+        if ledger.errors:
+            raise FramebagError(
+                f"profile {str(prof.source)!r}: submitting a job with {submit!r} failed: "
+                f"{_first_line_of_stderr(ledger.errors[0])}"
+            )
+        try:
+            client.wait_for_workers(1, timeout=0.5)
+            return
+        except TimeoutError:
+            pass
+        now = time.monotonic()
+        ids = list(ledger.submitted)
+        if now - last_check > 2 and ids:
+            last_check = now
+            states = _queue_states(kind, ids)
+            if states is not None and not states:
+                raise FramebagError(_no_worker_message(
+                    prof, ids, cluster, f"{kind} job(s) {', '.join(ids)} ended before any "
+                    "worker connected"))
+        if now >= deadline:
+            states = _queue_states(kind, ids) or {}
+            shown = ", ".join(f"{j} ({states[j]})" if j in states else j for j in ids) or "none"
+            raise FramebagError(_no_worker_message(
+                prof, ids, cluster, f"no worker connected within {timeout:g} s; "
+                f"{kind} job(s) {shown}"))
+
+
+def _no_worker_message(prof: Profile, ids: list[str], cluster: Any, what: str) -> str:
+    opts = cluster_options(prof)
+    iface = opts.get("interface")
+    return (
+        f"profile {str(prof.source)!r}: {what}; job logs are in {opts['log_directory']}; "
+        f"usual causes: the network interface (interface: {iface or 'not set'}) is not one "
+        f"the compute nodes reach the scheduler on, the queue "
+        f"({opts.get('queue') or 'default'}) is busy or wrong, or the Python on the compute "
+        f"nodes ({opts.get('python')}) cannot import distributed"
+    )
+
+
+def _cancel(cluster: Any, ids: list[str]) -> None:
+    if not ids:
+        return
+    cmd = shlex.split(cluster.job_cls.cancel_command) + ids
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not cancel job(s) %s with %s: %s", ", ".join(ids), cmd[0], exc)
+        return
+    log.info("cancelled job(s) %s", ", ".join(ids))
 
 
 @contextmanager
-def start_client(profile: str | os.PathLike | None = None) -> Iterator[Any]:
-    """Start the profile's cluster, yield a connected ``distributed.Client``, shut it down."""
-    from distributed import Client, LocalCluster
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM (a batch system ending the driver's job) into KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    prof = load(profile)
+    fired = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not fired:  # a second SIGTERM must not cut the cleanup short
+            fired.append(signum)
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _announce(client: Any, prof: Profile) -> None:
+    link = getattr(client, "dashboard_link", "")
+    if link:
+        print(f"framebag: dashboard {link} ({prof.name} profile)", file=sys.stderr)
+
+
+@contextmanager
+def start_client(profile: str | os.PathLike | Profile | None = None, *,
+                 first_worker_timeout: float | None = None,
+                 announce: bool = True) -> Iterator[Any]:
+    """Start the profile's cluster, yield a connected ``distributed.Client``, shut it all down.
+
+    For batch kinds the jobs of ``scale:`` (or ``adapt: minimum_jobs``, at least
+    one) are submitted and the first worker is awaited for
+    ``first_worker_timeout`` seconds (default: the profile's, else 600); past it,
+    a :class:`FramebagError` names the job ids, the log directory and the usual
+    causes. ``adapt:`` takes over once the first worker is up. On leaving, by
+    return, error, Ctrl-C or SIGTERM, every job framebag submitted is cancelled.
+    The dashboard link is printed on stderr unless ``announce`` is false.
+    """
+    from distributed import Client
+
+    prof = profile if isinstance(profile, Profile) else load(profile)
+    timeout = float(first_worker_timeout or prof.first_worker_timeout)
     if prof.cluster == "address":
-        client = Client(prof.address)
         try:
+            client = Client(prof.address, timeout=timeout)
+        except OSError as exc:
+            raise FramebagError(f"profile {str(prof.source)!r}: cannot reach the scheduler at "
+                                f"{prof.address}: {exc}") from exc
+        try:
+            if announce:
+                _announce(client, prof)
             yield client
         finally:
             client.close()
         return
-    opts = dict(prof.options)
-    opts.setdefault("n_workers", os.cpu_count() or 1)
-    opts.setdefault("threads_per_worker", 1)
-    opts.setdefault("processes", True)
-    cluster = LocalCluster(**opts)
-    client = Client(cluster)
-    try:
-        yield client
-    finally:
-        client.close()
-        cluster.close()
+
+    ledger = _Ledger()
+    with _sigterm_interrupts():
+        cluster = make_cluster(prof, ledger)
+        client = None
+        try:
+            client = Client(cluster)
+            if announce:
+                _announce(client, prof)
+            if prof.is_batch:
+                if prof.adapt is not None:
+                    first = max(1, int(prof.adapt.get("minimum_jobs") or 0))
+                    cluster.scale(jobs=first)
+                else:
+                    cluster.scale(**prof.scale)
+                _wait_first_worker(client, cluster, prof, ledger, timeout)
+                log.info("first worker connected; job(s) %s", ", ".join(ledger.submitted))
+            elif prof.scale:
+                cluster.scale(**prof.scale)
+            if prof.adapt is not None:
+                cluster.adapt(**prof.adapt)
+            yield client
+        finally:
+            if client is not None:
+                client.close()
+            try:
+                cluster.close()
+            finally:
+                if prof.is_batch:
+                    _cancel(cluster, ledger.open_ids())

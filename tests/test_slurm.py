@@ -1,0 +1,213 @@
+"""framebag on a real SLURM (tests/harness/start-slurm.sh): jobs submitted, work done inside them,
+a job cancelled mid-run, a job that never starts, and no job left behind.
+
+Outside CI these tests skip when no SLURM answers; with ``CI`` set that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import framebag
+from framebag.errors import FramebagError
+from framebag.profiles import start_client
+
+pytestmark = pytest.mark.slurm
+ROOT = Path(__file__).resolve().parents[1]
+FRAME_SUM = ROOT / "workflows" / "frame_sum.py"
+
+
+def _no_slurm_reason() -> str | None:
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        return "no SLURM client tools (sbatch, sinfo) on PATH"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%a %D"], capture_output=True, text=True,
+                             timeout=10)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 10 s"
+    if out.returncode != 0 or "up" not in out.stdout:
+        err = (out.stderr.strip().splitlines() or ["no partition is up"])[-1]
+        return f"no SLURM answers ({err}); start one with: sudo bash tests/harness/start-slurm.sh"
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm() -> None:
+    reason = _no_slurm_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but SLURM is not usable: {reason}")
+        pytest.skip(reason)
+
+
+def queued(ids) -> set[str]:
+    """Which of ``ids`` SLURM still lists (pending, running or completing)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(map(str, ids))],
+                         capture_output=True, text=True, timeout=10)
+    return set(out.stdout.split())
+
+
+def gone(ids, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while queued(ids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def write_profile(path: Path, *, jobs: int | None = 2, adapt: dict | None = None,
+                  timeout: float = 60, **options) -> Path:
+    opts = {"cores": 1, "processes": 1, "memory": "1GiB", "walltime": "00:10:00",
+            "queue": "debug", "interface": "lo", "log_directory": str(path.parent / "logs"),
+            "death_timeout": 30}
+    opts.update(options)
+    prof: dict = {"cluster": "slurm", "options": opts, "first_worker_timeout": timeout}
+    if adapt is not None:
+        prof["adapt"] = adapt
+    else:
+        prof["scale"] = {"jobs": jobs}
+    path.write_text(yaml.safe_dump(prof))
+    return path
+
+
+def expected_frame_sum(data: np.ndarray) -> dict[str, np.ndarray]:
+    return {"total": data.sum(axis=(-2, -1)), "roi": data[..., 0:10, :].sum(axis=(-2, -1)),
+            "brightest": data.max(axis=(0, 1))}
+
+
+def test_frame_sum_runs_inside_two_slurm_jobs(tmp_path, make_scan, unchanged):
+    inp, data = make_scan((12, 10), (16, 16))
+    unchanged(inp)
+    prof = write_profile(tmp_path / "two.yaml")
+    wf = framebag.load_workflow(FRAME_SUM)
+    with start_client(prof) as client:
+        client.wait_for_workers(2, timeout=60)
+        job_of_worker = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+        host_of_worker = client.run(lambda: os.environ.get("SLURMD_NODENAME"))
+        res = wf.run(inp, tmp_path / "out.h5", client=client, partition_bytes=4096)
+    ids = set(job_of_worker.values())
+    assert len(job_of_worker) == 2 and None not in ids and len(ids) == 2, job_of_worker
+    assert set(host_of_worker.values()) <= {"fb1", "fb2"}, host_of_worker
+    for name, want in expected_frame_sum(data).items():
+        np.testing.assert_array_equal(res[name], want, err_msg=name)
+    assert res.done.all()
+    assert gone(ids), f"jobs {ids} still queued after the client closed"
+
+
+SLURM_FRAMES = '''
+import os
+from framebag import Workflow
+
+workflow = Workflow("where", data="entry/data/data", keys=["entry/keys/key_1"])
+
+
+@workflow.frame
+def total(frame):
+    return frame.sum()
+
+
+@workflow.frame
+def job(frame):
+    """The SLURM job the frame was processed in (0 outside SLURM)."""
+    return int(os.environ.get("SLURM_JOB_ID", 0))
+'''
+
+
+def test_adaptive_profile_through_workflow_run(tmp_path, make_scan):
+    inp, data = make_scan((10, 8), (16, 16))
+    wf_file = tmp_path / "where.py"
+    wf_file.write_text(SLURM_FRAMES)
+    prof = write_profile(tmp_path / "adaptive.yaml", adapt={"minimum_jobs": 0, "maximum_jobs": 2})
+    res = framebag.load_workflow(wf_file).run(inp, tmp_path / "out.h5", profile=str(prof),
+                                              partition_bytes=4096)
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(-2, -1)))
+    jobs = {int(j) for j in np.unique(res["job"])}
+    assert 0 not in jobs, "some frames were processed outside any SLURM job"
+    assert gone(jobs), f"jobs {jobs} still queued after the run"
+
+
+def test_scancel_one_job_mid_run(tmp_path, make_scan):
+    inp, data = make_scan((30, 20), (32, 32), seed=3)
+    wf_file = tmp_path / "where.py"
+    wf_file.write_text(SLURM_FRAMES)
+    wf = framebag.load_workflow(wf_file)
+    out = tmp_path / "out.h5"
+    prof = write_profile(tmp_path / "two.yaml")
+    killed: list[str] = []
+    with start_client(prof) as client:
+        client.wait_for_workers(2, timeout=60)
+        jobs = sorted(set(client.run(lambda: os.environ["SLURM_JOB_ID"]).values()))
+
+        def cancel_one(stats):
+            if not killed and stats["processed"] > 0:
+                subprocess.run(["scancel", jobs[0]], check=True, timeout=10)
+                killed.append(jobs[0])
+
+        try:
+            res = wf.run(inp, out, client=client, partition_bytes=2048, progress=cancel_one)
+        except FramebagError as exc:  # allowed: a clear stop, then a resume that completes
+            assert "--resume" in str(exc) or "resume" in str(exc), exc
+            res = wf.run(inp, out, client=client, partition_bytes=2048, resume=True)
+    assert killed, "the run ended before a job could be cancelled"
+    assert gone(killed), "the cancelled job is still queued"
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(-2, -1)))
+    assert res.done.all()
+    assert gone(jobs), f"jobs {jobs} still queued after the client closed"
+
+
+def test_first_worker_timeout_names_jobs_and_cancels_them(tmp_path):
+    logs = tmp_path / "joblogs"
+    prof = write_profile(tmp_path / "never.yaml", jobs=1, timeout=3, log_directory=str(logs),
+                         job_extra_directives=["--begin=now+1hour"])
+    t0 = time.monotonic()
+    with pytest.raises(FramebagError) as info:
+        with start_client(prof, announce=False):
+            pytest.fail("a job that cannot start yielded a client")
+    took = time.monotonic() - t0
+    msg = str(info.value)
+    ids = [w.strip(",;()") for w in msg.split() if w.strip(",;()").isdigit()]
+    assert ids, msg
+    assert str(logs) in msg and "interface" in msg and "queue" in msg and "Python" in msg, msg
+    assert "PENDING" in msg, msg
+    assert took < 20, took
+    assert gone(ids), f"pending job(s) {ids} were left queued"
+
+
+def test_ctrl_c_cancels_the_jobs(tmp_path, make_scan):
+    """SIGINT to a running ``framebag run`` on SLURM: exit 130 and no job left queued."""
+    half = np.zeros((4, 4), dtype=bool)
+    half[:2] = True  # the rest never completes: --follow keeps the run waiting
+    inp, _ = make_scan((4, 4), (8, 8), complete=half)
+    prof = write_profile(tmp_path / "two.yaml", jobs=1,
+                         job_extra_directives=["--job-name=fb-ctrl-c-test"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framebag.cli", "run", str(FRAME_SUM), str(inp), "-o",
+         str(tmp_path / "out.h5"), "--profile", str(prof), "--follow", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        ids: list[str] = []
+        while not ids and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            q = subprocess.run(["squeue", "-h", "-n", "fb-ctrl-c-test", "-o", "%i %T"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+            ids = [line.split()[0] for line in q if line.endswith("RUNNING")]
+        assert ids, f"the job never ran; framebag said: {proc.stderr.read() if proc.poll() else ''}"
+        time.sleep(1.0)
+        proc.send_signal(2)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert gone(ids), f"job(s) {ids} still queued after Ctrl-C"
