@@ -32,11 +32,17 @@ from . import __version__, hdf5
 from .errors import FramebagError
 from .keys import DataInfo, KeyFollower
 from .output import OutputFile, Schema, default_output_path
-from .partitions import DEFAULT_PARTITION_BYTES, Dispatcher, chunk_run, partition_size
+from .partitions import (
+    DEFAULT_PARTITION_BYTES,
+    Dispatcher,
+    by_block,
+    chunk_run,
+    partition_size,
+)
 from .reading import read_run
 from .workflow import FrameError, Partial, Workflow
 
-__all__ = ["run", "Results", "RunSpec", "process_partition"]
+__all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups", "ENDED_BY"]
 
 log = logging.getLogger("framebag")
 
@@ -61,6 +67,20 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
                           refresh=spec.live)
         out.append(spec.workflow.apply(frames, start, d.scan_shape, spec.params, spec.on_error))
     return out
+
+
+def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[Partial]:
+    """Runs on a worker: :func:`process_partition` over the runs of one bag partition."""
+    return process_partition([run for group in groups for run in group], spec)
+
+
+#: what ``stats["ended_by"]`` and the output's ``ended_by`` attribute say ended a run
+ENDED_BY = {
+    "single_pass": "not following: every frame complete at the start was processed",
+    "finished_flag": "following: the finished flag became non-zero (then one more poll)",
+    "keys_full": "following: every key of the (fixed-size) scan became non-zero",
+    "timeout": "following: no new complete frame for the inactivity timeout",
+}
 
 
 class Results(dict):
@@ -182,7 +202,7 @@ class _Job:
             if self.o["overwrite"] and self.out_path.exists():
                 self.out_path.unlink()
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
-                                         schema, self.provenance)
+                                         schema, self.provenance, growing=self.follower.growing)
         for name, fn in self.wf.functions.items():
             if not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
@@ -197,13 +217,13 @@ class _Job:
         follow = o["follow"]
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         complete = self.follower.poll().ravel()
-        nframes = complete.size
+        self.info = self.follower.data
         size = partition_size(
             self.info.frame_nbytes, o["partition_bytes"],
             chunk_run(self.info.scan_shape, self.info.chunks),
             None if follow else int(complete.sum()), 2 * nworkers,
         )
-        dispatcher = Dispatcher(nframes, size, o["latency"])
+        dispatcher = Dispatcher(complete.size, size, o["latency"], self.follower.growing)
         inflight: dict[Any, tuple[int, int]] = {}
         spec_key = None
         processed = 0
@@ -214,8 +234,16 @@ class _Job:
         try:
             while True:
                 now = time.monotonic()
+                if complete.size > dispatcher.dispatched.size:  # a growing scan grew
+                    dispatcher.grow(complete.size)
+                    self.info = self.follower.data
+                    spec_key = None
+                    if self.out is not None:
+                        self.out.grow(self.info.scan_shape)
                 if self.out is None and complete.any():
                     self._open_output(complete)
+                    if self.follower.growing:
+                        self.out.grow(self.info.scan_shape)
                     dispatcher.mark(np.flatnonzero(self.out.done))
                     processed = int(self.out.done.sum())
                 if self.out is not None:
@@ -225,16 +253,19 @@ class _Job:
                             spec_key = dask.delayed(RunSpec(
                                 self.info, self.wf, self.params, o["on_error"], follow),
                                 pure=True)
-                        bag = db.from_sequence(runs, partition_size=1)
-                        bag = bag.map_partitions(process_partition, spec_key)
+                        # one task per block: the runs of one block (frames that completed
+                        # out of order) share a task instead of costing one task each
+                        groups = by_block(runs, dispatcher.size)
+                        bag = db.from_sequence(groups, partition_size=1)
+                        bag = bag.map_partitions(process_groups, spec_key)
                         futures = client.compute(bag.to_delayed(), retries=o["retries"])
-                        inflight.update(zip(futures, runs))
+                        inflight.update(zip(futures, ((g[0][0], g[-1][1]) for g in groups)))
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
                 if o["progress"]:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
-                                   "total": nframes, "inflight": len(inflight)})
+                                   "total": complete.size, "inflight": len(inflight)})
                 if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
                     break
                 if follow and not final_poll:
@@ -255,6 +286,8 @@ class _Job:
                         pass
                 elif not inflight and follow and not final_poll:
                     time.sleep(o["poll_interval"])
+            if not follow:
+                self.ended_by = "single_pass"
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -263,17 +296,25 @@ class _Job:
             for f in inflight:
                 f.cancel()
             self._cleanup(client, status)
-        if not self.ended_by:
-            self.ended_by = "every complete frame processed" if not follow else "scan complete"
+        if self.out is None:
+            raise FramebagError(
+                f"no frame of {self.info.path!r} became complete before the run ended "
+                f"({self.ended_by}); no output was written"
+            )
         return self._results(time.monotonic() - t0, processed)
 
     def _should_end(self, complete: np.ndarray, last_new: float) -> str:
-        if complete.all():
-            return "every frame of the scan is complete"
+        """Which end condition of a followed run holds now, or "" (see ENDED_BY)."""
+        if not self.follower.growing and complete.all():
+            log.info("every frame of the scan %s is complete", self.info.scan_shape)
+            return "keys_full"
         if self.follower.finished():
-            return f"finished flag {self.follower.finished_name!r} set"
+            log.info("finished flag %r is set", self.follower.finished_name)
+            return "finished_flag"
         if time.monotonic() - last_new > self.o["timeout"]:
-            return f"no new complete frame for {self.o['timeout']:g} s (timeout)"
+            log.warning("no new complete frame for %g s: stopping on the timeout with %d of %d "
+                        "frames complete", self.o["timeout"], int(complete.sum()), complete.size)
+            return "timeout"
         return ""
 
     def _combine(self, client: Any, finished: list[Any], inflight: dict[Any, tuple[int, int]]
@@ -318,7 +359,8 @@ class _Job:
             log.debug("could not close input handles on the workers", exc_info=True)
         hdf5.close(self.info.path)
         if self.out is not None:
-            self.out.close(status, ended_by=self.ended_by or status)
+            self.out.close(status, ended_by=self.ended_by or status,
+                           scan_shape=np.asarray(self.info.scan_shape, dtype=np.int64))
 
     def _results(self, wall: float, processed: int) -> Results:
         import h5py

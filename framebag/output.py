@@ -109,7 +109,7 @@ class OutputFile:
 
     @classmethod
     def create(cls, path: Path, workflow: str, scan_shape: tuple[int, ...], schema: Schema,
-               provenance: dict[str, Any]) -> OutputFile:
+               provenance: dict[str, Any], growing: bool = False) -> OutputFile:
         """Create the layout under a temporary name, go SWMR, then move it into place.
 
         Readers can only ever find the file already in SWMR mode, so a reader that
@@ -120,7 +120,7 @@ class OutputFile:
         f = None
         try:
             f = h5py.File(tmp, "w", libver=LIBVER)
-            _layout(f, workflow, scan_shape, schema, provenance)
+            _layout(f, workflow, scan_shape, schema, provenance, growing)
             f.swmr_mode = True
             os.replace(tmp, path)
         except BaseException:
@@ -207,6 +207,22 @@ class OutputFile:
         self.group["done"][...] = self.done.reshape(self.scan_shape)
         self.f.flush()
 
+    def grow(self, scan_shape: tuple[int, ...]) -> None:
+        """Extend ``done`` and the stacked results along the first scan dim (growing input).
+
+        Only for an output created with ``growing=True``; the other scan dims stay.
+        """
+        scan_shape = tuple(int(x) for x in scan_shape)
+        if scan_shape[0] <= self.scan_shape[0]:
+            return
+        for ds in self.group.values():
+            if isinstance(ds, h5py.Dataset) and (ds.name.endswith("/done")
+                                                 or ds.attrs.get("fold") == "stack"):
+                ds.resize(scan_shape[0], axis=0)
+        extra = int(np.prod(scan_shape, dtype=np.int64)) - self.done.size
+        self.done = np.r_[self.done, np.zeros(extra, dtype=bool)]
+        self.scan_shape = scan_shape
+
     def close(self, status: str = "complete", **attrs: Any) -> None:
         """Leave SWMR mode and stamp the end time and status."""
         if not self.f.id.valid:
@@ -221,7 +237,10 @@ class OutputFile:
 
 
 def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Schema,
-            provenance: dict[str, Any]) -> None:
+            provenance: dict[str, Any], growing: bool = False) -> None:
+    # growing: the first scan dim is unlimited, and chunked as if it were already long
+    grow = (None,) if growing else (scan_shape[0],)
+    chunk_scan = (max(scan_shape[0], 256), *scan_shape[1:]) if growing else tuple(scan_shape)
     entry = f.create_group("entry")
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["default"] = workflow
@@ -237,13 +256,15 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
             ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=0,
-                                  chunks=_chunks(full, np.dtype(dtype).itemsize))
+                                  maxshape=grow + full[1:],
+                                  chunks=_chunks(chunk_scan + tuple(shape),
+                                                 np.dtype(dtype).itemsize))
             ds.attrs["fold"] = "stack"
         else:
             ds = g.create_dataset(name, shape=shape, dtype=dtype)
         ds.attrs["function"] = name
     g.create_dataset("done", shape=scan_shape, dtype=np.uint8, fillvalue=0,
-                     chunks=_chunks(tuple(scan_shape), 1))
+                     maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
     g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,))
     ck = g.create_group("checkpoint")
     for slot in ("slot0", "slot1"):

@@ -1,0 +1,338 @@
+"""Live mode: following a file that a real SWMR writer process is still writing.
+
+Every test starts the simulator (``framebag simulate``) as a separate process,
+follows its file with the session's LocalCluster and compares the results with
+numpy on the frames the simulator is known to write.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from framebag import Workflow
+from framebag.partitions import Dispatcher, by_block
+from framebag.simulate import DATA, FINISHED, KEY, KEY_TIME, expected_frames
+
+FRAME = (16, 16)
+
+
+def start_writer(path: Path, scan=(10, 20), rate=400.0, **opts) -> subprocess.Popen:
+    """Start ``framebag simulate`` on ``path`` and return once the file is there (in SWMR)."""
+    cmd = [sys.executable, "-m", "framebag.cli", "simulate", str(path),
+           "--scan", "x".join(map(str, scan)), "--frame", "x".join(map(str, FRAME)),
+           "--rate", str(rate)]
+    for key, value in opts.items():
+        flag = "--" + key.replace("_", "-")
+        cmd += [flag] if value is True else [flag, str(value)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"simulator exited early: {proc.stderr.read().decode()}")
+        assert time.monotonic() < deadline, "simulator did not create its file"
+        time.sleep(0.01)
+    return proc
+
+
+def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Let the writer finish within ``grace`` seconds, else terminate it."""
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def workflow(scan: tuple[int, ...], finished: str | None = FINISHED) -> Workflow:
+    """Per-frame sums (stack), the mean image, and a one-hot mean that exposes double counts."""
+    wf = Workflow("live", data=DATA, keys=[KEY], finished=finished)
+    nframes = int(np.prod(scan))
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    @wf.frame(fold="mean")
+    def mean_image(frame):
+        return frame
+
+    @wf.frame(fold="max")
+    def brightest(frame):
+        return frame
+
+    @wf.frame(fold="mean")
+    def seen(frame, index):
+        # the mean of one-hot vectors is exactly 1/n everywhere only if every frame
+        # was folded once: a frame folded twice shows as 2/(n+1)
+        onehot = np.zeros(nframes)
+        onehot[np.ravel_multi_index(index, scan)] = 1.0
+        return onehot
+
+    return wf
+
+
+def check(res, scan, done=None, seed=0):
+    """The results equal numpy over the frames that are done (all of them by default)."""
+    exp = expected_frames(scan, FRAME, "uint16", seed)
+    n = int(np.prod(scan))
+    done = np.ones(scan, dtype=bool) if done is None else done
+    np.testing.assert_array_equal(res.done, done)
+    np.testing.assert_array_equal(res["total"], np.where(done, exp.sum(axis=(2, 3)), 0))
+    np.testing.assert_allclose(res["mean_image"], exp[done].mean(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(res["brightest"], exp[done].max(axis=0))
+    want_seen = np.where(done.ravel(), 1.0 / done.sum(), 0.0)
+    np.testing.assert_allclose(res["seen"], want_seen, rtol=1e-12, atol=0)
+    assert res["seen"].shape == (n,)
+
+
+def follow(path: Path, out: Path, client, scan, **opts):
+    wf = workflow(tuple(scan), opts.pop("finished", FINISHED))
+    opts.setdefault("timeout", 10.0)
+    return wf.run(path, out, client=client, follow=True, **opts)
+
+
+def ended_attr(out: Path) -> str:
+    with h5py.File(out, "r") as f:
+        value = f["entry/live"].attrs["ended_by"]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def test_live_results_equal_numpy_and_arrive_while_writer_runs(tmp_path, client, unchanged):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (12, 25)
+    # 300 frames over 1.2 s, with a pause of 1.5 s (shorter than the timeout) after 60 of
+    # them: long enough for the first results to arrive even on cold workers
+    proc = start_writer(path, scan, rate=250, stall_after=60, stall_for=1.5)
+    alive_at_first_result = []
+
+    def progress(p):
+        if p["processed"] and not alive_at_first_result:
+            # the first partial has been combined and committed to the output
+            alive_at_first_result.append(proc.poll() is None)
+
+    try:
+        res = follow(path, out, client, scan, progress=progress)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    assert alive_at_first_result == [True], "no result reached the output while the writer ran"
+    unchanged(path)
+    check(res, scan)
+    assert res.stats["ended_by"] == "finished_flag"
+    assert ended_attr(out) == "finished_flag"
+    assert res.stats["processed"] == 300
+
+
+def test_out_of_order_keys_two_writers_snake(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (10, 20)
+    proc = start_writer(path, scan, rate=400, writers=2, writer_lag=7, snake=True)
+    try:
+        res = follow(path, out, client, scan, latency=0.05)
+    finally:
+        stop(proc)
+    with h5py.File(path, "r") as f:
+        key_time = f[KEY_TIME][()].ravel()
+    order = np.argsort(key_time, kind="stable")
+    # the scenario really is out of order: keys did not complete in flat order
+    assert (np.diff(key_time) < 0).sum() > 20 and not np.array_equal(order, np.arange(200))
+    check(res, scan)
+    assert res.stats["ended_by"] == "finished_flag"
+
+
+@pytest.mark.parametrize("shape, ended", [("scalar", "finished_flag"), ("1", "finished_flag"),
+                                          ("none", "keys_full")])
+def test_ending_on_flag_forms_or_full_keys(tmp_path, client, shape, ended):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (6, 20)
+    proc = start_writer(path, scan, rate=400, finished_shape=shape)
+    with h5py.File(path, "r", swmr=True) as f:
+        if shape == "none":
+            assert FINISHED not in f
+        else:
+            assert f[FINISHED].shape == (() if shape == "scalar" else (1,))
+    try:
+        t0 = time.monotonic()
+        res = follow(path, out, client, scan, timeout=30.0,
+                     finished=None if shape == "none" else FINISHED)
+        wall = time.monotonic() - t0
+    finally:
+        stop(proc)
+    check(res, scan)
+    assert res.stats["ended_by"] == ended
+    assert ended_attr(out) == ended
+    assert wall < 10, f"the run took {wall:.1f} s: it did not see the end of the scan"
+
+
+def test_timeout_with_a_stalled_writer(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (8, 20)
+    proc = start_writer(path, scan, rate=400, stall_after=45)
+    try:
+        t0 = time.monotonic()
+        res = follow(path, out, client, scan, timeout=1.0)
+        wall = time.monotonic() - t0
+        assert proc.poll() is None, "the stalled writer should still hold the file"
+    finally:
+        stop(proc, grace=0)
+    done = np.zeros(160, dtype=bool)
+    with h5py.File(path, "r", swmr=True) as f:
+        done[:] = f[KEY][()].ravel() != 0
+    assert done.sum() == 45
+    check(res, scan, done.reshape(scan))
+    assert res.stats["ended_by"] == "timeout"
+    assert ended_attr(out) == "timeout"
+    assert 1.0 <= wall < 6.0
+
+
+def test_growing_layout(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (12, 15)
+    proc = start_writer(path, scan, rate=300, growing=True, writers=2, snake=True)
+    with h5py.File(path, "r", swmr=True) as f:
+        assert f[KEY].maxshape[0] is None and f[DATA].maxshape[0] is None
+        assert f[KEY].shape[0] < scan[0], "the scan should start smaller than it ends"
+    try:
+        res = follow(path, out, client, scan, latency=0.1)
+    finally:
+        stop(proc)
+    check(res, scan)
+    assert res.stats["ended_by"] == "finished_flag"
+    with h5py.File(out, "r") as f:
+        g = f["entry/live"]
+        assert g["done"].maxshape[0] is None and g["total"].shape == scan
+        assert tuple(g.attrs["scan_shape"]) == scan
+
+
+def _watch_done(out: str, inp: str, total: int, seconds: float, queue) -> None:
+    """A separate reader process: what ``done`` looks like over time, read with swmr=True."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(out):
+        if time.monotonic() > deadline:
+            queue.put(([], None))
+            return
+        time.sleep(0.005)
+    counts: list[int] = []
+    flag_at_first = None
+    with h5py.File(out, "r", swmr=True) as f, h5py.File(inp, "r", swmr=True) as src:
+        done = f["entry/live/done"]
+        flag = src[FINISHED]
+        while time.monotonic() < deadline:
+            done.refresh()
+            n = int(done[()].sum())
+            if n and flag_at_first is None:
+                flag.refresh()
+                flag_at_first = int(flag[()])
+            if not counts or counts[-1] != n:
+                counts.append(n)
+            if n == total:
+                break
+            time.sleep(0.01)
+    queue.put((counts, flag_at_first))
+
+
+def test_reader_sees_done_grow_during_the_run(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (10, 30)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    reader = ctx.Process(target=_watch_done, args=(str(out), str(path), 300, 20.0, queue))
+    reader.start()
+    proc = start_writer(path, scan, rate=150)  # 2 s of writing
+    try:
+        res = follow(path, out, client, scan, latency=0.1)
+        counts, flag_at_first = queue.get(timeout=30)
+    finally:
+        stop(proc)
+        reader.join(timeout=10)
+    check(res, scan)
+    assert counts[-1] == 300
+    partial = [c for c in counts if 0 < c < 300]
+    assert len(partial) >= 2, f"the reader saw done only as {counts}"
+    assert partial == sorted(partial)
+    assert flag_at_first == 0, "the reader saw the first results only after the scan finished"
+
+
+def test_no_frame_counted_twice_when_blocks_go_out_in_pieces(tmp_path, client):
+    # one block of 200 frames (the whole scan) arrives slowly and out of order, so the
+    # latency bound sends it in many pieces; each frame must still be folded once
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (10, 20)
+    proc = start_writer(path, scan, rate=120, writers=2, writer_lag=11)
+    processed = set()
+
+    def progress(p):
+        processed.add(p["processed"])
+
+    try:
+        res = follow(path, out, client, scan, latency=0.02, partition_bytes=200 * 512,
+                     progress=progress)
+    finally:
+        stop(proc)
+    check(res, scan)
+    assert res.stats["processed"] == 200
+    assert len(processed - {0, 200}) >= 3, f"the block did not go out in pieces: {processed}"
+
+
+# the Dispatcher on its own: every frame handed out exactly once, whatever the arrival order
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 40), st.randoms(use_true_random=False),
+       st.booleans())
+def test_dispatcher_hands_out_every_frame_once(n, size, rnd, growing):
+    order = list(range(n))
+    rnd.shuffle(order)
+    start = n // 2 if growing else n
+    d = Dispatcher(start, size, latency=0.5, growing=growing)
+    complete = np.zeros(start, dtype=bool)
+    count = np.zeros(n, dtype=int)
+    now = 0.0
+    for step, i in enumerate(order):
+        if growing and i >= complete.size:
+            complete = np.r_[complete, np.zeros(n - complete.size, dtype=bool)]
+            d.grow(n)
+        complete[i] = True
+        now += 0.1
+        for a, b in d.due(complete, now, flush=step == len(order) - 1):
+            assert a // size == (b - 1) // size, "a run crossed a block boundary"
+            count[a:b] += 1
+    assert (count == 1).all()
+
+
+def test_dispatcher_full_block_at_once_partial_after_latency():
+    d = Dispatcher(100, 10, latency=0.25)
+    complete = np.zeros(100, dtype=bool)
+    complete[0:10] = True
+    complete[10:13] = True
+    assert d.due(complete, now=0.0) == [(0, 10)]
+    assert d.due(complete, now=0.2) == []
+    assert d.due(complete, now=0.26) == [(10, 13)]
+    complete[13:20] = True  # the rest of that block: it completes the block, so it goes at once
+    assert d.due(complete, now=0.27) == [(13, 20)]
+
+
+def test_dispatcher_growing_does_not_take_a_cut_short_block_as_full():
+    d = Dispatcher(15, 10, latency=0.25, growing=True)
+    complete = np.ones(15, dtype=bool)
+    assert d.due(complete, now=0.0) == [(0, 10)]
+    assert d.due(complete, now=0.1) == []  # frames 10..14 may be joined by 15..19
+    assert d.due(complete, now=0.3) == [(10, 15)]
+    fixed = Dispatcher(15, 10, latency=0.25)
+    assert fixed.due(complete, now=0.0) == [(0, 10), (10, 15)]
+
+
+def test_by_block_groups_runs_of_one_block():
+    assert by_block([(0, 3), (5, 7), (10, 12), (25, 30)], 10) == [[(0, 3), (5, 7)], [(10, 12)],
+                                                                  [(25, 30)]]

@@ -1,0 +1,126 @@
+"""The simulator on its own: what it writes, in which order, and its command line."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from framebag.cli import main
+from framebag.simulate import (
+    DATA,
+    FINISHED,
+    KEY,
+    KEY_TIME,
+    emission_order,
+    expected_frames,
+    frame_at,
+    simulate,
+)
+
+
+def test_frames_are_a_pure_function_of_seed_and_index():
+    a = frame_at(3, 17, (8, 9), "uint16")
+    np.testing.assert_array_equal(a, frame_at(3, 17, (8, 9), "uint16"))
+    assert not np.array_equal(a, frame_at(3, 18, (8, 9), "uint16"))
+    assert not np.array_equal(a, frame_at(4, 17, (8, 9), "uint16"))
+    assert frame_at(0, 0, (4,), "uint8").max() < 256
+    assert frame_at(0, 0, (4, 4), "float32").dtype == np.float32
+
+
+@pytest.mark.parametrize("opts", [
+    {},
+    {"writers": 2, "snake": True, "finished_shape": "1", "dtype": "int32"},
+    {"growing": True, "chunk_frames": 5, "compression": "gzip", "finished_shape": "none"},
+])
+def test_finished_file_holds_the_expected_scan(tmp_path, opts):
+    path = tmp_path / "sim.h5"
+    n = simulate(path, (4, 5), (6, 7), rate=2000, seed=9, **opts)
+    assert n == 20
+    dtype = opts.get("dtype", "uint16")
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f[DATA][()], expected_frames((4, 5), (6, 7), dtype, 9))
+        assert f[DATA].dtype == np.dtype(dtype)
+        assert f[KEY].shape == (4, 5, 1, 1) and (f[KEY][()] == 1).all()
+        assert (f[KEY_TIME][()] > 0).all()
+        shape = opts.get("finished_shape", "scalar")
+        if shape == "none":
+            assert FINISHED not in f
+        else:
+            assert f[FINISHED].shape == (() if shape == "scalar" else (1,))
+            assert int(np.asarray(f[FINISHED][()]).ravel()[0]) == 1
+        if opts.get("growing"):
+            assert f[DATA].maxshape[0] is None and f[KEY].maxshape[0] is None
+            assert f[DATA].chunks[:2] == (1, 5) and f[DATA].compression == "gzip"
+        else:
+            assert f[DATA].maxshape == f[DATA].shape
+
+
+def test_emission_order_snake_and_writers():
+    plain = emission_order((3, 4))
+    np.testing.assert_array_equal(plain, np.arange(12))
+    snake = emission_order((3, 4), snake=True)
+    np.testing.assert_array_equal(snake, [0, 1, 2, 3, 7, 6, 5, 4, 8, 9, 10, 11])
+    two = emission_order((10, 10), writers=2, writer_lag=3)
+    assert sorted(two.tolist()) == list(range(100))
+    assert (np.diff(two) < 0).any(), "two lagging writers should complete keys out of order"
+
+
+def test_rate_and_stall_shape_the_key_times(tmp_path):
+    path = tmp_path / "sim.h5"
+    simulate(path, (40,), (4, 4), rate=200, stall_after=10, stall_for=0.5)
+    with h5py.File(path, "r") as f:
+        t = f[KEY_TIME][()]
+    gaps = np.diff(t)
+    assert gaps[9] >= 0.45, "no pause after the 10th frame"
+    rest = np.r_[gaps[:9], gaps[10:]]
+    assert rest.max() < 0.3 and 0.1 < (t[9] - t[0]) + (t[-1] - t[10]) < 0.5
+
+
+def test_file_is_in_swmr_mode_when_it_appears(tmp_path):
+    # a reader that opens the file as soon as the path exists, while it is written
+    path = tmp_path / "sim.h5"
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=simulate, args=(str(path), (20, 10), (8, 8), 200.0))
+    p.start()
+    try:
+        while not path.exists():
+            assert p.exitcode is None, "the simulator failed before creating its file"
+            time.sleep(0.005)
+        with h5py.File(path, "r", swmr=True) as f:
+            key = f[KEY]
+            seen = []
+            for _ in range(200):
+                key.refresh()
+                seen.append(int((key[()] != 0).sum()))
+                if seen[-1] == 200:
+                    break
+                time.sleep(0.01)
+        assert seen[0] < 200 and max(seen) > seen[0], f"keys did not grow live: {seen[:5]}..."
+    finally:
+        p.join(timeout=20)
+    assert p.exitcode == 0
+
+
+def test_cli_writes_a_scan_and_rejects_bad_options(tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    proc = subprocess.run(
+        [sys.executable, "-m", "framebag.cli", "simulate", str(out), "--scan", "3x4",
+         "--frame", "5x5", "--rate", "1000", "--snake", "--writers", "2"],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "simulated 12 frames" in proc.stdout
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f[DATA][()], expected_frames((3, 4), (5, 5)))
+    assert main(["simulate", str(out), "--dtype", "nonsense"]) == 2
+    assert "--dtype 'nonsense'" in capsys.readouterr().err
+    assert main(["simulate", str(out), "--rate", "0"]) == 2
+    assert "--rate" in capsys.readouterr().err
+    assert main(["simulate", str(out), "--scan", "3xq"]) == 2
+    assert main(["simulate", str(tmp_path / "no" / "x.h5")]) == 2
+    assert "does not exist" in capsys.readouterr().err
