@@ -434,13 +434,17 @@ class _Ledger:
 def _recording(job_cls: type, ledger: _Ledger) -> type:
     """A subclass of dask-jobqueue's ``job_cls`` that writes what it submits into ``ledger``."""
 
+    from distributed.core import Status
+
     class Recorded(job_cls):  # type: ignore[misc, valid-type]
         async def start(self) -> None:
+            # A refused submission is recorded, not raised: raised, it would only reach
+            # tornado's log as a traceback; start_client reports it in one sentence.
             try:
                 await super().start()
-            except BaseException as exc:
+            except Exception as exc:
                 ledger.errors.append(exc)
-                raise
+                self.status = Status.running  # for SpecCluster: started (and closed later)
             finally:
                 if self.job_id:
                     with ledger.lock:
@@ -448,6 +452,7 @@ def _recording(job_cls: type, ledger: _Ledger) -> type:
 
         async def close(self) -> None:
             await super().close()
+            self.status = Status.closed
             if self.job_id:
                 with ledger.lock:
                     ledger.closed.add(str(self.job_id))
@@ -659,6 +664,8 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
                 client.close()
             try:
                 cluster.close()
+            except Exception as exc:  # must not hide why we are leaving; the ledger cancels
+                log.debug("closing the %s cluster failed: %r", prof.cluster, exc)
             finally:
                 if prof.is_batch:
                     _cancel(cluster, ledger.open_ids())

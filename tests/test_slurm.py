@@ -192,13 +192,37 @@ def test_first_worker_timeout_names_jobs_and_cancels_them(tmp_path):
     assert gone(ids), f"pending job(s) {ids} were left queued"
 
 
-def test_ctrl_c_cancels_the_jobs(tmp_path, make_scan):
-    """SIGINT to a running ``framebag run`` on SLURM: exit 130 and no job left queued."""
+def test_refused_submission_stops_at_once_with_sbatch_error(tmp_path):
+    prof = write_profile(tmp_path / "bad.yaml", jobs=1, queue="nosuchpartition")
+    t0 = time.monotonic()
+    with pytest.raises(FramebagError, match="submitting a job with 'sbatch' failed: .*partition"):
+        with start_client(prof, announce=False):
+            pytest.fail("a refused job yielded a client")
+    assert time.monotonic() - t0 < 15
+
+
+def test_job_that_dies_at_start_is_reported_before_the_timeout(tmp_path):
+    prof = write_profile(tmp_path / "nopython.yaml", jobs=1, timeout=60,
+                         python="/nonexistent/bin/python")
+    t0 = time.monotonic()
+    with pytest.raises(FramebagError) as info:
+        with start_client(prof, announce=False):
+            pytest.fail("a job without Python yielded a client")
+    msg = str(info.value)
+    assert "ended before any worker connected" in msg and "/nonexistent/bin/python" in msg, msg
+    assert time.monotonic() - t0 < 30
+    errs = list((tmp_path / "logs").glob("*.err"))
+    assert errs and "/nonexistent/bin/python" in errs[0].read_text()
+
+
+@pytest.mark.parametrize("sig", [2, 15], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_and_sigterm_cancel_the_jobs(tmp_path, make_scan, sig):
+    """SIGINT or SIGTERM to a running ``framebag run`` on SLURM: exit 130, no job left queued."""
     half = np.zeros((4, 4), dtype=bool)
     half[:2] = True  # the rest never completes: --follow keeps the run waiting
     inp, _ = make_scan((4, 4), (8, 8), complete=half)
     prof = write_profile(tmp_path / "two.yaml", jobs=1,
-                         job_extra_directives=["--job-name=fb-ctrl-c-test"])
+                         job_extra_directives=[f"--job-name=fb-signal-{sig}"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "framebag.cli", "run", str(FRAME_SUM), str(inp), "-o",
          str(tmp_path / "out.h5"), "--profile", str(prof), "--follow", "--timeout", "60"],
@@ -208,12 +232,12 @@ def test_ctrl_c_cancels_the_jobs(tmp_path, make_scan):
         ids: list[str] = []
         while not ids and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            q = subprocess.run(["squeue", "-h", "-n", "fb-ctrl-c-test", "-o", "%i %T"],
+            q = subprocess.run(["squeue", "-h", "-n", f"fb-signal-{sig}", "-o", "%i %T"],
                                capture_output=True, text=True, timeout=10).stdout.split("\n")
             ids = [line.split()[0] for line in q if line.endswith("RUNNING")]
         assert ids, f"the job never ran; framebag said: {proc.stderr.read() if proc.poll() else ''}"
         time.sleep(1.0)
-        proc.send_signal(2)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
