@@ -24,6 +24,7 @@ h5py does the writing; what is written by hand here is only the schedule
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import signal
@@ -38,8 +39,8 @@ import numpy as np
 
 from .errors import FramebagError
 
-__all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "expected_frames",
-           "emission_order", "add_parser"]
+__all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "frames_at",
+           "expected_frames", "emission_order", "add_parser"]
 
 DATA = "entry/data/data"
 KEY = "entry/keys/key_1"
@@ -48,24 +49,42 @@ KEY_TIME = "entry/instrument/key_time"
 LIBVER = ("v110", "latest")
 
 
+@functools.lru_cache(maxsize=8)
+def _bases(seed: int, frame_shape: tuple[int, ...], high: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, high, size=frame_shape, dtype=np.uint32),
+            rng.integers(0, high, size=frame_shape, dtype=np.uint32))
+
+
+def frames_at(seed: int, flat: np.ndarray, frame_shape: tuple[int, ...],
+              dtype: str | np.dtype = "uint16") -> np.ndarray:
+    """The frames the simulator writes at flat scan indices ``flat``, as one stack.
+
+    A pure function of its inputs: ``(A + B * (i % 251) + i) % high`` for two
+    random images ``A``, ``B`` drawn from ``seed``, so every frame differs in its
+    pixels and its sum (the pattern repeats only after 251 * high frames). It is
+    cheap enough (about 60 us per 128x128 frame) for a simulator at 1000 frames/s
+    on a busy machine; ``high`` is 1000, or less for a narrow integer dtype.
+    """
+    dtype = np.dtype(dtype)
+    high = min(1000, int(np.iinfo(dtype).max) + 1) if dtype.kind in "iu" else 1000
+    a, b = _bases(int(seed), tuple(int(x) for x in frame_shape), high)
+    flat = np.asarray(flat, dtype=np.uint32).reshape((-1,) + (1,) * len(frame_shape))
+    out = (a + b * (flat % np.uint32(251)) + flat) % np.uint32(high)
+    return out.astype(dtype, copy=False)
+
+
 def frame_at(seed: int, flat: int, frame_shape: tuple[int, ...],
              dtype: str | np.dtype = "uint16") -> np.ndarray:
-    """The frame the simulator writes at flat scan index ``flat``: a pure function of its inputs."""
-    dtype = np.dtype(dtype)
-    rng = np.random.default_rng([seed, flat])
-    if dtype.kind in "iu":
-        high = min(1000, int(np.iinfo(dtype).max) + 1)
-        return rng.integers(0, high, size=frame_shape).astype(dtype, copy=False)
-    return (rng.random(frame_shape) * 1000).astype(dtype, copy=False)
+    """The frame the simulator writes at flat scan index ``flat`` (see :func:`frames_at`)."""
+    return frames_at(seed, np.array([flat]), frame_shape, dtype)[0]
 
 
 def expected_frames(scan_shape: tuple[int, ...], frame_shape: tuple[int, ...],
                     dtype: str | np.dtype = "uint16", seed: int = 0) -> np.ndarray:
     """The whole dataset the simulator writes, ``scan_shape + frame_shape``, for checking."""
     n = int(np.prod(scan_shape, dtype=np.int64))
-    out = np.empty((n, *frame_shape), dtype=dtype)
-    for i in range(n):
-        out[i] = frame_at(seed, i, frame_shape, dtype)
+    out = frames_at(seed, np.arange(n), frame_shape, dtype)
     return out.reshape(tuple(scan_shape) + tuple(frame_shape))
 
 
@@ -169,6 +188,10 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         f.swmr_mode = True
         os.replace(tmp, path)
         data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
+        # the writer's own copy of the keys: a batch's keys go out as one write of the
+        # rows it touched, which only ever turns zeros into ones
+        keys = np.zeros(scan + (1,) * len(frame), dtype=np.int32)
+        times = np.zeros(scan, dtype=np.float64)
         if start_delay:
             time.sleep(start_delay)
         t0 = time.monotonic()
@@ -184,26 +207,24 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             if stall_after is not None:
                 due = min(due, stall_after)
             batch = order[written:due]
-            idx = [np.unravel_index(int(i), scan) for i in batch]
-            if growing:
-                need = int(batch.max()) // inner + 1
-                if need > rows:
-                    rows = need
-                    for ds in (data, key, key_time):
-                        ds.resize(rows, axis=0)
-            for i, ix in zip(batch.tolist(), idx):
-                data[ix] = frame_at(seed, i, frame, dt)
+            r0, r1 = int(batch.min()) // inner, int(batch.max()) // inner + 1
+            if growing and r1 > rows:
+                rows = r1
+                for ds in (data, key, key_time):
+                    ds.resize(rows, axis=0)
+            for run in _runs(batch, scan[-1]):
+                start = np.unravel_index(int(run[0]), scan)
+                sel = (*start[:-1], slice(start[-1], start[-1] + run.size))
+                data[sel] = frames_at(seed, run, frame, dt)
             data.flush()
-            now = time.time()
-            for ix in idx:
-                key[ix] = 1
-                key_time[ix] = now
-            key.flush()
-            key_time.flush()
+            keys.reshape(-1)[batch] = 1
+            times.reshape(-1)[batch] = time.time()
+            key[r0:r1] = keys[r0:r1]
+            key_time[r0:r1] = times[r0:r1]
+            f.flush()
             written = due
             if written < n:
-                wake = t0 + written / rate
-                delay = wake - time.monotonic()
+                delay = t0 + written / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
         if finished_shape != "none":
@@ -214,6 +235,12 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     finally:
         f.close()
         Path(tmp).unlink(missing_ok=True)
+
+
+def _runs(batch: np.ndarray, row: int) -> list[np.ndarray]:
+    """Split flat indices (in writing order) into ascending runs within one scan row."""
+    cuts = np.flatnonzero((np.diff(batch) != 1) | (batch[1:] % row == 0)) + 1
+    return np.split(batch, cuts)
 
 
 def _stall(seconds: float) -> None:

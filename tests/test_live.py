@@ -336,3 +336,19 @@ def test_dispatcher_growing_does_not_take_a_cut_short_block_as_full():
 def test_by_block_groups_runs_of_one_block():
     assert by_block([(0, 3), (5, 7), (10, 12), (25, 30)], 10) == [[(0, 3), (5, 7)], [(10, 12)],
                                                                   [(25, 30)]]
+
+
+def test_chunks_of_many_frames_read_while_partly_written(tmp_path, client):
+    # chunks of 10 frames, gzip: a partition can read a chunk whose later frames are not
+    # written yet; the rest of that chunk must be read fresh later, not from a stale cache
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (8, 30)
+    proc = start_writer(path, scan, rate=150, chunk_frames=10, compression="gzip")
+    try:
+        res = follow(path, out, client, scan, latency=0.01, poll_interval=0.01,
+                     partition_bytes=3 * 512)
+    finally:
+        stop(proc)
+    with h5py.File(path, "r") as f:
+        assert f[DATA].chunks[:2] == (1, 10) and f[DATA].compression == "gzip"
+    check(res, scan)

@@ -1,0 +1,144 @@
+"""Live latency: from a frame's key being written to its result being visible in the output.
+
+``python -m benchmarks.bench_latency`` (or ``python benchmarks/bench_latency.py``)
+starts, in this order:
+
+1. a LocalCluster of ``--workers`` single-threaded worker processes (started, and its
+   workers' imports warmed, before the clock starts: a beamline keeps them running);
+2. a reader process that opens the output with ``swmr=True`` as soon as it appears and
+   polls its ``done`` mask every ``--watch-interval`` seconds, noting for every frame
+   the wall-clock time it was first seen done;
+3. the simulator (``framebag simulate``, a separate process) writing ``--scan`` frames
+   of ``--frame`` pixels at ``--rate`` frames per second; it stamps the wall-clock time
+   of each frame's key flush in ``entry/instrument/key_time``;
+
+and follows the file with the example workflow workflows/frame_sum.py (a per-frame
+sum, an ROI sum and the brightest-pixel image). The latency of a frame is the time
+it was seen done minus the time its key was flushed, which includes the reader's own
+polling delay (at most ``--watch-interval``). It prints p50, p95 and max.
+
+Not a test: timings on a shared machine are not assertions. The target of the
+live-mode issue is p95 <= 1 s at 1000 frames/s of 128x128 on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def watch(out: str, total: int, deadline: float, interval: float, result: str) -> None:
+    """The reader process: first time (``time.time()``) each frame is seen in ``done``."""
+    seen = np.full(total, np.nan)
+    while not os.path.exists(out):
+        if time.time() > deadline:
+            np.save(result, seen)
+            return
+        time.sleep(0.001)
+    with h5py.File(out, "r", swmr=True) as f:
+        done = f["entry/frame_sum/done"]
+        while time.time() < deadline:
+            done.refresh()
+            now = time.time()
+            flat = done[()].ravel().astype(bool)
+            new = flat & np.isnan(seen[: flat.size])
+            seen[: flat.size][new] = now
+            if not np.isnan(seen).any():
+                break
+            time.sleep(interval)
+    np.save(result, seen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scan", default="50x100", help="scan shape (default 50x100: 5000 frames)")
+    p.add_argument("--frame", default="128x128", help="frame shape (default 128x128)")
+    p.add_argument("--rate", type=float, default=1000.0, help="frames per second (default 1000)")
+    p.add_argument("--writers", type=int, default=1, help="interleaved simulated writers")
+    p.add_argument("--latency", type=float, default=0.25,
+                   help="framebag's latency bound for a partial partition (default 0.25 s)")
+    p.add_argument("--poll-interval", type=float, default=0.05,
+                   help="framebag's key poll interval (default 0.05 s)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    p.add_argument("--watch-interval", type=float, default=0.005,
+                   help="the reader's poll interval (default 0.005 s)")
+    p.add_argument("--json", action="store_true", help="print one JSON line only")
+    args = p.parse_args(argv)
+
+    sys.path.insert(0, str(REPO))
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    from distributed import Client, LocalCluster
+
+    from framebag import load_workflow
+
+    scan = tuple(int(x) for x in args.scan.split("x"))
+    total = int(np.prod(scan))
+    wf = load_workflow(REPO / "workflows" / "frame_sum.py")
+    with tempfile.TemporaryDirectory(prefix="framebag-latency-") as tmp, \
+            LocalCluster(n_workers=args.workers, threads_per_worker=1,
+                         dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("framebag.engine") and __import__("h5py"))
+        src, out = Path(tmp) / "live.h5", Path(tmp) / "out.h5"
+        result = str(Path(tmp) / "seen.npy")
+        expect_s = total / args.rate
+        ctx = mp.get_context("spawn")
+        reader = ctx.Process(target=watch, args=(str(out), total, time.time() + expect_s + 60,
+                                                 args.watch_interval, result))
+        reader.start()
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "framebag.cli", "simulate", str(src), "--scan", args.scan,
+             "--frame", args.frame, "--rate", str(args.rate), "--writers", str(args.writers)],
+            stdout=subprocess.PIPE, text=True)
+        while not src.exists():
+            if writer.poll() is not None:
+                raise SystemExit("the simulator exited before creating its file")
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        res = wf.run(src, out, client=client, follow=True, timeout=10.0,
+                     latency=args.latency, poll_interval=args.poll_interval)
+        wall = time.monotonic() - t0
+        writer_says = writer.communicate(timeout=60)[0].strip()
+        reader.join(timeout=120)
+        seen = np.load(result)
+        with h5py.File(src, "r") as f:
+            key_time = f["entry/instrument/key_time"][()].ravel()
+    lat = seen - key_time
+    missing = int(np.isnan(lat).sum())
+    lat = lat[~np.isnan(lat)]
+    figures = {
+        "frames": total, "frame": args.frame, "rate": args.rate, "writers": args.writers,
+        "latency_bound": args.latency, "poll_interval": args.poll_interval,
+        "workers": args.workers, "processed": res.stats["processed"],
+        "ended_by": res.stats["ended_by"], "missing": missing, "run_wall_s": round(wall, 2),
+        "p50_s": round(float(np.percentile(lat, 50)), 3),
+        "p95_s": round(float(np.percentile(lat, 95)), 3),
+        "max_s": round(float(lat.max()), 3),
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return 0
+    print(writer_says)
+    print(f"followed {figures['processed']} of {total} frames of {args.frame} at "
+          f"{args.rate:g} frames/s ({args.writers} writer(s)) with {args.workers} workers; "
+          f"ended by {figures['ended_by']}, {missing} never seen")
+    print(f"key written -> result visible in the output: p50 {figures['p50_s']:.3f} s, "
+          f"p95 {figures['p95_s']:.3f} s, max {figures['max_s']:.3f} s "
+          f"(latency bound {args.latency:g} s, poll {args.poll_interval:g} s)")
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
