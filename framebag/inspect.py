@@ -209,7 +209,7 @@ def _inspect_input(p: Path, flagged: bool) -> str:
         lines.append("finished flag: none found")
     pct = 100.0 * n / total if total else 0.0
     lines.append(f"complete frames: {n}/{total} ({pct:.1f}%)")
-    live = flagged or (finished is not None and not flag_value) or n < total
+    live = flagged or (finished is not None and not flag_value)
     cmd = ["framebag", "run", EXAMPLE_WORKFLOW, str(p), "--data", data]
     for k in keys:
         cmd += ["--keys", k]
@@ -219,8 +219,9 @@ def _inspect_input(p: Path, flagged: bool) -> str:
             cmd += ["--finished", finished]
     lines.append("run a workflow on it (replace the example workflow with yours):")
     lines.append("  " + shlex.join(cmd))
-    if live and not flagged and n < total:
-        lines.append("  (without --follow only the complete frames are processed)")
+    if not live and n < total:
+        lines.append(f"  (only the {n} complete frames are processed; if a detector is still "
+                     "writing the file, add --follow)")
     return "\n".join(lines)
 
 
@@ -232,7 +233,7 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
         status = _text(a.get("status")) or "unknown"
         lines.append(f"workflow {wname}  (/entry/{wname}, NXprocess)")
         line = f"  status: {status}"
-        if a.get("ended_by") is not None:
+        if a.get("ended_by") is not None and status != "running":
             line += f" ({_text(a.get('ended_by'))})"
         if status == "running":
             line += (" - being written now" if flagged else "")

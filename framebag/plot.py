@@ -164,9 +164,7 @@ def _fig(panels: int) -> tuple[Any, list[Any]]:
 def _cmap() -> Any:
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("0.8")
-    return cmap
+    return matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
 
 
 def _integer_ticks(ax: Any) -> None:

@@ -17,6 +17,7 @@ lines, not carriage returns.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import IO, Any
@@ -104,14 +105,20 @@ class Progress:
         if self.bar is None:
             from tqdm import tqdm
 
+            try:
+                width, height = os.get_terminal_size(self.stream.fileno())
+            except (OSError, AttributeError, ValueError):
+                width = height = 0
+            # a pseudo-terminal may report a 0x0 size, on which tqdm would draw nothing
             self.bar = tqdm(total=complete, initial=processed, unit="frame", file=self.stream,
-                            dynamic_ncols=True, mininterval=0.2, smoothing=0.1,
-                            desc="frames done/complete", leave=True)
+                            ncols=width or 100, nrows=height or 24, dynamic_ncols=width > 0,
+                            mininterval=0.2, smoothing=0.1, desc="done/complete",
+                            leave=True)
         bar = self.bar
         if bar.total != complete:
             bar.total = complete
         if self.follow:
-            postfix = f"scan {complete}/{total} complete, {total - complete} not yet"
+            postfix = f"scan {complete}/{total} complete"
             if postfix != self._postfix:
                 self._postfix = postfix
                 bar.set_postfix_str(postfix, refresh=False)
@@ -141,11 +148,12 @@ class Progress:
             self.bar = None
 
 
-def summary_line(results: Any, resumed: int = 0) -> str:
+def summary_line(results: Any, resumed: int = 0, follow: bool = False) -> str:
     """The one line printed at the end of a run, from a :class:`framebag.engine.Results`.
 
     ``resumed`` frames (done by an earlier run) are reported apart from this run's,
-    and the throughput counts only this run's frames.
+    and the throughput counts only this run's frames. When following a live file
+    the line ends with what ended the run (finished flag, full scan, timeout).
     """
     s = results.stats
     new = int(s["processed"]) - resumed
@@ -157,7 +165,7 @@ def summary_line(results: Any, resumed: int = 0) -> str:
     parts.append(f"{s['failed']} failed and skipped" if s["failed"] else "none failed")
     text = (f"{', '.join(parts)} in {wall:.2f} s ({rate:.0f} frames/s); "
             f"{s['done']}/{results.done.size} of the scan done; output {results.output}")
-    if s.get("ended_by") and s["ended_by"] not in ("every complete frame processed",):
+    if follow and s.get("ended_by"):
         text += f" (ended: {s['ended_by']})"
     return text
 
@@ -208,7 +216,7 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
         else:
             options["profile"] = profile
         res = wf.run(input, output, follow=follow, progress=progress, **options)
-    log.info(summary_line(res, progress.resumed))
+    log.info(summary_line(res, progress.resumed, follow))
     if report:
         log.info("performance report in %s", report)
     if plot:
