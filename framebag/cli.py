@@ -23,7 +23,7 @@ from .errors import FramebagError
 log = logging.getLogger("framebag")
 
 #: modules that add a subcommand each: ``add_parser(subparsers)``
-COMMANDS: list[str] = [".simulate"]
+COMMANDS: list[str] = [".simulate", ".inspect", ".plot", ".catalog", ".profiles_cli"]
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, str]:
@@ -74,26 +74,29 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--retries", type=int, default=2, help="retries of a failed partition")
     p.add_argument("--resume", action="store_true", help="continue an interrupted output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress display and no summary line (errors still show)")
+    p.add_argument("--log-interval", type=float, default=10.0, metavar="S",
+                   help="seconds between progress lines when stderr is not a terminal")
+    p.add_argument("--plot", action="store_true",
+                   help="write quick-look PNGs of the results (needs matplotlib: [plot] extra)")
+    p.add_argument("--report", metavar="FILE",
+                   help="write a dask performance report (HTML) of the run to FILE")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .workflow import load_workflow
+    from .progress import run_reported
 
-    wf = load_workflow(args.workflow)
-    res = wf.run(
-        args.input, args.output, profile=args.profile, params=_parse_set(args.params),
+    run_reported(
+        args.workflow, args.input, args.output, quiet=args.quiet, plot=args.plot,
+        report=args.report, log_interval=args.log_interval,
+        profile=args.profile, params=_parse_set(args.params),
         data=args.data, keys=args.keys, finished=args.finished, follow=args.follow,
         timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
         retries=args.retries,
     )
-    s = res.stats
-    failed = f", {s['failed']} failed" if s["failed"] else ""
-    rate = s["processed"] / s["wall"] if s["wall"] > 0 else 0.0
-    print(f"framebag: {s['processed']} frames processed{failed} in {s['wall']:.2f} s "
-          f"({rate:.0f} frames/s), {s['done']}/{res.done.size} done; output {res.output}",
-          file=sys.stderr)
     return 0
 
 
