@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setLevel(level)
     # dask's own start-up and shutdown chatter is noise on a normal run; the variable is
     # read when distributed is first imported, here and in every worker process we start
-    noisy = "debug" if args.debug else ("info" if args.verbose > 1 else "error")
+    noisy = "debug" if args.debug else ("info" if args.verbose > 1 else "critical")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", noisy)
     try:
         return int(args.func(args) or 0)

@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__, hdf5
 from .errors import FramebagError
 from .keys import DataInfo, KeyFollower
-from .output import OutputFile, Schema, default_output_path
+from .output import OutputFile, Schema, check_resumable, default_output_path
 from .partitions import (
     DEFAULT_PARTITION_BYTES,
     Dispatcher,
@@ -65,7 +65,12 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     for start, stop in runs:
         frames = read_run(d.path, d.name, start, stop, d.scan_shape, d.frame_shape, d.dtype,
                           refresh=spec.live)
-        out.append(spec.workflow.apply(frames, start, d.scan_shape, spec.params, spec.on_error))
+        try:
+            out.append(spec.workflow.apply(frames, start, d.scan_shape, spec.params,
+                                           spec.on_error))
+        except FrameError as exc:
+            # returned, not raised: a user function's error is not worth a retry
+            out.append(Partial(start, stop, np.zeros(stop - start, dtype=bool), failure=str(exc)))
     return out
 
 
@@ -135,6 +140,11 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         "keys": keys,
         "finished": finished or "",
     }
+    if resume and not out_path.exists():
+        log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
+        resume = False
+    if resume:
+        check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape)
     job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
@@ -161,6 +171,8 @@ class _Job:
         self.accs: dict[str, Any] = {}
         self.errors: list[tuple[int, str, str]] = []
         self.ended_by = ""
+        self._spec: Any = None
+        self._attempts: dict[int, int] = {}
 
     # setting up ------------------------------------------------------------------
 
@@ -196,7 +208,8 @@ class _Job:
 
     def _open_output(self, complete: np.ndarray) -> None:
         if self.o["resume"]:
-            self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance)
+            self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
+                                                    self.info.scan_shape)
         else:
             schema = self._probe_schema(complete)
             if self.o["overwrite"] and self.out_path.exists():
@@ -206,6 +219,8 @@ class _Job:
         for name, fn in self.wf.functions.items():
             if not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
+        if self.o["resume"]:
+            self._commit([])  # rewrite results and done from the checkpoint, which rules
 
     # the loop ----------------------------------------------------------------------
 
@@ -224,9 +239,8 @@ class _Job:
             None if follow else int(complete.sum()), 2 * nworkers,
         )
         dispatcher = Dispatcher(complete.size, size, o["latency"], self.follower.growing)
-        inflight: dict[Any, tuple[int, int]] = {}
-        spec_key = None
-        processed = 0
+        inflight: dict[Any, list[tuple[int, int]]] = {}
+        processed = resumed = 0
         last_new = time.monotonic()
         seen = int(complete.sum())
         final_poll = not follow
@@ -237,7 +251,7 @@ class _Job:
                 if complete.size > dispatcher.dispatched.size:  # a growing scan grew
                     dispatcher.grow(complete.size)
                     self.info = self.follower.data
-                    spec_key = None
+                    self._spec = None
                     if self.out is not None:
                         self.out.grow(self.info.scan_shape)
                 if self.out is None and complete.any():
@@ -245,21 +259,13 @@ class _Job:
                     if self.follower.growing:
                         self.out.grow(self.info.scan_shape)
                     dispatcher.mark(np.flatnonzero(self.out.done))
-                    processed = int(self.out.done.sum())
+                    processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
                     runs = dispatcher.due(complete, now, flush=final_poll)
                     if runs:
-                        if spec_key is None:
-                            spec_key = dask.delayed(RunSpec(
-                                self.info, self.wf, self.params, o["on_error"], follow),
-                                pure=True)
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
-                        groups = by_block(runs, dispatcher.size)
-                        bag = db.from_sequence(groups, partition_size=1)
-                        bag = bag.map_partitions(process_groups, spec_key)
-                        futures = client.compute(bag.to_delayed(), retries=o["retries"])
-                        inflight.update(zip(futures, ((g[0][0], g[-1][1]) for g in groups)))
+                        self._submit(client, by_block(runs, dispatcher.size), inflight)
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
@@ -301,7 +307,23 @@ class _Job:
                 f"no frame of {self.info.path!r} became complete before the run ended "
                 f"({self.ended_by}); no output was written"
             )
-        return self._results(time.monotonic() - t0, processed)
+        return self._results(time.monotonic() - t0, processed - resumed, resumed)
+
+    def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
+                inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
+        """Send groups of runs out as one dask bag, one partition per group.
+
+        Retries are done here rather than with dask's ``retries=``, because those
+        do not cover a worker that dies (KilledWorker); ``attempt`` gives a retry
+        fresh task keys.
+        """
+        if self._spec is None:  # pure=False: fresh keys, never a previous run's results
+            self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
+                                              self.o["on_error"], self.o["follow"]), pure=False)
+        bag = db.from_sequence(groups, partition_size=1).map_partitions(
+            process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}")
+        futures = client.compute(bag.to_delayed())
+        inflight.update(zip(futures, groups))
 
     def _should_end(self, complete: np.ndarray, last_new: float) -> str:
         """Which end condition of a followed run holds now, or "" (see ENDED_BY)."""
@@ -317,31 +339,60 @@ class _Job:
             return "timeout"
         return ""
 
-    def _combine(self, client: Any, finished: list[Any], inflight: dict[Any, tuple[int, int]]
-                 ) -> int:
+    def _combine(self, client: Any, finished: list[Any],
+                 inflight: dict[Any, list[tuple[int, int]]]) -> int:
+        """Combine and commit every successful partial; then raise for a failed one.
+
+        Successful partials of the same batch are committed first, so a failure
+        never loses work that had already arrived.
+        """
+        ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
-        if failed:
-            f = failed[0]
-            start, stop = inflight[f]
+        partials: list[Partial] = [p for batch in client.gather(ok) for p in batch] if ok else []
+        failure = next((p.failure for p in partials if p.failure), None)
+        partials = [p for p in partials if not p.failure]
+        for f in ok:
+            del inflight[f]
+        count = self._commit(partials) if partials else 0
+        if failure:
+            raise FramebagError(f"{failure}; the frames done so far are kept: fix the function "
+                                "and rerun with --resume, or use --on-error skip")
+        for f in failed:
+            group = inflight.pop(f)
             exc = f.exception() if f.status == "error" else None
-            if isinstance(exc, FramebagError):
-                raise FramebagError(str(exc)) from exc
+            start, stop = group[0][0], group[-1][1]
+            attempts = self._attempts[start] = self._attempts.get(start, 0) + 1
+            if attempts <= self.o["retries"]:
+                log.warning("partition of frames %d..%d failed (%s: %s); retrying", start,
+                            stop - 1, type(exc).__name__, exc)
+                self._submit(client, [group], inflight, attempt=attempts)
+                continue
             where = [tuple(int(x) for x in np.unravel_index(i, self.info.scan_shape))
                      for i in (start, stop - 1)]
             raise FramebagError(
-                f"partition of frames {where[0]}..{where[1]} failed after "
-                f"{self.o['retries']} retries: {type(exc).__name__}: {exc}; "
-                "the rest is kept, resume with --resume"
+                f"partition of frames {where[0]} to {where[1]} failed after "
+                f"{self.o['retries']} retries ({type(exc).__name__}: {exc}); the frames done so "
+                "far are kept: rerun with --resume"
             ) from exc
-        partials: list[Partial] = [p for batch in client.gather(finished) for p in batch]
-        for f in finished:
-            del inflight[f]
+        return count
+
+    def _commit(self, partials: list[Partial]) -> int:
         newly = []
         for p in partials:
             for name, values in p.stacks.items():
+                want = self.out.value_shape(name)
+                if values.shape[1:] != want:
+                    self._mismatch(name, p, f"shape {values.shape[1:]}, not {want}")
                 self.out.write_stack(name, p.start, p.stop, values)
             for name, acc in p.accs.items():
-                self.accs[name] = self.wf.functions[name].fold.combine(self.accs[name], acc)
+                fold = self.wf.functions[name].fold
+                want = self.out.value_shape(name)
+                if acc is not None and np.shape(fold.finalize(acc)) != want:
+                    self._mismatch(name, p, f"shape {np.shape(fold.finalize(acc))}, not {want}")
+                try:
+                    self.accs[name] = fold.combine(self.accs[name], acc)
+                except (ValueError, TypeError) as exc:
+                    self._mismatch(name, p, str(exc))
             newly.append(np.arange(p.start, p.stop)[p.done])
             self.errors.extend(p.errors)
         results = {}
@@ -351,6 +402,14 @@ class _Job:
         newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
         self.out.commit(newly_done, results, self.accs, [e for p in partials for e in p.errors])
         return int(newly_done.size)
+
+    def _mismatch(self, name: str, p: Partial, what: str) -> None:
+        where = [tuple(int(x) for x in np.unravel_index(i, self.info.scan_shape))
+                 for i in (p.start, p.stop - 1)]
+        raise FramebagError(
+            f"function {name!r} gave frames {where[0]} to {where[1]} a result that does not "
+            f"fit the earlier frames' ({what}); a function must return one shape for every frame"
+        )
 
     def _cleanup(self, client: Any, status: str) -> None:
         try:
@@ -362,7 +421,7 @@ class _Job:
             self.out.close(status, ended_by=self.ended_by or status,
                            scan_shape=np.asarray(self.info.scan_shape, dtype=np.int64))
 
-    def _results(self, wall: float, processed: int) -> Results:
+    def _results(self, wall: float, processed: int, resumed: int) -> Results:
         import h5py
 
         res = Results()
@@ -377,7 +436,8 @@ class _Job:
             (tuple(int(x) for x in np.unravel_index(int(e["flat"]), self.info.scan_shape)),
              e["function"].decode(), e["message"].decode("utf-8", "replace")) for e in errs
         ]
-        res.stats = {"processed": processed, "failed": len(self.errors), "wall": wall,
+        res.stats = {"processed": processed, "resumed": resumed,
+                     "failed": len(self.errors), "wall": wall,
                      "done": int(res.done.sum()), "ended_by": self.ended_by}
         return res
 

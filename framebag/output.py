@@ -93,13 +93,15 @@ class OutputFile:
     def check_target(cls, path: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
         """Refuse an existing output without --overwrite/--resume, or an unwritable path."""
         path = Path(path)
+        if overwrite and resume:
+            raise FramebagError("--overwrite and --resume contradict each other; choose one")
+        if path.is_dir():
+            raise FramebagError(f"output path {str(path)!r} is a directory, not a file")
         if path.exists() and not (overwrite or resume):
             raise FramebagError(
                 f"output file {str(path)!r} exists; pass --overwrite to replace it "
                 "or --resume to continue it"
             )
-        if resume and not path.exists():
-            raise FramebagError(f"--resume: output file {str(path)!r} does not exist")
         parent = path.resolve().parent
         if not parent.is_dir():
             raise FramebagError(f"output directory {str(parent)!r} does not exist")
@@ -133,28 +135,23 @@ class OutputFile:
     # resuming ------------------------------------------------------------------
 
     @classmethod
-    def resume(cls, path: Path, workflow: str, provenance: dict[str, Any]) -> tuple[
-            OutputFile, dict[str, Any]]:
+    def resume(cls, path: Path, workflow: str, provenance: dict[str, Any],
+               scan_shape: tuple[int, ...]) -> tuple[OutputFile, dict[str, Any]]:
         """Reopen an earlier run's output after checking it is the same job.
 
         Returns the file and the restored accumulators; ``.done`` holds the done mask.
         """
+        check_resumable(path, workflow, provenance, scan_shape)
         try:
             f = h5py.File(path, "r+", libver=LIBVER)
         except OSError:
             _unflag(path)
             f = h5py.File(path, "r+", libver=LIBVER)
         try:
-            group = f.get(f"entry/{workflow}")
-            if group is None:
-                found = ", ".join(f["entry"]) if "entry" in f else "none"
-                raise FramebagError(
-                    f"--resume: {str(path)!r} holds no output of workflow {workflow!r} "
-                    f"(found: {found})"
-                )
-            _check_same(path, group.attrs, provenance)
-            scan_shape = tuple(int(x) for x in group.attrs["scan_shape"])
+            group = f[f"entry/{workflow}"]
             state = _read_checkpoint(group["checkpoint"])
+            group.attrs["status"] = "running"
+            group.attrs["resumed_time"] = _now()
         except BaseException:
             f.close()
             raise
@@ -170,6 +167,13 @@ class OutputFile:
         return out, accs
 
     # writing -------------------------------------------------------------------
+
+    def value_shape(self, name: str) -> tuple[int, ...]:
+        """The per-frame value shape of stacked result ``name``, or a fold's result shape."""
+        ds = self.group[name]
+        if ds.attrs.get("fold") == "stack":
+            return tuple(ds.shape[len(self.scan_shape):])
+        return tuple(ds.shape)
 
     def write_stack(self, name: str, start: int, stop: int, values: np.ndarray) -> None:
         """Place one partition's stacked values at its run's scan indices."""
@@ -310,6 +314,30 @@ def _read_checkpoint(ck: h5py.Group) -> dict[str, Any] | None:
     return None
 
 
+def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
+                    scan_shape: tuple[int, ...]) -> None:
+    """Check, read-only, that ``path`` is an earlier output of this very job."""
+    try:
+        f = h5py.File(path, "r", swmr=True)
+    except OSError as exc:
+        raise FramebagError(f"--resume: cannot read output file {str(path)!r}: {exc}") from None
+    with f:
+        group = f.get(f"entry/{workflow}")
+        if group is None or "checkpoint" not in group:
+            found = ", ".join(f["entry"]) if "entry" in f else "none"
+            raise FramebagError(
+                f"--resume: {str(path)!r} holds no framebag output of workflow {workflow!r} "
+                f"(found: {found})"
+            )
+        _check_same(path, group.attrs, provenance)
+        had = tuple(int(x) for x in group.attrs["scan_shape"])
+        if had != tuple(scan_shape):
+            raise FramebagError(
+                f"--resume: {str(path)!r} was made for scan shape {had}, but the input "
+                f"now has scan shape {tuple(scan_shape)}; use --overwrite to start again"
+            )
+
+
 def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
     for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys"):
         want = provenance.get(key)
@@ -318,10 +346,11 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
         if isinstance(have, bytes):
             have = have.decode()
         if have != want:
-            what = {"workflow_hash": "workflow source"}.get(key, key.replace("_", " "))
+            what = {"workflow_hash": "workflow source", "data": "data dataset",
+                    "keys": "key datasets"}.get(key, key.replace("_", " "))
             raise FramebagError(
-                f"--resume: {str(path)!r} was made with another {what} "
-                f"({have!r}, now {want!r}); use --overwrite to start again"
+                f"--resume: {str(path)!r} does not match this run ({what}: {have!r} there, "
+                f"{want!r} now); use --overwrite to start again"
             )
 
 

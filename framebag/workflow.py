@@ -82,6 +82,7 @@ class Partial:
     stacks: dict[str, np.ndarray] = field(default_factory=dict)
     accs: dict[str, Any] = field(default_factory=dict)
     errors: list[tuple[int, str, str]] = field(default_factory=list)
+    failure: str = ""
 
 
 class Workflow:
@@ -229,11 +230,16 @@ class Workflow:
                                 v = np.asarray(v)
                                 first[fname] = (v.shape, v.dtype)
                                 out = outs[fname] = np.zeros((n, *v.shape), dtype=v.dtype)
-                            elif np.shape(v) != first[fname][0]:
+                            elif np.shape(v) != first[fname][0] or \
+                                    getattr(v, "dtype", first[fname][1]) != first[fname][1]:
                                 _shape_error(fname, start + i, scan_shape, first[fname], v)
                             out[i] = v
                         else:
-                            accs[fname] = fold.binop(accs[fname], v)
+                            try:
+                                accs[fname] = fold.binop(accs[fname], v)
+                            except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
+                                _fold_error(fname, fold, accs[fname], v, start + i, scan_shape,
+                                            exc)
             for fname, out in outs.items():
                 if out is not None:
                     stacks[fname] = out
@@ -272,11 +278,10 @@ class Workflow:
     @staticmethod
     def _fail(fname: str, flat: int, scan_shape: tuple[int, ...], exc: Exception,
               on_error: str, errors: list, done: np.ndarray, i: int) -> None:
-        where = tuple(int(x) for x in np.unravel_index(flat, scan_shape))
         message = f"{type(exc).__name__}: {exc}"
         if on_error != "skip":
             raise FrameError(
-                f"function {fname!r} failed on frame {where}: {message}"
+                f"function {fname!r} failed on frame {_where(flat, scan_shape)}: {message}"
             ) from exc
         done[i] = False
         errors.append((flat, fname, message))
@@ -351,13 +356,30 @@ def _convert(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+def _where(flat: int, scan_shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.unravel_index(flat, scan_shape))
+
+
 def _shape_error(fname: str, flat: int, scan_shape: tuple[int, ...],
                  first: tuple[tuple[int, ...], np.dtype], v: Any) -> None:
-    where = tuple(int(x) for x in np.unravel_index(flat, scan_shape))
+    v = np.asarray(v)
     raise FrameError(
-        f"function {fname!r} returned shape {np.shape(v)} on frame {where}, "
-        f"but shape {first[0]} on an earlier frame; a stacked result needs one shape"
+        f"function {fname!r} returned shape {v.shape} dtype {v.dtype} on frame "
+        f"{_where(flat, scan_shape)}, but shape {first[0]} dtype {first[1]} on an earlier "
+        "frame; a stacked result needs one shape and dtype"
     )
+
+
+def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
+                scan_shape: tuple[int, ...], exc: Exception) -> None:
+    try:
+        earlier = f"shape {np.shape(fold.finalize(acc))} before"
+    except Exception:  # noqa: BLE001 - a custom fold's accumulator may not finalize
+        earlier = "the earlier frames"
+    raise FrameError(
+        f"function {fname!r}: fold {fold.name!r} failed on frame {_where(flat, scan_shape)}, "
+        f"which gave shape {np.shape(v)} against {earlier} ({type(exc).__name__}: {exc})"
+    ) from exc
 
 
 def load_workflow(spec: str | Path) -> Workflow:
