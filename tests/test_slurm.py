@@ -106,6 +106,7 @@ def test_frame_sum_runs_inside_two_slurm_jobs(tmp_path, make_scan, unchanged):
 
 SLURM_FRAMES = '''
 import os
+import time
 from framebag import Workflow
 
 workflow = Workflow("where", data="entry/data/data", keys=["entry/keys/key_1"])
@@ -117,23 +118,41 @@ def total(frame):
 
 
 @workflow.frame
-def job(frame):
-    """The SLURM job the frame was processed in (0 outside SLURM)."""
+def job(frame, *, nap=0.0):
+    """The SLURM job the frame was processed in (0 outside SLURM), after ``nap`` seconds."""
+    time.sleep(nap)
     return int(os.environ.get("SLURM_JOB_ID", 0))
 '''
 
 
 def test_adaptive_profile_through_workflow_run(tmp_path, make_scan):
+    """adapt: {minimum_jobs: 0, maximum_jobs: 2} starts with one job and asks for a second
+    under about 8 s of queued work; every frame runs inside a SLURM job and no job outlives
+    the run."""
     inp, data = make_scan((10, 8), (16, 16))
     wf_file = tmp_path / "where.py"
     wf_file.write_text(SLURM_FRAMES)
-    prof = write_profile(tmp_path / "adaptive.yaml", adapt={"minimum_jobs": 0, "maximum_jobs": 2})
+    name = f"fb-adapt-{os.getpid()}"
+    prof = write_profile(tmp_path / "adaptive.yaml",
+                         adapt={"minimum_jobs": 0, "maximum_jobs": 2, "target_duration": "1s"},
+                         job_extra_directives=[f"--job-name={name}"])
+    seen: set[str] = set()
+    last = [0.0]
+
+    def watch(stats):
+        if time.monotonic() - last[0] > 0.3:
+            last[0] = time.monotonic()
+            seen.update(subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"],
+                                       capture_output=True, text=True, timeout=10).stdout.split())
+
     res = framebag.load_workflow(wf_file).run(inp, tmp_path / "out.h5", profile=str(prof),
-                                              partition_bytes=4096)
+                                              partition_bytes=4096, params={"nap": 0.1},
+                                              progress=watch)
     np.testing.assert_array_equal(res["total"], data.sum(axis=(-2, -1)))
-    jobs = {int(j) for j in np.unique(res["job"])}
-    assert 0 not in jobs, "some frames were processed outside any SLURM job"
-    assert gone(jobs), f"jobs {jobs} still queued after the run"
+    used = {str(j) for j in np.unique(res["job"])}
+    assert "0" not in used, "some frames were processed outside any SLURM job"
+    assert used <= seen and len(seen) >= 2, f"adapt never asked for a 2nd job: {seen}, used {used}"
+    assert gone(seen), f"jobs {seen} still queued after the run"
 
 
 def test_scancel_one_job_mid_run(tmp_path, make_scan):
