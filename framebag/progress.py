@@ -148,15 +148,23 @@ class Progress:
             self.bar = None
 
 
-def summary_line(results: Any, resumed: int = 0, follow: bool = False) -> str:
+#: how the summary line names what ended a followed run (``stats["ended_by"]`` tokens)
+ENDED = {
+    "finished_flag": "finished flag set",
+    "keys_full": "every frame of the scan complete",
+    "timeout": "no new complete frame within --timeout",
+}
+
+
+def summary_line(results: Any, follow: bool = False) -> str:
     """The one line printed at the end of a run, from a :class:`framebag.engine.Results`.
 
-    ``resumed`` frames (done by an earlier run) are reported apart from this run's,
-    and the throughput counts only this run's frames. When following a live file
-    the line ends with what ended the run (finished flag, full scan, timeout).
+    Frames done by an earlier run (``--resume``) are reported apart from this
+    run's, and the throughput counts only this run's frames. When following a
+    live file the line ends with what ended the run.
     """
     s = results.stats
-    new = int(s["processed"]) - resumed
+    new, resumed = int(s["processed"]), int(s.get("resumed", 0))
     wall = float(s["wall"])
     rate = new / wall if wall > 0 else 0.0
     parts = [f"{new} frames processed"]
@@ -166,7 +174,7 @@ def summary_line(results: Any, resumed: int = 0, follow: bool = False) -> str:
     text = (f"{', '.join(parts)} in {wall:.2f} s ({rate:.0f} frames/s); "
             f"{s['done']}/{results.done.size} of the scan done; output {results.output}")
     if follow and s.get("ended_by"):
-        text += f" (ended: {s['ended_by']})"
+        text += f" (ended: {ENDED.get(s['ended_by'], s['ended_by'])})"
     return text
 
 
@@ -216,7 +224,7 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
         else:
             options["profile"] = profile
         res = wf.run(input, output, follow=follow, progress=progress, **options)
-    log.info(summary_line(res, progress.resumed, follow))
+    log.info(summary_line(res, follow))
     if report:
         log.info("performance report in %s", report)
     if plot:

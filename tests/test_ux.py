@@ -360,10 +360,11 @@ def test_progress_lines_quiet_and_resume_summary(tmp_path):
     class Res:
         done = np.ones(50, dtype=bool)
         output = Path("o.h5")
-        stats = {"processed": 50, "failed": 3, "wall": 2.0, "done": 47,
-                 "ended_by": "finished flag set"}
+        stats = {"processed": 40, "resumed": 10, "failed": 3, "wall": 2.0, "done": 47,
+                 "ended_by": "finished_flag"}
 
-    line = summary_line(Res(), p.resumed, follow=True)
+    assert p.resumed == 10
+    line = summary_line(Res(), follow=True)
     assert line == ("40 frames processed (+10 done by the earlier run), 3 failed and skipped in "
                     "2.00 s (20 frames/s); 47/50 of the scan done; output o.h5 "
                     "(ended: finished flag set)")
@@ -396,3 +397,39 @@ def test_run_quiet_prints_no_progress_and_report_is_written(tmp_path):
         assert "Dask Performance Report" in report.read_text()
     with h5py.File(tmp_path / "o.h5", "r") as f:
         assert f["entry/frame_sum/done"][()].all()
+
+
+def test_resumed_run_reports_only_its_own_frames(tmp_path, client):
+    """A resumed run's bar/lines start from the earlier frames; the summary counts them apart."""
+    import io
+
+    from framebag.progress import summary_line
+
+    path = tmp_path / "scan.h5"
+    first = np.zeros((4, 5), dtype=bool)
+    first[:2] = True
+    data = _blob_scan(path, scan=(4, 5), complete=first)
+    wf = Workflow("again", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    out = tmp_path / "out.h5"
+    res = wf.run(path, out, client=client)
+    assert summary_line(res).startswith("10 frames processed, none failed in ")
+    with h5py.File(path, "r+") as f:  # the scan goes on: the rest of the keys arrive
+        f[KEY][...] = 1
+    stream = io.StringIO()
+    configure(stream=stream)
+    try:
+        progress = Progress(stream=stream, interval=0.0)
+        res = wf.run(path, out, client=client, resume=True, progress=progress)
+    finally:
+        configure()
+    assert progress.resumed == 10
+    assert stream.getvalue().splitlines()[0].startswith("framebag: 10/20 complete frames done")
+    line = summary_line(res)
+    assert line.startswith("10 frames processed (+10 done by the earlier run), none failed in ")
+    assert f"20/20 of the scan done; output {out}" in line
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(2, 3)))
