@@ -296,3 +296,28 @@ def test_cli_bad_parameter_is_one_sentence(make_scan, capsys):
     assert rc == 2
     assert "unknown parameter 'nope'" in err and "y0, y1" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_only_the_driver_writes_and_workers_read_the_input_read_only(make_scan, client,
+                                                                      tmp_path, unchanged):
+    """Each frame asks its worker process which files it has open, and how."""
+    path, _ = make_scan((3, 4), (5, 5))
+    unchanged(path)
+    out = tmp_path / "o.h5"
+    wf = Workflow("spy", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def worker_files(frame, *, out_path="", in_path=""):
+        import os
+
+        import psutil
+
+        files = {f.path: f.mode for f in psutil.Process().open_files()}
+        return np.array([os.getpid(), out_path in files, files.get(in_path, "-") == "r"])
+
+    res = wf.run(path, out, client=client, params={"out_path": str(out), "in_path": str(path)})
+    pids, out_open, in_read_only = res["worker_files"].reshape(-1, 3).T
+    worker_pids = set(client.run(lambda: __import__("os").getpid()).values())
+    assert set(pids) <= worker_pids and len(worker_pids) == 2
+    assert not out_open.any()
+    assert in_read_only.all()
