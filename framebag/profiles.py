@@ -204,7 +204,7 @@ def load(name: str | os.PathLike | None) -> Profile:
         raise FramebagError(f"{where}: 'options:' must be a mapping of option: value")
     options = dict(options)
     timeout = raw.get("first_worker_timeout", DEFAULT_FIRST_WORKER_TIMEOUT)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise FramebagError(f"{where}: first_worker_timeout must be a positive number of seconds")
 
     if kind == "address":
@@ -242,10 +242,14 @@ def load(name: str | os.PathLike | None) -> Profile:
         scale = _check_mapping(where, "scale", scale, _scale_keys(kind))
         if "workers" in scale:
             scale["n"] = scale.pop("workers")
-    elif kind != "local":
+    elif kind != "local" and adapt is None:
         scale = {"jobs": 1}
     if adapt is not None:
         adapt = _check_mapping(where, "adapt", adapt, _adapt_keys(kind))
+        low = adapt.get("minimum_jobs", adapt.get("minimum", 0))
+        high = adapt.get("maximum_jobs", adapt.get("maximum"))
+        if high is not None and low > high:
+            raise FramebagError(f"{where}: adapt minimum {low} is above its maximum {high}")
     return Profile(path.stem, path, kind, options, dict(scale or {}), adapt, None, float(timeout))
 
 
@@ -361,6 +365,10 @@ def _adapt_keys(kind: str) -> set[str]:
     return names - {"self", "cluster", "Adaptive", "worker_key"}
 
 
+_COUNTS = {"jobs", "n", "workers", "minimum", "maximum", "minimum_jobs", "maximum_jobs",
+           "wait_count"}
+
+
 def _check_mapping(where: str, key: str, value: Any, valid: set[str]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise FramebagError(f"{where}: '{key}:' must be a mapping like {{jobs: 2}}")
@@ -369,6 +377,11 @@ def _check_mapping(where: str, key: str, value: Any, valid: set[str]) -> dict[st
         raise FramebagError(
             f"{where}: unknown {key} key {bad[0]!r}; valid keys are {', '.join(sorted(valid))}"
         )
+    for name, count in value.items():
+        if name in _COUNTS and (isinstance(count, bool) or not isinstance(count, int)
+                                or count < 0):
+            raise FramebagError(f"{where}: {key} {name} must be a whole number >= 0, "
+                                f"not {count!r}")
     return dict(value)
 
 

@@ -165,6 +165,9 @@ def test_walltime_read_as_a_number_is_explained(tmp_path):
     ({"cluster": "local", "python": "/usr/bin/python3"}, "'python' is for batch systems"),
     ({**batch("slurm", python="/a"), "python": "/b"}, "give 'python' once"),
     ({**batch("slurm"), "first_worker_timeout": -1}, "first_worker_timeout must be a positive"),
+    ({**batch("slurm"), "scale": {"jobs": "two"}}, "scale jobs must be a whole number"),
+    ({**batch("slurm"), "adapt": {"minimum_jobs": 3, "maximum_jobs": 1}},
+     "adapt minimum 3 is above its maximum 1"),
     ("- just\n- a list\n", "must be a mapping with a 'cluster:' key"),
 ])
 def test_bad_profiles_fail_with_one_sentence(tmp_path, content, expected):
