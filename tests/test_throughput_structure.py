@@ -1,0 +1,131 @@
+"""Structure that throughput depends on, checked without timing anything.
+
+The benchmarks (``python -m benchmarks``) measure speed; these tests guard the
+shape of the work that makes it: a task per partition and never per frame, one
+file open per worker per run, read buffers recycled only when nothing refers
+to them, and fresh task keys for every run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h5py
+import numpy as np
+from distributed import get_task_stream
+
+from framebag import Workflow
+from framebag.reading import read_run
+
+from .conftest import DATA, KEY
+
+
+def _sum_workflow() -> Workflow:
+    wf = Workflow("structure", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    return wf
+
+
+def test_tasks_per_partition_not_per_frame(make_scan, client, tmp_path):
+    path, data = make_scan((2000,), (8, 8))
+    size = 100  # frames per partition: 100 frames of 8x8 uint16
+    wf = _sum_workflow()
+    with get_task_stream(client) as ts:
+        res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=size * 128)
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
+    partitions = math.ceil(2000 / size)
+    # a bag partition costs its input task and its processing task; a few more set up the run
+    assert 0 < len(ts.data) <= 2 * partitions + 4, [t["key"] for t in ts.data][:10]
+
+
+def _count_opens() -> None:
+    import os
+
+    import h5py
+
+    if getattr(h5py.File, "_framebag_test_opens", None) is None:
+        init = h5py.File.__init__
+
+        def counting(self, name, *args, **kwargs):
+            if isinstance(name, (str, bytes, os.PathLike)):  # not h5py re-wrapping an open id
+                h5py.File._framebag_test_opens += 1
+            init(self, name, *args, **kwargs)
+
+        h5py.File._framebag_test_init = init
+        h5py.File.__init__ = counting
+    h5py.File._framebag_test_opens = 0
+
+
+def _opens() -> int:
+    import h5py
+
+    n = h5py.File._framebag_test_opens
+    h5py.File.__init__ = h5py.File._framebag_test_init
+    del h5py.File._framebag_test_opens, h5py.File._framebag_test_init
+    return n
+
+
+def test_one_file_open_per_worker_per_run(make_scan, client, tmp_path):
+    path, data = make_scan((40, 50), (8, 8))
+    wf = _sum_workflow()
+    client.run(_count_opens)
+    try:
+        res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=64 * 128)
+    finally:
+        opens = client.run(_opens)
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(2, 3)))
+    # 2000 frames in 32 partitions over the workers, yet each worker opened the input once
+    assert all(n <= 1 for n in opens.values()), opens
+    assert sum(opens.values()) >= 1
+
+
+def test_read_buffer_recycled_only_when_unreferenced(make_scan):
+    path, data = make_scan((6, 10), (4, 4))
+    args = (str(path), DATA)
+    shape, frame, dtype = (6, 10), (4, 4), data.dtype
+    a = read_run(*args, 0, 10, shape, frame, dtype)
+    b = read_run(*args, 10, 20, shape, frame, dtype)
+    assert not np.shares_memory(a, b)
+    kept = a[3]  # a view of a frame outlives its partition
+    del a
+    c = read_run(*args, 20, 30, shape, frame, dtype)
+    assert not np.shares_memory(kept, c) and not np.shares_memory(b, c)
+    np.testing.assert_array_equal(kept, data.reshape(60, 4, 4)[3])
+    np.testing.assert_array_equal(c, data.reshape(60, 4, 4)[20:30])
+    del kept, b
+    d = read_run(*args, 30, 40, shape, frame, dtype)
+    np.testing.assert_array_equal(d, data.reshape(60, 4, 4)[30:40])
+
+
+def test_batched_view_of_frames_survives_later_partitions(make_scan, client, tmp_path):
+    """A batched function may return a view of its stack; later reads must not overwrite it."""
+    path, data = make_scan((600,), (8, 8))
+    wf = Workflow("views", data=DATA, keys=[KEY])
+
+    @wf.frames
+    def corner(frames):
+        return frames[:, 0, 0]
+
+    res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=20 * 128)
+    np.testing.assert_array_equal(res["corner"], data[:, 0, 0])
+
+
+def test_rerun_after_input_rewritten_in_place_sees_new_data(tmp_path, client):
+    """Task keys are fresh per run: a second run never reuses the first run's partials."""
+    path = tmp_path / "scan.h5"
+    wf = _sum_workflow()
+    sums = []
+    for seed in (1, 2):
+        data = np.random.default_rng(seed).integers(0, 1000, (300, 8, 8)).astype("uint16")
+        with h5py.File(path, "w") as f:  # same path and inode, new content
+            f.create_dataset(DATA, data=data, chunks=(1, 8, 8))
+            f.create_dataset(KEY, data=np.ones((300, 1, 1), dtype="i4"))
+        res = wf.run(path, tmp_path / "out.h5", client=client, overwrite=True,
+                     partition_bytes=30 * 128)
+        np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
+        sums.append(res["total"])
+    assert not np.array_equal(sums[0], sums[1])
