@@ -184,7 +184,7 @@ def _inspect_input(p: Path, flagged: bool) -> str:
     for name, d in dsets:
         shape = str(d.shape)
         if d.maxshape and d.maxshape != d.shape:
-            shape += " max " + str(tuple(-1 if m is None else m for m in d.maxshape))
+            shape += f" max {d.maxshape}"
         rows.append([name, shape, str(d.dtype), str(d.chunks) if d.chunks else "contiguous",
                      _filters(d)])
     lines += ["datasets:", *_table(rows)]

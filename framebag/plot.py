@@ -99,9 +99,13 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
     is_stack = _attr(ds, "fold") == "stack"
     ndone, ntotal = int(done.sum()), done.size
     head = f"{wname}: {name}"
-    sub = f"{ndone}/{ntotal} frames done" + ("; grey = not done" if ndone < ntotal else "")
+    sub = f"{ndone}/{ntotal} frames done"
     if is_stack:
         vshape = tuple(ds.shape[len(scan_shape):])
+        curve = len(scan_shape) == 1 and (vshape == () or (
+            len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS))
+        if ndone < ntotal and len(vshape) <= 1:
+            sub += "; gaps = not done" if curve else "; grey = not done"
         if vshape == ():
             fig, ax = _fig(1)
             _scan_map(fig, ax[0], _masked(ds[()], done), name)
@@ -118,7 +122,8 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
             if mean is None:
                 return None
             fig, ax = _fig(1)
-            _image(fig, ax[0], mean, f"mean of {name} over done frames")
+            _image(fig, ax[0], mean, f"mean of {name}")
+            sub = f"mean over the {ndone}/{ntotal} frames done"
         else:
             return None
     else:
