@@ -61,6 +61,17 @@ def watch(out: str, total: int, deadline: float, interval: float, result: str) -
     np.save(result, seen)
 
 
+def _worker_cpu(client) -> float:
+    """CPU seconds (user + system) used so far by all the workers' processes."""
+    import psutil
+
+    def cpu() -> float:
+        t = psutil.Process().cpu_times()
+        return t.user + t.system
+
+    return float(sum(client.run(cpu).values()))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scan", default="50x100", help="scan shape (default 50x100: 5000 frames)")
@@ -105,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             if writer.poll() is not None:
                 raise SystemExit("the simulator exited before creating its file")
             time.sleep(0.001)
+        cpu0, wcpu0 = time.process_time(), _worker_cpu(client)
         t0 = time.monotonic()
         res = wf.run(src, out, client=client, follow=True, timeout=10.0,
                      latency=args.latency, poll_interval=args.poll_interval)
         wall = time.monotonic() - t0
+        cpu, wcpu = time.process_time() - cpu0, _worker_cpu(client) - wcpu0
         writer_says = writer.communicate(timeout=60)[0].strip()
         reader.join(timeout=120)
         seen = np.load(result)
@@ -125,14 +138,20 @@ def main(argv: list[str] | None = None) -> int:
         "p50_s": round(float(np.percentile(lat, 50)), 3),
         "p95_s": round(float(np.percentile(lat, 95)), 3),
         "max_s": round(float(lat.max()), 3),
+        "driver_cpu_s": round(cpu, 2), "workers_cpu_s": round(wcpu, 2),
+        "loadavg_1min_after": round(os.getloadavg()[0], 2),
+        "simulator": writer_says,
     }
     if args.json:
         print(json.dumps(figures))
         return 0
     print(writer_says)
+    print(f"machine load average (1 min) at the end: {figures['loadavg_1min_after']} "
+          f"on {os.cpu_count()} cores")
     print(f"followed {figures['processed']} of {total} frames of {args.frame} at "
           f"{args.rate:g} frames/s ({args.writers} writer(s)) with {args.workers} workers; "
           f"ended by {figures['ended_by']}, {missing} never seen")
+    print(f"CPU used: driver {cpu:.2f} s, workers {wcpu:.2f} s in all")
     print(f"key written -> result visible in the output: p50 {figures['p50_s']:.3f} s, "
           f"p95 {figures['p95_s']:.3f} s, max {figures['max_s']:.3f} s "
           f"(latency bound {args.latency:g} s, poll {args.poll_interval:g} s)")
