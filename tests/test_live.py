@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framebag import Workflow
+from framebag import FramebagError, Workflow
 from framebag.partitions import Dispatcher, by_block
-from framebag.simulate import DATA, FINISHED, KEY, KEY_TIME, expected_frames
+from framebag.simulate import DATA, FINISHED, KEY, KEY_TIME, expected_frames, simulate
 
 FRAME = (16, 16)
 
@@ -164,8 +164,8 @@ def test_ending_on_flag_forms_or_full_keys(tmp_path, client, shape, ended):
             assert f[FINISHED].shape == (() if shape == "scalar" else (1,))
     try:
         t0 = time.monotonic()
-        res = follow(path, out, client, scan, timeout=30.0,
-                     finished=None if shape == "none" else FINISHED)
+        # with no flag in the file, the workflow's default flag is only warned about
+        res = follow(path, out, client, scan, timeout=30.0)
         wall = time.monotonic() - t0
     finally:
         stop(proc)
@@ -344,7 +344,7 @@ def test_chunks_of_many_frames_read_while_partly_written(tmp_path, client):
     # written yet; the rest of that chunk must be read fresh later, not from a stale cache
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (8, 30)
-    proc = start_writer(path, scan, rate=150, chunk_frames=10, compression="gzip")
+    proc = start_writer(path, scan, rate=300, chunk_frames=10, compression="gzip")
     try:
         res = follow(path, out, client, scan, latency=0.01, poll_interval=0.01,
                      partition_bytes=3 * 512)
@@ -353,6 +353,28 @@ def test_chunks_of_many_frames_read_while_partly_written(tmp_path, client):
     with h5py.File(path, "r") as f:
         assert f[DATA].chunks[:2] == (1, 10) and f[DATA].compression == "gzip"
     check(res, scan)
+
+
+def test_nothing_ever_completes_is_an_error_and_writes_no_output(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    proc = start_writer(path, (4, 5), rate=100, stall_after=0)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(FramebagError, match="no frame of .* became complete .*timeout"):
+            follow(path, out, client, (4, 5), timeout=0.5)
+        assert time.monotonic() - t0 < 5
+    finally:
+        stop(proc, grace=0)
+    assert not out.exists()
+
+
+def test_a_named_finished_flag_that_is_missing_is_an_error(tmp_path, client):
+    path = tmp_path / "scan.h5"
+    simulate(path, (2, 3), FRAME, rate=10_000, finished_shape="none")
+    wf = workflow((2, 3))
+    with pytest.raises(FramebagError, match="entry/nope"):
+        wf.run(path, tmp_path / "out.h5", client=client, follow=True, finished="entry/nope")
+    assert not (tmp_path / "out.h5").exists()
 
 
 def _hold_open(out: str, opened, release) -> None:
