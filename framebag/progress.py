@@ -74,6 +74,7 @@ class Progress:
         self.bar: Any = None
         self.start = time.monotonic()
         self.first: int | None = None  # frames done before this run (resume)
+        self.waiting = False
         self.last_line = 0.0
         self.state: dict[str, int] = {}
         self._postfix = ""
@@ -86,8 +87,11 @@ class Progress:
     def __call__(self, state: dict[str, Any]) -> None:
         processed, complete = int(state["processed"]), int(state["complete"])
         if self.first is None:
-            if complete == 0:
-                return  # following a file with nothing complete yet: the output is not open
+            if complete == 0:  # following a file with nothing complete yet
+                if self.enabled and not self.waiting:
+                    self.waiting = True
+                    log.info("waiting for the first complete frame of %d", int(state["total"]))
+                return
             self.first = processed
             self.start = time.monotonic()
         self.state = {k: int(v) for k, v in state.items()}

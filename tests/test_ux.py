@@ -353,9 +353,10 @@ def test_progress_lines_quiet_and_resume_summary(tmp_path):
     time.sleep(0.05)
     p({"processed": 15, "complete": 30, "total": 50, "inflight": 1})
     lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("framebag: 10/20 complete frames done (50%)")
-    assert lines[1].startswith("framebag: 15/30 complete frames done (50%), ")
-    assert "ETA" in lines[1] and lines[1].endswith("; scan 30/50 complete, 20 not yet")
+    assert lines[0] == "framebag: waiting for the first complete frame of 50"
+    assert lines[1].startswith("framebag: 10/20 complete frames done (50%)")
+    assert lines[2].startswith("framebag: 15/30 complete frames done (50%), ")
+    assert "ETA" in lines[2] and lines[2].endswith("; scan 30/50 complete, 20 not yet")
 
     class Res:
         done = np.ones(50, dtype=bool)
