@@ -60,13 +60,16 @@ class Progress:
     ``follow`` adds the scan-wide count of complete frames (a live file fills
     while the run goes). ``tty`` defaults to whether ``stream`` is a terminal;
     ``interval`` is the seconds between log lines. Nothing is shown when the
-    ``framebag.progress`` logger does not pass INFO (``--quiet``).
-    Call :meth:`close` when the run ends.
+    ``framebag.progress`` logger does not pass INFO (``--quiet``); if
+    :func:`configure` was not called, the first Progress calls it. Call
+    :meth:`close` when the run ends, e.g. ``wf.run(..., progress=p); p.close()``.
     """
 
     def __init__(self, *, follow: bool = False, stream: IO[str] | None = None,
                  tty: bool | None = None, interval: float = 10.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        if not any(getattr(h, "_framebag", False) for h in log.handlers):
+            configure(stream=self.stream)  # used from Python without the CLI
         self.follow = follow
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval = interval
