@@ -207,6 +207,9 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             if stall_after is not None:
                 due = min(due, stall_after)
             batch = order[written:due]
+            if batch.size == 0:  # woke up a hair early: nothing is due yet
+                time.sleep(0.5 / rate)
+                continue
             r0, r1 = int(batch.min()) // inner, int(batch.max()) // inner + 1
             if growing and r1 > rows:
                 rows = r1
