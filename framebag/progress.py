@@ -104,7 +104,10 @@ class Progress:
             self._bar(processed, complete, int(state["total"]), int(state["inflight"]))
         else:
             now = time.monotonic()
-            if not self.last_line or now - self.last_line >= self.interval:
+            if not self.last_line:
+                self.last_line = now
+                log.info(self.first_line())
+            elif now - self.last_line >= self.interval:
                 self.last_line = now
                 log.info(self.line())
 
@@ -130,6 +133,16 @@ class Progress:
                 self._postfix = postfix
                 bar.set_postfix_str(postfix, refresh=False)
         bar.update(processed - bar.n)
+
+    def first_line(self) -> str:
+        """What the run has to do, said once when the first frames are complete."""
+        s = self.state
+        text = f"{s['complete'] - s['processed']} complete frames to process"
+        if self.resumed:
+            text += f" ({self.resumed} done before)"
+        if self.follow:
+            text += f"; scan {s['complete']}/{s['total']} complete, following it"
+        return text
 
     def line(self) -> str:
         """One plain status line: done of complete, rate, ETA (and the scan, when following)."""

@@ -86,7 +86,7 @@ def test_inspect_input_then_run_its_command_with_plot_and_log_lines(tmp_path, un
     err = run.stderr
     # stderr is a pipe: plain progress lines, no bar
     assert "\r" not in err and "done/complete" not in err
-    assert "complete frames done" in err and f"/{n} complete frames done" in err
+    assert f"framebag: {n} complete frames to process\n" in err
     summary = [ln for ln in err.splitlines() if "frames processed" in ln]
     assert len(summary) == 1
     assert summary[0].startswith(f"framebag: {n} frames processed, none failed in ")
@@ -354,7 +354,8 @@ def test_progress_lines_quiet_and_resume_summary(tmp_path):
     p({"processed": 15, "complete": 30, "total": 50, "inflight": 1})
     lines = stream.getvalue().splitlines()
     assert lines[0] == "framebag: waiting for the first complete frame of 50"
-    assert lines[1].startswith("framebag: 10/20 complete frames done (50%)")
+    assert lines[1] == ("framebag: 10 complete frames to process (10 done before); "
+                        "scan 20/50 complete, following it")
     assert lines[2].startswith("framebag: 15/30 complete frames done (50%), ")
     assert "ETA" in lines[2] and lines[2].endswith("; scan 30/50 complete, 20 not yet")
 
@@ -429,7 +430,8 @@ def test_resumed_run_reports_only_its_own_frames(tmp_path, client):
     finally:
         configure()
     assert progress.resumed == 10
-    assert stream.getvalue().splitlines()[0].startswith("framebag: 10/20 complete frames done")
+    assert stream.getvalue().splitlines()[0] == (
+        "framebag: 10 complete frames to process (10 done before)")
     line = summary_line(res)
     assert line.startswith("10 frames processed (+10 done by the earlier run), none failed in ")
     assert f"20/20 of the scan done; output {out}" in line
