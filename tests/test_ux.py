@@ -436,3 +436,30 @@ def test_resumed_run_reports_only_its_own_frames(tmp_path, client):
     assert line.startswith("10 frames processed (+10 done by the earlier run), none failed in ")
     assert f"20/20 of the scan done; output {out}" in line
     np.testing.assert_array_equal(res["total"], data.sum(axis=(2, 3)))
+
+
+def test_missing_optional_packages_are_one_line_errors_before_anything_starts(tmp_path):
+    """Without matplotlib (or bokeh) --plot, plot and --report fail at once, in one sentence."""
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(2, 2))
+    code = ("import sys\n"
+            "sys.modules['matplotlib'] = None\n"
+            "sys.modules['bokeh'] = None\n"
+            "from framebag.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    runs = {
+        "plot": ["plot", str(path)],
+        "run --plot": ["run", "framebag.workflows.frame_sum", str(path), "--plot"],
+        "run --report": ["run", "framebag.workflows.frame_sum", str(path), "--report", "r.html"],
+    }
+    for what, argv in runs.items():
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                             env=_env(), timeout=60, cwd=tmp_path)
+        assert out.returncode == 2, (what, out.stderr)
+        err = out.stderr.strip().splitlines()
+        assert len(err) == 1, (what, err)
+        want = "needs bokeh" if "report" in what else "matplotlib: pip install 'framebag[plot]'"
+        assert want in err[0], (what, err)
+        assert time.monotonic() - t0 < 20  # no cluster was started
+    assert not (tmp_path / "scan_frame_sum.h5").exists()
