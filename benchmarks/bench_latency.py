@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame", default="128x128", help="frame shape (default 128x128)")
     p.add_argument("--rate", type=float, default=1000.0, help="frames per second (default 1000)")
     p.add_argument("--writers", type=int, default=1, help="interleaved simulated writers")
+    p.add_argument("--writer-lag", type=int, default=5,
+                   help="frames each further writer runs behind (default 5)")
     p.add_argument("--latency", type=float, default=0.25,
                    help="framebag's latency bound for a partial partition (default 0.25 s)")
     p.add_argument("--poll-interval", type=float, default=0.05,
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         reader.start()
         writer = subprocess.Popen(
             [sys.executable, "-m", "framebag.cli", "simulate", str(src), "--scan", args.scan,
-             "--frame", args.frame, "--rate", str(args.rate), "--writers", str(args.writers)],
+             "--frame", args.frame, "--rate", str(args.rate), "--writers", str(args.writers),
+             "--writer-lag", str(args.writer_lag)],
             stdout=subprocess.PIPE, text=True)
         while not src.exists():
             if writer.poll() is not None:
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     lat = lat[~np.isnan(lat)]
     figures = {
         "frames": total, "frame": args.frame, "rate": args.rate, "writers": args.writers,
+        "writer_lag": args.writer_lag,
         "latency_bound": args.latency, "poll_interval": args.poll_interval,
         "workers": args.workers, "processed": res.stats["processed"],
         "ended_by": res.stats["ended_by"], "missing": missing, "run_wall_s": round(wall, 2),
