@@ -16,6 +16,7 @@ partition, but its future resolves once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -104,11 +105,14 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         timeout: float = 60.0, poll_interval: float = 0.05, latency: float = 0.25,
         partition_bytes: int = DEFAULT_PARTITION_BYTES, overwrite: bool = False,
         resume: bool = False, on_error: str = "raise", retries: int = 2,
-        progress: Callable[[dict[str, Any]], None] | None = None) -> Results:
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        report: str | os.PathLike | None = None, announce: bool = True) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
 
     Validates everything it can (parameters, datasets, output path) before any
-    cluster starts, so bad input fails in well under a second.
+    cluster starts, so bad input fails in well under a second. ``report`` writes
+    a ``distributed.performance_report`` of the run; ``announce`` prints the
+    dashboard link of a cluster started here.
     """
     if on_error not in ("raise", "skip"):
         raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -150,11 +154,20 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
                on_error=on_error, retries=retries, progress=progress)
     if client is not None:
-        return job.run(client)
+        with _performance_report(report):
+            return job.run(client)
     from .profiles import start_client
 
-    with start_client(profile) as own_client:
+    with start_client(profile, announce=announce) as own_client, _performance_report(report):
         return job.run(own_client)
+
+
+def _performance_report(path: str | os.PathLike | None) -> Any:
+    if path is None:
+        return contextlib.nullcontext()
+    from distributed import performance_report
+
+    return performance_report(filename=os.fspath(path))
 
 
 class _Job:

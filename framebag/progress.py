@@ -233,17 +233,8 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
 
             stack.enter_context(logging_redirect_tqdm([logging.root, log]))
         stack.callback(progress.close)
-        if report:
-            from distributed import performance_report
-
-            from .profiles import start_client
-
-            client = stack.enter_context(start_client(profile))
-            stack.enter_context(performance_report(filename=report))
-            options["client"] = client
-        else:
-            options["profile"] = profile
-        res = wf.run(input, output, follow=follow, progress=progress, **options)
+        res = wf.run(input, output, follow=follow, progress=progress, profile=profile,
+                     report=report, announce=not quiet, **options)
     log.info(summary_line(res, follow))
     if report:
         log.info("performance report in %s", report)
