@@ -156,7 +156,8 @@ class OutputFile:
             f.close()
             raise
         f.swmr_mode = True
-        out = cls(path, f, workflow, scan_shape)
+        # the shape written last; a growing scan is grown to the input's by the engine
+        out = cls(path, f, workflow, tuple(int(x) for x in group.attrs["scan_shape"]))
         accs: dict[str, Any] = {}
         if state is not None:
             out.generation = state["generation"]
@@ -226,18 +227,23 @@ class OutputFile:
         extra = int(np.prod(scan_shape, dtype=np.int64)) - self.done.size
         self.done = np.r_[self.done, np.zeros(extra, dtype=bool)]
         self.scan_shape = scan_shape
+        self.group.attrs["scan_shape"] = np.asarray(scan_shape, dtype=np.int64)
 
     def close(self, status: str = "complete", **attrs: Any) -> None:
-        """Leave SWMR mode and stamp the end time and status."""
+        """Stamp the end time and status, then close.
+
+        The attributes are written on the open SWMR handle: reopening the file
+        would be refused while any reader holds it open.
+        """
         if not self.f.id.valid:
             return
+        g = self.group
+        g.attrs["end_time"] = _now()
+        g.attrs["status"] = status
+        for k, v in attrs.items():
+            g.attrs[k] = v
+        self.f.flush()
         self.f.close()
-        with h5py.File(self.path, "r+", libver=LIBVER) as f:
-            g = f[self.group_name]
-            g.attrs["end_time"] = _now()
-            g.attrs["status"] = status
-            for k, v in attrs.items():
-                g.attrs[k] = v
 
 
 def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Schema,
@@ -331,7 +337,9 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
             )
         _check_same(path, group.attrs, provenance)
         had = tuple(int(x) for x in group.attrs["scan_shape"])
-        if had != tuple(scan_shape):
+        growing = group["done"].maxshape[0] is None
+        if had != tuple(scan_shape) and not (
+                growing and had[1:] == tuple(scan_shape[1:]) and had[0] <= scan_shape[0]):
             raise FramebagError(
                 f"--resume: {str(path)!r} was made for scan shape {had}, but the input "
                 f"now has scan shape {tuple(scan_shape)}; use --overwrite to start again"

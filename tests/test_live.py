@@ -386,9 +386,6 @@ def _hold_open(out: str, opened, release) -> None:
         release.wait(30)
 
 
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="OutputFile.close() reopens the output 'r+' to stamp status/ended_by; "
-                          "HDF5 refuses that lock while a swmr=True reader holds the file")
 def test_a_reader_holding_the_output_open_does_not_break_the_end(tmp_path, client):
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (4, 20)

@@ -149,9 +149,10 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(job, clie
 def test_ctrl_c_stops_cleanly_and_the_run_resumes(job, tmp_path):
     wf, path, data = job
     out = tmp_path / "out.h5"
-    proc = start_cli(str(wf), str(path), "-o", str(out), "--partition-bytes", "1280")
+    slower = ("--set", "delay=0.02")  # 4 s of work: the signal lands mid-run
+    proc = start_cli(str(wf), str(path), "-o", str(out), "--partition-bytes", "1280", *slower)
     try:
-        wait_for_done(out, 100, proc)
+        wait_for_done(out, 40, proc)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -162,8 +163,8 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(job, tmp_path):
     with h5py.File(out, "r") as f:  # closed cleanly: no crash flag left behind
         assert f["entry/slow"].attrs["status"] == "interrupted"
     done_before = check_consistent(out, data)
-    assert 100 <= done_before.sum() < 400
-    proc = start_cli(str(wf), str(path), "-o", str(out), "--resume")
+    assert 40 <= done_before.sum() < 400
+    proc = start_cli(str(wf), str(path), "-o", str(out), "--resume", *slower)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     with h5py.File(out, "r") as f:
