@@ -67,8 +67,8 @@ def add_run_parser(sub: Any) -> None:
                    help="with --follow: stop after this many seconds with no new frame")
     p.add_argument("--latency", type=float, default=0.25,
                    help="with --follow: send a partial partition after this many seconds")
-    p.add_argument("--partition-bytes", type=_parse_bytes, default="16MiB",
-                   help="target bytes of frames per partition (default 16MiB)")
+    p.add_argument("--partition-bytes", type=_parse_bytes, default="32MiB",
+                   help="target bytes of frames per partition (default 32MiB)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a failing frame stops the run (raise) or is recorded and left (skip)")
     p.add_argument("--retries", type=int, default=2, help="retries of a failed partition")

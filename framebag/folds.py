@@ -85,9 +85,23 @@ def _merge(ufunc: np.ufunc) -> Callable[[Any, Any], Any]:
             return None if b is None else np.array(b, copy=True)
         if b is None:
             return a
-        return ufunc(a, b)
+        return _into(ufunc, a, b)
 
     return merge
+
+
+def _into(ufunc: np.ufunc, a: Any, b: Any) -> Any:
+    """``ufunc(a, b)``, written into ``a`` when that gives the very same array.
+
+    ``a`` is always an accumulator the fold made (a copy of its first value, or
+    a ufunc's output), so writing into it is safe; it is done only when the
+    result would have ``a``'s dtype and shape anyway. For frame-sized folds this
+    saves an allocation per frame.
+    """
+    if (isinstance(a, np.ndarray) and a.ndim and a.flags.writeable
+            and np.result_type(a, b) == a.dtype and np.shape(b) == a.shape):
+        return ufunc(a, b, out=a)
+    return ufunc(a, b)
 
 
 def _merge_many(reduce: Callable[..., Any], ufunc: np.ufunc) -> Callable[[Any, Any], Any]:
@@ -96,7 +110,7 @@ def _merge_many(reduce: Callable[..., Any], ufunc: np.ufunc) -> Callable[[Any, A
         if len(values) == 0:
             return acc
         part = reduce(values, axis=0)
-        return part if acc is None else ufunc(acc, part)
+        return part if acc is None else _into(ufunc, acc, part)
 
     return merge_many
 
@@ -152,6 +166,14 @@ def _moments_binop(acc: Any, v: Any) -> Any:
     n, mean, m2 = acc
     n += 1
     delta = v - mean
+    if mean.ndim and mean.flags.writeable and m2.flags.writeable and v.shape == mean.shape:
+        # the same arithmetic in place: no new frame-sized arrays per frame
+        step = np.divide(delta, n)
+        mean += step
+        np.subtract(v, mean, out=step)
+        step *= delta
+        m2 += step
+        return n, mean, m2
     mean = mean + delta / n
     m2 = m2 + delta * (v - mean)
     return n, mean, m2
