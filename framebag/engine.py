@@ -63,9 +63,9 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     """Runs on a worker: read each run as slabs, apply every function, fold."""
     d = spec.data
     out = []
-    for start, stop in runs:
+    for i, (start, stop) in enumerate(runs):
         frames = read_run(d.path, d.name, start, stop, d.scan_shape, d.frame_shape, d.dtype,
-                          refresh=spec.live)
+                          refresh=spec.live and i == 0)
         try:
             out.append(spec.workflow.apply(frames, start, d.scan_shape, spec.params,
                                            spec.on_error))

@@ -85,6 +85,7 @@ class OutputFile:
         self.scan_shape = scan_shape
         self.done = np.zeros(int(np.prod(scan_shape, dtype=np.int64)), dtype=bool)
         self.generation = 0
+        self._value_shapes: dict[str, tuple[int, ...]] = {}
         self.n_errors = int(self.group["errors"].shape[0])
 
     # creating ------------------------------------------------------------------
@@ -171,10 +172,12 @@ class OutputFile:
 
     def value_shape(self, name: str) -> tuple[int, ...]:
         """The per-frame value shape of stacked result ``name``, or a fold's result shape."""
-        ds = self.group[name]
-        if ds.attrs.get("fold") == "stack":
-            return tuple(ds.shape[len(self.scan_shape):])
-        return tuple(ds.shape)
+        if name not in self._value_shapes:
+            ds = self.group[name]
+            stacked = ds.attrs.get("fold") == "stack"
+            self._value_shapes[name] = tuple(ds.shape[len(self.scan_shape):] if stacked
+                                             else ds.shape)
+        return self._value_shapes[name]
 
     def write_stack(self, name: str, start: int, stop: int, values: np.ndarray) -> None:
         """Place one partition's stacked values at its run's scan indices."""

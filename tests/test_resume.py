@@ -179,7 +179,7 @@ def test_a_killed_worker_is_recomputed_and_never_double_counted(job, tmp_path):
 
     wf, path, data = job
     out = tmp_path / "out.h5"
-    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as c:
         pids = c.run(os.getpid)
         result: list = []
@@ -202,7 +202,7 @@ def test_a_partition_that_keeps_killing_workers_stops_naming_its_frames(job, cli
     out = tmp_path / "out.h5"
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         # the nannies give the variable to every worker process they (re)start
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None,
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
                                env={"FRAMEBAG_TEST_CRASH": "1"})
     with cluster, Client(cluster) as c:
         with pytest.raises(FramebagError) as info:
