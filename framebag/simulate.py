@@ -155,12 +155,14 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
              stall_for: float = math.inf, growing: bool = False, dtype: str = "uint16",
              finished_shape: str = "scalar", chunk_frames: int = 1,
              compression: str | None = None, seed: int = 0, start_delay: float = 0.0,
-             overwrite: bool = True) -> int:
+             overwrite: bool = True, drop: tuple[int, ...] = ()) -> int:
     """Write a simulated live scan to ``path`` and return the number of frames written.
 
     Blocks until the scan is written (or, with ``stall_after`` and the default
     ``stall_for``, until the process is killed). The finished flag is set only
-    when every frame was written. Safe as a ``multiprocessing`` target.
+    when every frame was written. The frames at the flat indices ``drop`` are
+    written but their keys never set, like triggers a detector missed. Safe as
+    a ``multiprocessing`` target.
     """
     scan = tuple(int(s) for s in scan)
     frame = tuple(int(s) for s in frame)
@@ -179,6 +181,9 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         raise FramebagError(f"simulate output directory {str(path.resolve().parent)!r} "
                             "does not exist")
     order = emission_order(scan, writers, snake, writer_lag)
+    dropped = np.asarray(drop, dtype=np.int64)
+    if dropped.size and (dropped.min() < 0 or dropped.max() >= order.size):
+        raise FramebagError(f"--drop {list(drop)}: frames are numbered 0 to {order.size - 1}")
     inner = int(np.prod(scan[1:], dtype=np.int64))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -221,6 +226,8 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
                 data[sel] = frames_at(seed, run, frame, dt)
             data.flush()
             keys.reshape(-1)[batch] = 1
+            if dropped.size:
+                keys.reshape(-1)[dropped] = 0
             times.reshape(-1)[batch] = time.time()
             key[r0:r1] = keys[r0:r1]
             key_time[r0:r1] = times[r0:r1]
@@ -296,6 +303,8 @@ def add_parser(sub: Any) -> None:
                    help="frames per data chunk along the scan (default 1)")
     p.add_argument("--compression", help="data compression filter, e.g. gzip")
     p.add_argument("--seed", type=int, default=0, help="seed of the frame content")
+    p.add_argument("--drop", type=int, action="append", default=[], metavar="I",
+                   help="never set the key of flat frame I, a missed trigger (repeatable)")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -312,7 +321,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                      writer_lag=args.writer_lag, snake=args.snake, stall_after=args.stall_after,
                      stall_for=args.stall_for, growing=args.growing, dtype=args.dtype,
                      finished_shape=args.finished_shape, chunk_frames=args.chunk_frames,
-                     compression=args.compression, seed=args.seed)
+                     compression=args.compression, seed=args.seed, drop=tuple(args.drop))
     except KeyboardInterrupt:
         print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)
         return 130

@@ -156,7 +156,9 @@ def test_out_of_order_keys_two_writers_snake(tmp_path, client):
 def test_ending_on_flag_forms_or_full_keys(tmp_path, client, shape, ended):
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (6, 20)
-    proc = start_writer(path, scan, rate=400, finished_shape=shape)
+    # with a flag, one key is never set: only the flag can end the run before the timeout
+    drop = {} if shape == "none" else {"drop": 37}
+    proc = start_writer(path, scan, rate=400, finished_shape=shape, **drop)
     with h5py.File(path, "r", swmr=True) as f:
         if shape == "none":
             assert FINISHED not in f
@@ -169,7 +171,9 @@ def test_ending_on_flag_forms_or_full_keys(tmp_path, client, shape, ended):
         wall = time.monotonic() - t0
     finally:
         stop(proc)
-    check(res, scan)
+    done = np.ones(scan, dtype=bool)
+    done.flat[drop.get("drop", [])] = False
+    check(res, scan, done)
     assert res.stats["ended_by"] == ended
     assert ended_attr(out) == ended
     assert wall < 10, f"the run took {wall:.1f} s: it did not see the end of the scan"

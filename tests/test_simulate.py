@@ -124,3 +124,16 @@ def test_cli_writes_a_scan_and_rejects_bad_options(tmp_path, capsys):
     assert main(["simulate", str(out), "--scan", "3xq"]) == 2
     assert main(["simulate", str(tmp_path / "no" / "x.h5")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_dropped_frames_keep_their_keys_zero(tmp_path):
+    from framebag.simulate import KEY, simulate
+
+    path = tmp_path / "s.h5"
+    simulate(path, (3, 4), (2, 2), rate=1e5, drop=(5, 7))
+    with h5py.File(path, "r") as f:
+        keys = f[KEY][()].reshape(3, 4)
+        assert f["entry/finished"][()] == 1
+    want = np.ones((3, 4), dtype=bool)
+    want.flat[[5, 7]] = False
+    np.testing.assert_array_equal(keys != 0, want)
