@@ -29,7 +29,7 @@ import numpy as np
 
 from . import hdf5
 from .errors import FramebagError
-from .keys import KeyFollower, _extent, _scan_rank
+from .keys import KeyFollower, extent, scan_rank_of
 
 __all__ = ["inspect_file", "guess_layout", "framebag_groups", "open_readonly", "add_parser",
            "EXAMPLE_WORKFLOW"]
@@ -127,8 +127,8 @@ def guess_layout(f: h5py.File) -> tuple[str | None, list[str], str | None]:
         for kname, k in ints:
             if kname == name:
                 continue
-            rank = _scan_rank(k.maxshape or k.shape)
-            if rank < d.ndim and _extent(d, rank) == _extent(k, rank):
+            rank = scan_rank_of(k.maxshape or k.shape)
+            if rank < d.ndim and extent(d, rank) == extent(k, rank):
                 keys.append((rank, kname))
         if not keys:
             continue

@@ -22,6 +22,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 
 from . import hdf5
@@ -53,14 +54,15 @@ class DataInfo:
         return int(np.prod(self.scan_shape, dtype=np.int64))
 
 
-def _extent(ds, rank: int) -> tuple[int, ...]:
+def extent(ds: h5py.Dataset, rank: int) -> tuple[int, ...]:
     """Per dim: the maxshape where known, else the current extent."""
     maxshape = ds.maxshape or ds.shape
     return tuple(int(m) if m is not None else int(s)
                  for m, s in zip(maxshape[:rank], ds.shape[:rank]))
 
 
-def _scan_rank(shape: tuple[int, ...]) -> int:
+def scan_rank_of(shape: tuple[int, ...]) -> int:
+    """The scan rank of a key dataset of ``shape``: its rank less trailing length-1 dims."""
     rank = len(shape)
     while rank > 1 and shape[rank - 1] == 1:
         rank -= 1
@@ -90,8 +92,8 @@ class KeyFollower:
             finished = None
         self._finished = hdf5.dataset(self.path, finished) if finished else None
         self._finished_name = finished
-        ranks = {_scan_rank(k.maxshape or k.shape) for k in self._keys}
-        shapes = {k.name: _extent(k, _scan_rank(k.maxshape or k.shape)) for k in self._keys}
+        ranks = {scan_rank_of(k.maxshape or k.shape) for k in self._keys}
+        shapes = {k.name: extent(k, scan_rank_of(k.maxshape or k.shape)) for k in self._keys}
         if len(set(shapes.values())) > 1 or len(ranks) > 1:
             listed = "; ".join(f"{n} {s}" for n, s in shapes.items())
             raise FramebagError(
@@ -111,13 +113,13 @@ class KeyFollower:
 
     def _describe_data(self, name: str) -> DataInfo:
         d = hdf5.dataset(self.path, name)
-        key_scan = _extent(self._keys[0], self.scan_rank)
+        key_scan = extent(self._keys[0], self.scan_rank)
         if d.ndim < self.scan_rank:
             raise FramebagError(
                 f"data dataset {name!r} in {self.path!r} has rank {d.ndim}, less than the "
                 f"scan rank {self.scan_rank} of key dataset {self._key_names[0]!r}"
             )
-        data_scan = _extent(d, self.scan_rank)
+        data_scan = extent(d, self.scan_rank)
         # a growing writer extends the data before the keys: only the fixed dims must agree
         skip = 1 if self.growing else 0
         if data_scan[skip:] != key_scan[skip:]:
