@@ -284,7 +284,8 @@ class _Job:
                     processed += self._combine(client, finished_now, inflight)
                 if o["progress"]:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
-                                   "total": complete.size, "inflight": len(inflight)})
+                                   "seen": self.follower.seen, "total": complete.size,
+                                   "inflight": len(inflight)})
                 if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
                     break
                 if follow and not final_poll:

@@ -145,18 +145,22 @@ class KeyFollower:
         if self.live:
             self._grow(arrays)
         mask = np.ones(self.scan_shape, dtype=bool)
+        partly = np.zeros(self.scan_shape, dtype=bool) if len(arrays) > 1 else None
         for arr in arrays:
             arr = arr.reshape(arr.shape[: self.scan_rank]) if arr.ndim > self.scan_rank else arr
             ok = arr != 0
             if arr.dtype.kind == "f":
                 ok &= ~np.isnan(arr)
-            if ok.shape == self.scan_shape:
-                mask &= ok
-            else:  # a growing dataset: frames beyond its extent are not complete yet
+            if ok.shape != self.scan_shape:  # a growing dataset: frames beyond it are not set
                 region = tuple(slice(0, min(a, b)) for a, b in zip(ok.shape, self.scan_shape))
                 part = np.zeros(self.scan_shape, dtype=bool)
                 part[region] = ok[region]
-                mask &= part
+                ok = part
+            mask &= ok
+            if partly is not None:
+                partly |= ok
+        #: frames with at least one key set (complete ones included)
+        self.seen = int(mask.sum() if partly is None else partly.sum())
         return mask
 
     def _grow(self, arrays: list[np.ndarray]) -> None:

@@ -128,7 +128,7 @@ class Progress:
         if bar.total != complete:
             bar.total = complete
         if self.follow:
-            postfix = f"scan {complete}/{total} complete"
+            postfix = f"scan {complete}/{total} complete" + self._partly()
             if postfix != self._postfix:
                 self._postfix = postfix
                 bar.set_postfix_str(postfix, refresh=False)
@@ -158,8 +158,14 @@ class Progress:
             text += f", ETA {_duration(left / rate)}"
         if self.follow:
             total = s.get("total", 0)
-            text += f"; scan {complete}/{total} complete, {total - complete} not yet"
+            text += f"; scan {complete}/{total} complete{self._partly()}, " \
+                    f"{total - complete} not yet"
         return text
+
+    def _partly(self) -> str:
+        """Frames seen (some key set) but not yet complete, when there are any."""
+        partly = self.state.get("seen", 0) - self.state.get("complete", 0)
+        return f" (+{partly} partly keyed)" if partly > 0 else ""
 
     def close(self) -> None:
         """Finish the bar (leaving it on screen) so the summary prints below it."""

@@ -321,3 +321,16 @@ def test_only_the_driver_writes_and_workers_read_the_input_read_only(make_scan, 
     assert set(pids) <= worker_pids and len(worker_pids) == 2
     assert not out_open.any()
     assert in_read_only.all()
+
+
+def test_key_follower_counts_frames_with_some_keys_set(make_scan):
+    from framebag.keys import KeyFollower
+
+    a = np.zeros((3, 4), dtype=bool)
+    a[0] = True
+    b = np.zeros((3, 4), dtype=bool)
+    b[:2, :2] = True
+    path, _ = make_scan((3, 4), (2, 2), complete=a, extra_keys=[b])
+    follower = KeyFollower(path, DATA, [KEY, "entry/keys/key_2"])
+    np.testing.assert_array_equal(follower.poll(), a & b)
+    assert follower.seen == int((a | b).sum()) == 6

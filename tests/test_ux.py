@@ -462,3 +462,16 @@ def test_missing_optional_packages_are_one_line_errors_before_anything_starts(tm
         assert want in err[0], (what, err)
         assert time.monotonic() - t0 < 20  # no cluster was started
     assert not (tmp_path / "scan_frame_sum.h5").exists()
+
+
+def test_follow_lines_count_frames_seen_but_not_complete():
+    import io
+
+    from framebag.progress import Progress, configure
+
+    stream = io.StringIO()
+    configure(stream=stream)
+    p = Progress(follow=True, stream=stream, tty=False, interval=0.0)
+    p({"processed": 0, "complete": 10, "seen": 14, "total": 40, "inflight": 1})
+    p({"processed": 5, "complete": 12, "seen": 15, "total": 40, "inflight": 1})
+    assert "scan 12/40 complete (+3 partly keyed), 28 not yet" in stream.getvalue()
