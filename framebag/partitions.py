@@ -62,10 +62,17 @@ def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     if target_bytes <= 0:
         raise ValueError(f"partition target must be positive bytes, got {target_bytes}")
     n = max(1, target_bytes // max(1, frame_nbytes))
-    if nframes and min_partitions > 1:
+    balance = bool(nframes) and min_partitions > 1
+    if balance:
         n = min(n, max(1, math.ceil(nframes / min_partitions)))
+        # a partition count that is a multiple of min_partitions, of near-equal partitions:
+        # 7 partitions on 2 workers leave one idle for the last (the CPU-heavy case)
+        parts = math.ceil(math.ceil(nframes / n) / min_partitions) * min_partitions
+        n = max(1, math.ceil(nframes / parts))
     n = min(n, MAX_PARTITION_FRAMES)
     if n >= chunk:
+        if balance:  # round up, not down, so the count does not grow past the multiple
+            return math.ceil(n / chunk) * chunk
         return (n // chunk) * chunk
     return max(d for d in range(1, n + 1) if chunk % d == 0)
 
