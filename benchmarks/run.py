@@ -58,6 +58,7 @@ class Row:
     reference: float
     unit: str
     ratio: float | None = None
+    spread: str = ""  # the lowest and highest ratio of the runs paired in time
     target: str = ""
     ok: bool | None = None
     runs: dict[str, list[float]] = field(default_factory=dict)
@@ -173,7 +174,8 @@ def _throughput_row(case: str, what: str, n: int, t: dict[str, list[float]],
                     target: float | None) -> Row:
     fb, ref = n / _median(t["framebag"]), n / _median(t["reference"])
     ratio = fb / ref
-    return Row(case, what, fb, ref, "frames/s", ratio,
+    pairs = [r / f for f, r in zip(t["framebag"], t["reference"])]
+    return Row(case, what, fb, ref, "frames/s", ratio, f"{min(pairs):.2f}-{max(pairs):.2f}",
                f">= {target}x" if target else "", ratio >= target if target else None, t)
 
 
@@ -317,7 +319,7 @@ def case_memory(ctx: Context) -> list[Row]:
     return [Row("4 memory", f"peak RSS of driver, 2 nannies, 2 workers (limit 256 MiB each): "
                 f"{gib[1]:g} GiB file vs {gib[0]:g} GiB; idle {rest:.0f} MiB, so the runs "
                 f"added {big - rest:.0f} vs {small - rest:.0f} MiB",
-                big, small, "MiB", big / small, "<= 1.1x (flat)", big / small <= 1.1,
+                big, small, "MiB", big / small, "", "<= 1.1x (flat)", big / small <= 1.1,
                 {"peak_small": peaks[specs[0].nbytes], "peak_big": peaks[specs[1].nbytes],
                  "idle": idle})]
 
@@ -351,7 +353,7 @@ def case_e2e(ctx: Context) -> list[Row]:
     fbm, refm = _median(t["framebag"]), _median(t["reference"])
     return [Row("5 e2e", "`framebag run` 100 frames, local profile, cluster start included "
                 "(ref: plain h5py script, fresh interpreter)", fbm, refm, "s wall",
-                fbm / refm, "", None, t)]
+                fbm / refm, "", "", None, t)]
 
 
 def case_overhead(ctx: Context) -> list[Row]:
@@ -373,9 +375,9 @@ def case_overhead(ctx: Context) -> list[Row]:
     ref_per_frame = (read[1] - read[0]) / (n1 - n0) * 1e6
     return [Row("6 overhead", f"no-op per frame: framebag's extra us/frame beyond the "
                 f"reference's read ({n0} and {n1} frames, 2 processes)", per_frame,
-                ref_per_frame, "us/frame", None, "", None),
+                ref_per_frame, "us/frame"),
             Row("6 overhead", "framebag's fixed cost per run (workflow.run on a started "
-                "cluster: probe, output file, scheduling)", fixed, 0.0, "ms", None, "", None)]
+                "cluster: probe, output file, scheduling)", fixed, 0.0, "ms")]
 
 
 # running -----------------------------------------------------------------------
@@ -438,11 +440,11 @@ def _num(x: float) -> str:
 
 def table(rows: list[Row]) -> str:
     """The rows as a fixed-width text table."""
-    head = ("case", "what", "framebag", "reference", "unit", "ratio", "target", "ok")
+    head = ("case", "what", "framebag", "reference", "unit", "ratio", "runs", "target", "ok")
     body = []
     for r in rows:
         body.append((r.case, r.what, _num(r.framebag), _num(r.reference), r.unit,
-                     "" if r.ratio is None else f"{r.ratio:.2f}x", r.target,
+                     "" if r.ratio is None else f"{r.ratio:.2f}x", r.spread, r.target,
                      "" if r.ok is None else ("yes" if r.ok else "NO")))
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
