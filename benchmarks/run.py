@@ -102,13 +102,7 @@ def start_cluster(dask_malloc: bool = False, **options):
                                dashboard_address=None, **options)
     client = Client(cluster)
     client.wait_for_workers(2)
-    client.run(_import_plugins)
     return cluster, client
-
-
-def _import_plugins() -> None:
-    # framebag's workers do not import hdf5plugin; a blosc/lz4 file needs it registered
-    import hdf5plugin  # noqa: F401
 
 
 def alternate(repeat: int, timed: dict[str, Callable[[], object]],

@@ -77,6 +77,31 @@ def read_run(path: str, name: str, start: int, stop: int, scan_shape: tuple[int,
                 f"dataset {name!r} in {path!r} holds only {ds.shape[0]} along its first dim"
             )
         view = buf[offset : offset + count].reshape(selection_shape(sel) + frame_shape)
-        ds.read_direct(view, source_sel=sel + frame_sel)
+        try:
+            ds.read_direct(view, source_sel=sel + frame_sel)
+        except OSError:
+            if not _load_filters():
+                raise
+            ds.read_direct(view, source_sel=sel + frame_sel)
         offset += count
     return buf
+
+
+_filters_loaded = False
+
+
+def _load_filters() -> bool:
+    """Register hdf5plugin's filters (blosc, lz4, bitshuffle, zstd ...) once, if installed.
+
+    Imported only when a read fails, so files that need no plugin never pay for
+    the import. True if the read is worth trying again.
+    """
+    global _filters_loaded
+    if _filters_loaded:
+        return False
+    _filters_loaded = True
+    try:
+        import hdf5plugin  # noqa: F401
+    except ImportError:
+        return False
+    return True

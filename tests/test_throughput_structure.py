@@ -12,6 +12,7 @@ import math
 
 import h5py
 import numpy as np
+import pytest
 from distributed import get_task_stream
 
 from framebag import Workflow
@@ -129,3 +130,17 @@ def test_rerun_after_input_rewritten_in_place_sees_new_data(tmp_path, client):
         np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
         sums.append(res["total"])
     assert not np.array_equal(sums[0], sums[1])
+
+
+def test_blosc_lz4_input_reads_without_importing_hdf5plugin_first(tmp_path, client):
+    """Workers register hdf5plugin's filters themselves when a read needs them."""
+    hdf5plugin = pytest.importorskip("hdf5plugin")
+    data = np.random.default_rng(3).poisson(20, (200, 16, 16)).astype("uint16")
+    path = tmp_path / "lz4.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset(DATA, data=data, chunks=(4, 16, 16),
+                         **hdf5plugin.Blosc(cname="lz4", shuffle=hdf5plugin.Blosc.SHUFFLE))
+        f.create_dataset(KEY, data=np.ones((200, 1, 1), dtype="i4"))
+    res = _sum_workflow().run(path, tmp_path / "out.h5", client=client,
+                              partition_bytes=40 * 512)
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
