@@ -72,6 +72,9 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a failing frame stops the run (raise) or is recorded and left (skip)")
     p.add_argument("--retries", type=int, default=2, help="retries of a failed partition")
+    p.add_argument("--commit-interval", type=float, metavar="S",
+                   help="seconds between checkpoints of the output (default 0.5; 0.1 with "
+                        "--follow)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -95,7 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         data=args.data, keys=args.keys, finished=args.finished, follow=args.follow,
         timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
-        retries=args.retries,
+        retries=args.retries, commit_interval=args.commit_interval,
     )
     return 0
 

@@ -38,7 +38,7 @@ from .partitions import (
     Dispatcher,
     by_block,
     chunk_run,
-    partition_size,
+    task_size,
 )
 from .reading import read_run
 from .workflow import FrameError, Partial, Workflow
@@ -57,21 +57,36 @@ class RunSpec:
     params: dict[str, Any]
     on_error: str
     live: bool
+    read_frames: int
 
 
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
-    """Runs on a worker: read each run as slabs, apply every function, fold."""
-    d = spec.data
+    """Runs on a worker: read each run in slabs of ``spec.read_frames``, apply, fold.
+
+    The slabs of one run are folded into one Partial. A function's error stops
+    the task: it is returned (after the partials done before it), not raised,
+    since a retry would fail the same way.
+    """
+    d, wf = spec.data, spec.workflow
     out = []
-    for i, (start, stop) in enumerate(runs):
-        frames = read_run(d.path, d.name, start, stop, d.scan_shape, d.frame_shape, d.dtype,
-                          refresh=spec.live and i == 0)
-        try:
-            out.append(spec.workflow.apply(frames, start, d.scan_shape, spec.params,
-                                           spec.on_error))
-        except FrameError as exc:
-            # returned, not raised: a user function's error is not worth a retry
-            out.append(Partial(start, stop, np.zeros(stop - start, dtype=bool), failure=str(exc)))
+    refresh = spec.live
+    for start, stop in runs:
+        parts = []
+        edges = [start, *range((start // spec.read_frames + 1) * spec.read_frames, stop,
+                               spec.read_frames), stop]
+        for a, b in zip(edges[:-1], edges[1:]):
+            frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
+                              refresh=refresh)
+            refresh = False
+            try:
+                parts.append(wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error))
+            except FrameError as exc:
+                if parts:
+                    out.append(wf.merge(parts))
+                out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=str(exc)))
+                return out
+            del frames  # frees the slab buffer for the next read
+        out.append(wf.merge(parts))
     return out
 
 
@@ -106,13 +121,15 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         partition_bytes: int = DEFAULT_PARTITION_BYTES, overwrite: bool = False,
         resume: bool = False, on_error: str = "raise", retries: int = 2,
         progress: Callable[[dict[str, Any]], None] | None = None,
-        report: str | os.PathLike | None = None, announce: bool = True) -> Results:
+        report: str | os.PathLike | None = None, announce: bool = True,
+        commit_interval: float | None = None) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
 
     Validates everything it can (parameters, datasets, output path) before any
     cluster starts, so bad input fails in well under a second. ``report`` writes
     a ``distributed.performance_report`` of the run; ``announce`` prints the
-    dashboard link of a cluster started here.
+    dashboard link of a cluster started here. ``commit_interval`` is the seconds
+    between checkpoints of the output (default 0.1 when following, else 0.5).
     """
     if on_error not in ("raise", "skip"):
         raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -152,7 +169,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
-               on_error=on_error, retries=retries, progress=progress)
+               on_error=on_error, retries=retries, progress=progress,
+               commit_interval=commit_interval)
     if client is not None:
         with _performance_report(report):
             return job.run(client)
@@ -186,6 +204,15 @@ class _Job:
         self.ended_by = ""
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
+        self._pending: list[Partial] = []
+        self.frame_seconds = 0.0  # one frame through every function, timed by the probe
+        self._last_commit = 0.0
+        self._broken = False
+        interval = opts.get("commit_interval")
+        #: seconds between commits: a live reader sees results this often; fewer
+        #: commits leave more CPU to the workers on a finished file
+        self.commit_interval = (0.1 if opts.get("follow") else 0.5) if interval is None \
+            else float(interval)
 
     # setting up ------------------------------------------------------------------
 
@@ -197,7 +224,13 @@ class _Job:
             frames = read_run(d.path, d.name, int(i), int(i) + 1, d.scan_shape, d.frame_shape,
                               d.dtype, refresh=self.follower.live)
             try:
+                t = time.perf_counter()
                 p = self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
+                self.frame_seconds = time.perf_counter() - t
+                if self.frame_seconds < 0.01:  # the first call pays for warming up: again
+                    t = time.perf_counter()
+                    self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
+                    self.frame_seconds = min(self.frame_seconds, time.perf_counter() - t)
             except FrameError as exc:
                 if self.o["on_error"] != "skip":
                     raise
@@ -220,11 +253,11 @@ class _Job:
         raise FramebagError(f"every frame tried failed; the last: {last}")
 
     def _open_output(self, complete: np.ndarray) -> None:
+        schema = self._probe_schema(complete)  # on resume too: a broken function fails early
         if self.o["resume"]:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
                                                     self.info.scan_shape)
         else:
-            schema = self._probe_schema(complete)
             if self.o["overwrite"] and self.out_path.exists():
                 self.out_path.unlink()
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
@@ -246,14 +279,17 @@ class _Job:
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         complete = self.follower.poll().ravel()
         self.info = self.follower.data
-        size = partition_size(
+        if not follow:  # the probe's timing of a frame sizes the tasks
+            self._open_output(complete)
+        size, self._read_frames = task_size(
             self.info.frame_nbytes, o["partition_bytes"],
             chunk_run(self.info.scan_shape, self.info.chunks),
-            None if follow else int(complete.sum()), 2 * nworkers,
+            None if follow else int(complete.sum()), nworkers, self.frame_seconds,
         )
         dispatcher = Dispatcher(complete.size, size, o["latency"], self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
+        opened = False
         last_new = time.monotonic()
         seen = int(complete.sum())
         final_poll = not follow
@@ -269,6 +305,8 @@ class _Job:
                         self.out.grow(self.info.scan_shape)
                 if self.out is None and complete.any():
                     self._open_output(complete)
+                if self.out is not None and not opened:
+                    opened = True
                     if self.follower.growing:
                         self.out.grow(self.info.scan_shape)
                     dispatcher.mark(np.flatnonzero(self.out.done))
@@ -287,6 +325,7 @@ class _Job:
                                    "seen": self.follower.seen, "total": complete.size,
                                    "inflight": len(inflight)})
                 if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
+                    self._flush()
                     break
                 if follow and not final_poll:
                     ended = self._should_end(complete, last_new)
@@ -315,6 +354,10 @@ class _Job:
         finally:
             for f in inflight:
                 f.cancel()
+            try:
+                self._flush()  # keep what arrived, also on Ctrl-C
+            except Exception:  # noqa: BLE001 - the error that got us here is the one to show
+                log.debug("could not commit the last partials", exc_info=True)
             self._cleanup(client, status)
         if self.out is None:
             raise FramebagError(
@@ -333,7 +376,8 @@ class _Job:
         """
         if self._spec is None:  # pure=False: fresh keys, never a previous run's results
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
-                                              self.o["on_error"], self.o["follow"]), pure=False)
+                                              self.o["on_error"], self.o["follow"],
+                                              self._read_frames), pure=False)
         bag = db.from_sequence(groups, partition_size=1).map_partitions(
             process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}")
         futures = client.compute(bag.to_delayed())
@@ -367,7 +411,10 @@ class _Job:
         partials = [p for p in partials if not p.failure]
         for f in ok:
             del inflight[f]
-        count = self._commit(partials) if partials else 0
+        self._pending.extend(partials)
+        count = sum(int(p.done.sum()) for p in partials)
+        if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
+            self._flush()  # before a failure is reported, everything that arrived is kept
         if failure:
             raise FramebagError(f"{failure}; the frames done so far are kept: fix the function "
                                 "and rerun with --resume, or use --on-error skip")
@@ -390,23 +437,50 @@ class _Job:
             ) from exc
         return count
 
-    def _commit(self, partials: list[Partial]) -> int:
+    def _flush(self) -> None:
+        """Combine and commit the partials gathered since the last commit."""
+        if self._pending and self.out is not None and not self._broken:
+            pending, self._pending = self._pending, []
+            self._commit(pending)
+        self._last_commit = time.monotonic()
+
+    def _commit(self, partials: list[Partial]) -> None:
+        """Check, combine and write ``partials``, then make the step durable.
+
+        Every partial is checked before any state changes; if combining fails
+        anyway (a custom fold), nothing more is committed, so the checkpoint
+        never holds a half-combined step.
+        """
+        for p in partials:
+            self._check(p)
+        try:
+            self._combine_into_output(partials)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _check(self, p: Partial) -> None:
+        for name, values in p.stacks.items():
+            want = self.out.value_shape(name)
+            if values.shape[1:] != want:
+                self._mismatch(name, p, f"shape {values.shape[1:]}, not {want}")
+        for name, acc in p.accs.items():
+            fold = self.wf.functions[name].fold
+            want = self.out.value_shape(name)
+            if acc is not None and np.shape(fold.finalize(acc)) != want:
+                self._mismatch(name, p, f"shape {np.shape(fold.finalize(acc))}, not {want}")
+
+    def _combine_into_output(self, partials: list[Partial]) -> None:
         newly = []
         for p in partials:
             for name, values in p.stacks.items():
-                want = self.out.value_shape(name)
-                if values.shape[1:] != want:
-                    self._mismatch(name, p, f"shape {values.shape[1:]}, not {want}")
                 self.out.write_stack(name, p.start, p.stop, values)
             for name, acc in p.accs.items():
                 fold = self.wf.functions[name].fold
-                want = self.out.value_shape(name)
-                if acc is not None and np.shape(fold.finalize(acc)) != want:
-                    self._mismatch(name, p, f"shape {np.shape(fold.finalize(acc))}, not {want}")
                 try:
                     self.accs[name] = fold.combine(self.accs[name], acc)
-                except (ValueError, TypeError) as exc:
-                    self._mismatch(name, p, str(exc))
+                except Exception as exc:
+                    self._mismatch(name, p, f"{type(exc).__name__}: {exc}")
             newly.append(np.arange(p.start, p.stop)[p.done])
             self.errors.extend(p.errors)
         results = {}
@@ -415,7 +489,6 @@ class _Job:
                 results[name] = self.wf.functions[name].fold.finalize(acc)
         newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
         self.out.commit(newly_done, results, self.accs, [e for p in partials for e in p.errors])
-        return int(newly_done.size)
 
     def _mismatch(self, name: str, p: Partial, what: str) -> None:
         where = [tuple(int(x) for x in np.unravel_index(i, self.info.scan_shape))

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_PARTITION_BYTES",
     "chunk_run",
     "partition_size",
+    "task_size",
     "cut",
     "by_block",
     "blocks",
@@ -33,6 +34,8 @@ __all__ = [
 #: workers' time in per-task overhead; 64 MiB was no faster and costs more worker memory
 DEFAULT_PARTITION_BYTES = 32 * 2**20
 MAX_PARTITION_FRAMES = 65536
+MAX_READS_PER_TASK = 16
+TASK_SECONDS = 0.25
 
 Run = tuple[int, int]
 
@@ -75,6 +78,34 @@ def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
             return math.ceil(n / chunk) * chunk
         return (n // chunk) * chunk
     return max(d for d in range(1, n + 1) if chunk % d == 0)
+
+
+def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
+              nframes: int | None = None, workers: int = 1,
+              frame_seconds: float = 0.0) -> tuple[int, int]:
+    """``(frames per task, frames per read)`` for a scan of ``nframes`` complete frames.
+
+    A read is about ``target_bytes`` (see :func:`partition_size`) and bounds a
+    worker's memory. A task -- one bag partition -- is several reads, so that a
+    finished scan goes out as about two tasks per worker (at most
+    ``MAX_READS_PER_TASK`` reads each): dask costs about 1-2 ms per task on a
+    small machine, which would otherwise be a tenth of the work of cheap frames.
+    A scan too small for that is cut into near-equal tasks of one read each.
+    Without ``nframes`` (a live scan) a task is one read. With ``frame_seconds``
+    (the measured cost of a frame), a task holds no more reads than fill about
+    ``TASK_SECONDS``: costly frames gain nothing from long tasks, which would only
+    make progress, checkpoints and the work lost with a worker coarser.
+    """
+    read = partition_size(frame_nbytes, target_bytes, chunk)
+    if not nframes:
+        return read, read
+    if nframes <= 2 * workers * read:
+        balanced = partition_size(frame_nbytes, target_bytes, chunk, nframes, 2 * workers)
+        return balanced, balanced
+    reads = math.ceil(math.ceil(nframes / read) / (2 * workers))
+    if frame_seconds > 0:
+        reads = min(reads, math.ceil(TASK_SECONDS / (frame_seconds * read)))
+    return min(MAX_READS_PER_TASK, max(1, reads)) * read, read
 
 
 def cut(flat: np.ndarray, size: int) -> list[Run]:

@@ -49,3 +49,30 @@ def test_partition_size_is_aligned_to_chunks_and_bounded():
     assert partition_size(frame, 7 * frame, chunk=30) == 6
     assert partition_size(frame, 16 * 2**20, nframes=100, min_partitions=4) == 25
     assert partition_size(1, 2**40) == 65536
+
+
+def test_task_size_is_a_few_reads_per_worker():
+    from framebag.partitions import MAX_READS_PER_TASK, task_size
+
+    frame = 128 * 128 * 2
+    # 20,000 cheap frames on 2 workers: 4 tasks of 5 reads of 32 MiB, not 20 tasks
+    assert task_size(frame, 32 * 2**20, 1, 20000, 2) == (5 * 1024, 1024)
+    # a live scan: a task is one read
+    assert task_size(frame, 32 * 2**20, 1, None, 2) == (1024, 1024)
+    # a small scan: near-equal one-read tasks, so both workers get work
+    assert task_size(frame, 32 * 2**20, 1, 100, 2) == (25, 25)
+    # a huge scan: tasks stop growing at MAX_READS_PER_TASK reads
+    assert task_size(frame, 32 * 2**20, 1, 10**7, 2) == (MAX_READS_PER_TASK * 1024, 1024)
+    # reads stay aligned to the chunk run along the scan
+    task, read = task_size(frame, 32 * 2**20, 30, 20000, 2)
+    assert read % 30 == 0 and task % read == 0
+
+
+def test_costly_frames_make_tasks_of_fewer_reads():
+    from framebag.partitions import TASK_SECONDS, task_size
+
+    frame = 128 * 128 * 2
+    cheap = task_size(frame, 32 * 2**20, 1, 20000, 2, frame_seconds=1e-5)
+    costly = task_size(frame, 2 * 2**20, 1, 20000, 2, frame_seconds=0.01)
+    assert cheap == (5 * 1024, 1024)
+    assert costly[1] == 64 and costly[0] == 64 * max(1, round(TASK_SECONDS / (0.01 * 64)))
