@@ -19,6 +19,7 @@ from typing import Any
 
 from . import __version__
 from .errors import FramebagError
+from .partitions import DEFAULT_PARTITION_BYTES
 
 log = logging.getLogger("framebag")
 
@@ -67,8 +68,10 @@ def add_run_parser(sub: Any) -> None:
                    help="with --follow: stop after this many seconds with no new frame")
     p.add_argument("--latency", type=float, default=0.25,
                    help="with --follow: send a partial partition after this many seconds")
-    p.add_argument("--partition-bytes", type=_parse_bytes, default="32MiB",
-                   help="target bytes of frames per partition (default 32MiB)")
+    p.add_argument("--partition-bytes", type=_parse_bytes,
+                   default=f"{DEFAULT_PARTITION_BYTES // 2**20}MiB",
+                   help="target bytes of frames per slab read "
+                        f"(default {DEFAULT_PARTITION_BYTES // 2**20}MiB)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a failing frame stops the run (raise) or is recorded and left (skip)")
     p.add_argument("--retries", type=int, default=2, help="retries of a failed partition")

@@ -72,8 +72,7 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     refresh = spec.live
     for start, stop in runs:
         parts = []
-        edges = [start, *range((start // spec.read_frames + 1) * spec.read_frames, stop,
-                               spec.read_frames), stop]
+        edges = [*range(start, stop, spec.read_frames), stop]
         for a, b in zip(edges[:-1], edges[1:]):
             frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
                               refresh=refresh)

@@ -105,7 +105,12 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     reads = math.ceil(math.ceil(nframes / read) / (2 * workers))
     if frame_seconds > 0:
         reads = min(reads, math.ceil(TASK_SECONDS / (frame_seconds * read)))
-    return min(MAX_READS_PER_TASK, max(1, reads)) * read, read
+    task = min(MAX_READS_PER_TASK, max(1, reads)) * read
+    # near-equal tasks, as many as a multiple of 2 per worker: 7 tasks on 2 workers
+    # would leave one idle while the other does the last
+    ntasks = math.ceil(math.ceil(nframes / task) / (2 * workers)) * 2 * workers
+    task = math.ceil(math.ceil(nframes / ntasks) / chunk) * chunk
+    return task, min(read, task)
 
 
 def cut(flat: np.ndarray, size: int) -> list[Run]:

@@ -484,7 +484,8 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
     if prof.is_batch and ledger is not None:
         opts["job_cls"] = _recording(cls.job_cls, ledger)
     try:
-        return cls(**opts)
+        with _local_malloc(prof):
+            return cls(**opts)
     except FramebagError:
         raise
     except Exception as exc:
@@ -492,6 +493,25 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
         raise FramebagError(
             f"profile {str(prof.source)!r}: {cls.__name__} rejected the options: {first}"
         ) from exc
+
+
+def _local_malloc(prof: Profile) -> Any:
+    """Local workers start without dask's ``MALLOC_TRIM_THRESHOLD_``.
+
+    That setting turns off glibc's dynamic mmap threshold, so every array over
+    128 KiB -- a read slab, an FFT temporary -- is a fresh mmap paid for with a
+    page fault per 4 KiB: per-frame numpy ran up to 1.5x slower with it
+    (docs/benchmarks.md). An ``env`` given in the profile's options still wins.
+    """
+    import contextlib
+
+    import dask
+
+    if prof.cluster != "local":
+        return contextlib.nullcontext()
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
 
 
 def job_script(profile: str | os.PathLike | Profile) -> str:
