@@ -270,7 +270,8 @@ class _Job:
     # the loop ----------------------------------------------------------------------
 
     def run(self, client: Any) -> Results:
-        from distributed import wait
+        # distributed.wait() would use the *default* client; this one may not be it
+        from distributed.client import _wait
 
         t0 = time.monotonic()
         o = self.o
@@ -338,8 +339,8 @@ class _Job:
                     complete = fresh
                 if inflight and not finished_now:
                     try:
-                        wait(list(inflight), timeout=o["poll_interval"],
-                             return_when="FIRST_COMPLETED")
+                        client.sync(_wait, list(inflight), timeout=o["poll_interval"],
+                                    return_when="FIRST_COMPLETED")
                     except TimeoutError:
                         pass
                 elif not inflight and follow and not final_poll:

@@ -334,3 +334,17 @@ def test_key_follower_counts_frames_with_some_keys_set(make_scan):
     follower = KeyFollower(path, DATA, [KEY, "entry/keys/key_2"])
     np.testing.assert_array_equal(follower.poll(), a & b)
     assert follower.seen == int((a | b).sum()) == 6
+
+
+def test_a_client_that_is_not_the_default_one(make_scan, tmp_path):
+    """workflow.run(client=c) uses c, even when another client is the default."""
+    from distributed import Client, LocalCluster
+
+    path, data = make_scan((4, 5), (3, 3))
+    wf = Workflow("nodefault", data=DATA, keys=[KEY])
+    wf.frame(lambda frame: frame.sum(), name="total")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        with Client(cluster, set_as_default=False) as c:
+            res = wf.run(path, tmp_path / "o.h5", client=c, partition_bytes=data[0, 0].nbytes)
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(2, 3)))
