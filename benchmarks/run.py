@@ -86,20 +86,22 @@ def _scheduler_tasks(dask_scheduler=None) -> int:
 def start_cluster(dask_malloc: bool = False, **options):
     """A LocalCluster of 2 single-threaded worker processes and its client, warm.
 
-    Unless ``dask_malloc``, the workers start without the ``MALLOC_TRIM_THRESHOLD_``
-    that dask's nanny sets by default: it switches off glibc's dynamic mmap
-    threshold, so every array over 128 KiB (a read slab, an FFT temporary) is a
-    fresh mmap and a page fault per 4 KiB, which costs per-frame numpy up to 1.7x.
+    Unless ``dask_malloc``, the workers start with the environment of framebag's
+    local profile (:func:`framebag.profiles.local_worker_environ`: glibc malloc
+    thresholds in place of dask's ``MALLOC_TRIM_THRESHOLD_=65536``, which makes
+    every array over 128 KiB a fresh mmap and a page fault per 4 KiB).
     """
     import dask
     from distributed import Client, LocalCluster
 
+    from framebag.profiles import local_worker_environ
+
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     if not dask_malloc:
-        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+        environ = local_worker_environ()
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=None, **options)
+                               dashboard_address=":0", **options)
     client = Client(cluster)
     client.wait_for_workers(2)
     return cluster, client
