@@ -99,6 +99,13 @@ def start_cluster(dask_malloc: bool = False, **options):
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     if not dask_malloc:
         environ = local_worker_environ()
+    # a nanny lets this process's environment override the setting, and writes the
+    # setting into it when it spawns: make the environment say the same
+    for key in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
+        if key in environ:
+            os.environ[key] = str(environ[key])
+        else:
+            os.environ.pop(key, None)
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                dashboard_address=":0", **options)

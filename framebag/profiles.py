@@ -484,8 +484,7 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
     if prof.is_batch and ledger is not None:
         opts["job_cls"] = _recording(cls.job_cls, ledger)
     try:
-        with _local_malloc(prof):
-            return cls(**opts)
+        return cls(**opts)
     except FramebagError:
         raise
     except Exception as exc:
@@ -519,18 +518,33 @@ def local_worker_environ() -> dict[str, str]:
     return {k: str(v) for k, v in environ.items()}
 
 
-def _local_malloc(prof: Profile) -> Any:
-    """Start a local profile's workers with :func:`local_worker_environ`.
+@contextmanager
+def _local_malloc(prof: Profile) -> Iterator[None]:
+    """While entered, local workers (re)started by a nanny get :func:`local_worker_environ`.
 
-    An ``env`` given in the profile's options still wins for its variables.
+    The nanny lets the driver's own environment override the dask setting, and
+    writes that setting into the driver's environment for good when it spawns
+    (so one earlier cluster's ``MALLOC_TRIM_THRESHOLD_`` would stick): both are
+    set here, and the environment is put back on exit. An ``env`` in the
+    profile's options is applied after the worker starts, too late for malloc.
     """
-    import contextlib
-
     import dask
 
     if prof.cluster != "local":
-        return contextlib.nullcontext()
-    return dask.config.set({"distributed.nanny.pre-spawn-environ": local_worker_environ()})
+        yield
+        return
+    environ = local_worker_environ()
+    saved = {k: os.environ.get(k) for k in LOCAL_MALLOC}
+    os.environ.update(LOCAL_MALLOC)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def job_script(profile: str | os.PathLike | Profile) -> str:
@@ -691,7 +705,8 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
         return
 
     ledger = _Ledger()
-    with _sigterm_interrupts():
+    # for the cluster's whole life: a nanny reads the setting whenever it (re)starts a worker
+    with _sigterm_interrupts(), _local_malloc(prof):
         cluster = make_cluster(prof, ledger)
         client = None
         try:
