@@ -45,10 +45,12 @@ def write_scan(path: Path, data: np.ndarray, scan_rank: int, *, complete: np.nda
 
 
 @pytest.fixture
-def make_scan(tmp_path: Path):
+def make_scan(tmp_path: Path, unchanged):
     """Factory: ``make_scan(scan_shape, frame_shape, dtype=..., **write_scan_kwargs)``.
 
-    Returns ``(path, data)``; the data are random integers in [0, 1000).
+    Returns ``(path, data)``; the data are random integers in [0, 1000). Every
+    file it makes is watched by :func:`unchanged`: a test that rewrites it on
+    purpose calls ``unchanged(path)`` again afterwards.
     """
     counter = iter(range(10**6))
 
@@ -57,6 +59,7 @@ def make_scan(tmp_path: Path):
         data = rng.integers(0, 1000, size=tuple(scan_shape) + tuple(frame_shape)).astype(dtype)
         path = tmp_path / f"scan{next(counter)}.h5"
         write_scan(path, data, len(scan_shape), **kwargs)
+        unchanged(path)
         return path, data
 
     return make
@@ -77,7 +80,11 @@ def client():
 
 @pytest.fixture
 def unchanged():
-    """Asserts, at teardown, that the files given to it were not modified."""
+    """Asserts, at teardown, that the files given to it were not modified since.
+
+    ``framebag`` never writes to its input: every input a test hands it is
+    hashed before and after.
+    """
     watched: dict[Path, str] = {}
 
     def watch(path: Path) -> Path:

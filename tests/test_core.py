@@ -97,7 +97,7 @@ def test_layouts_and_dtypes(make_scan, client, tmp_path, unchanged, dtype, layou
     check_all(res, data, mask)
 
 
-def test_two_key_datasets_must_both_be_set(make_scan, client, tmp_path):
+def test_two_key_datasets_must_both_be_set(make_scan, client, tmp_path, unchanged):
     a = np.ones((4, 5), dtype=bool)
     a[0, :2] = False
     b = np.ones((4, 5), dtype=bool)
@@ -109,6 +109,7 @@ def test_two_key_datasets_must_both_be_set(make_scan, client, tmp_path):
     # keys with any non-zero value count, negative included
     with h5py.File(path, "r+") as f:
         f[KEY][...] = np.where(a, -3, 0).reshape(f[KEY].shape)
+    unchanged(path)  # the test changed it; framebag must not
     res = wf.run(path, tmp_path / "out2.h5", client=client)
     check_all(res, data, a)
 
@@ -169,11 +170,12 @@ def test_custom_fold_gets_a_fresh_initial_per_partition(make_scan, client, tmp_p
         Fold("bad", initial=[], binop=lambda a, v: a, combine=lambda a, b: a)
 
 
-def test_variance_is_numerically_sound(make_scan, client, tmp_path):
+def test_variance_is_numerically_sound(make_scan, client, tmp_path, unchanged):
     # a large offset ruins the naive sum-of-squares formula; Chan's merge keeps it
     path, data = make_scan((40,), (4,), dtype="float64", seed=3)
     with h5py.File(path, "r+") as f:
         f[DATA][...] = data + 1e9
+    unchanged(path)
     wf = Workflow("var", data=DATA, keys=[KEY])
     wf.frame(lambda frame: frame, fold="var", name="v")
     res = wf.run(path, tmp_path / "o.h5", client=client, partition_bytes=3 * data[0].nbytes)
