@@ -256,9 +256,7 @@ class _Job:
         if self.o["resume"]:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
                                                     self.info.scan_shape)
-        else:
-            if self.o["overwrite"] and self.out_path.exists():
-                self.out_path.unlink()
+        else:  # with --overwrite, the old file is replaced atomically by the new one
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
                                          schema, self.provenance, growing=self.follower.growing)
         for name, fn in self.wf.functions.items():
