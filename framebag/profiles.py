@@ -667,9 +667,16 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def _announce(client: Any, prof: Profile) -> None:
+    import importlib.util
+
     link = getattr(client, "dashboard_link", "")
-    if link:
-        print(f"framebag: dashboard {link} ({prof.name} profile)", file=sys.stderr)
+    if not link:
+        return
+    if importlib.util.find_spec("bokeh") is None:  # distributed serves no dashboard then
+        print(f"framebag: no dashboard ({prof.name} profile): install bokeh, or the [plot] "
+              "extra, to get one", file=sys.stderr)
+        return
+    print(f"framebag: dashboard {link} ({prof.name} profile)", file=sys.stderr)
 
 
 @contextmanager
