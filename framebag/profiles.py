@@ -672,7 +672,8 @@ def _announce(client: Any, prof: Profile) -> None:
     link = getattr(client, "dashboard_link", "")
     if not link:
         return
-    if importlib.util.find_spec("bokeh") is None:  # distributed serves no dashboard then
+    # a scheduler started here (all kinds but address) serves no dashboard without bokeh
+    if prof.cluster != "address" and importlib.util.find_spec("bokeh") is None:
         print(f"framebag: no dashboard ({prof.name} profile): install bokeh, or the [plot] "
               "extra, to get one", file=sys.stderr)
         return
