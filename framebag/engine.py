@@ -38,6 +38,7 @@ from .partitions import (
     Dispatcher,
     by_block,
     chunk_run,
+    scan_index,
     task_size,
 )
 from .reading import read_run
@@ -426,10 +427,8 @@ class _Job:
                             stop - 1, type(exc).__name__, exc)
                 self._submit(client, [group], inflight, attempt=attempts)
                 continue
-            where = [tuple(int(x) for x in np.unravel_index(i, self.info.scan_shape))
-                     for i in (start, stop - 1)]
             raise FramebagError(
-                f"partition of frames {where[0]} to {where[1]} failed after "
+                f"partition of frames {self._span(start, stop)} failed after "
                 f"{self.o['retries']} retries ({type(exc).__name__}: {exc}); the frames done so "
                 "far are kept: rerun with --resume"
             ) from exc
@@ -488,11 +487,14 @@ class _Job:
         newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
         self.out.commit(newly_done, results, self.accs, [e for p in partials for e in p.errors])
 
+    def _span(self, start: int, stop: int) -> str:
+        """The flat run ``start .. stop`` named by its first and last scan index."""
+        shape = self.info.scan_shape
+        return f"{scan_index(start, shape)} to {scan_index(stop - 1, shape)}"
+
     def _mismatch(self, name: str, p: Partial, what: str) -> None:
-        where = [tuple(int(x) for x in np.unravel_index(i, self.info.scan_shape))
-                 for i in (p.start, p.stop - 1)]
         raise FramebagError(
-            f"function {name!r} gave frames {where[0]} to {where[1]} a result that does not "
+            f"function {name!r} gave frames {self._span(p.start, p.stop)} a result that does not "
             f"fit the earlier frames' ({what}); a function must return one shape for every frame"
         )
 
@@ -518,8 +520,8 @@ class _Job:
             errs = g["errors"][()]
         res.output = self.out_path
         res.errors = [
-            (tuple(int(x) for x in np.unravel_index(int(e["flat"]), self.info.scan_shape)),
-             e["function"].decode(), e["message"].decode("utf-8", "replace")) for e in errs
+            (scan_index(e["flat"], self.info.scan_shape), e["function"].decode(),
+             e["message"].decode("utf-8", "replace")) for e in errs
         ]
         res.stats = {"processed": processed, "resumed": resumed,
                      "failed": len(self.errors), "wall": wall,

@@ -30,6 +30,7 @@ import numpy as np
 from . import hdf5
 from .errors import FramebagError
 from .keys import KeyFollower, extent, scan_rank_of
+from .partitions import scan_index
 
 __all__ = ["inspect_file", "guess_layout", "framebag_groups", "open_readonly", "add_parser",
            "EXAMPLE_WORKFLOW"]
@@ -269,8 +270,7 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
         lines.append(f"  errors: {len(errs)}" + (" (frames skipped by --on-error skip)"
                                                   if len(errs) else ""))
         for e in errs[:10]:
-            where = (tuple(int(x) for x in np.unravel_index(int(e["flat"]), scan_shape))
-                     if scan_shape else int(e["flat"]))
+            where = scan_index(e["flat"], scan_shape) if scan_shape else int(e["flat"])
             lines.append(f"    frame {where} {_text(e['function'])}: {_text(e['message'])}")
         if len(errs) > 10:
             lines.append(f"    ... and {len(errs) - 10} more (dataset /entry/{wname}/errors)")

@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_PARTITION_BYTES",
+    "scan_index",
     "chunk_run",
     "partition_size",
     "task_size",
@@ -38,6 +39,11 @@ MAX_READS_PER_TASK = 16
 TASK_SECONDS = 0.25
 
 Run = tuple[int, int]
+
+
+def scan_index(flat: int, scan_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The scan index of flat index ``flat``, as a tuple of ints (for messages)."""
+    return tuple(int(x) for x in np.unravel_index(int(flat), scan_shape))
 
 
 def chunk_run(scan_shape: tuple[int, ...], chunks: tuple[int, ...] | None) -> int:

@@ -42,6 +42,7 @@ import numpy as np
 
 from . import folds as _folds
 from .errors import FramebagError
+from .partitions import scan_index
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
 
@@ -302,7 +303,7 @@ class Workflow:
         message = f"{type(exc).__name__}: {exc}"
         if on_error != "skip":
             raise FrameError(
-                f"function {fname!r} failed on frame {_where(flat, scan_shape)}: {message}"
+                f"function {fname!r} failed on frame {scan_index(flat, scan_shape)}: {message}"
             ) from exc
         done[i] = False
         errors.append((flat, fname, message))
@@ -377,16 +378,12 @@ def _convert(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _where(flat: int, scan_shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(int(x) for x in np.unravel_index(flat, scan_shape))
-
-
 def _shape_error(fname: str, flat: int, scan_shape: tuple[int, ...],
                  first: tuple[tuple[int, ...], np.dtype], v: Any) -> None:
     v = np.asarray(v)
     raise FrameError(
         f"function {fname!r} returned shape {v.shape} dtype {v.dtype} on frame "
-        f"{_where(flat, scan_shape)}, but shape {first[0]} dtype {first[1]} on an earlier "
+        f"{scan_index(flat, scan_shape)}, but shape {first[0]} dtype {first[1]} on an earlier "
         "frame; a stacked result needs one shape and dtype"
     )
 
@@ -398,7 +395,7 @@ def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
     except Exception:  # noqa: BLE001 - a custom fold's accumulator may not finalize
         earlier = "the earlier frames"
     raise FrameError(
-        f"function {fname!r}: fold {fold.name!r} failed on frame {_where(flat, scan_shape)}, "
+        f"function {fname!r}: fold {fold.name!r} failed on frame {scan_index(flat, scan_shape)}, "
         f"which gave shape {np.shape(v)} against {earlier} ({type(exc).__name__}: {exc})"
     ) from exc
 
