@@ -102,6 +102,12 @@ def follow(path: Path, out: Path, client, scan, **opts):
     return wf.run(path, out, client=client, follow=True, **opts)
 
 
+#: how a fixed-size scan whose writer sets every key and then the flag may end: the last keys
+#: and the flag land in two flushes, so a poll between them ends the run on the keys. Either
+#: is right; test_ending_on_flag_forms_or_full_keys tells the two apart on purpose.
+ON_DATA = ("finished_flag", "keys_full")
+
+
 def ended_attr(out: Path) -> str:
     with h5py.File(out, "r") as f:
         value = f["entry/live"].attrs["ended_by"]
@@ -129,8 +135,8 @@ def test_live_results_equal_numpy_and_arrive_while_writer_runs(tmp_path, client,
     assert alive_at_first_result == [True], "no result reached the output while the writer ran"
     unchanged(path)
     check(res, scan)
-    assert res.stats["ended_by"] == "finished_flag"
-    assert ended_attr(out) == "finished_flag"
+    assert res.stats["ended_by"] in ON_DATA
+    assert ended_attr(out) == res.stats["ended_by"]
     assert res.stats["processed"] == 300
 
 
@@ -148,7 +154,7 @@ def test_out_of_order_keys_two_writers_snake(tmp_path, client):
     # the scenario really is out of order: keys did not complete in flat order
     assert (np.diff(key_time) < 0).sum() > 20 and not np.array_equal(order, np.arange(200))
     check(res, scan)
-    assert res.stats["ended_by"] == "finished_flag"
+    assert res.stats["ended_by"] in ON_DATA
 
 
 @pytest.mark.parametrize("shape, ended", [("scalar", "finished_flag"), ("1", "finished_flag"),
@@ -406,4 +412,4 @@ def test_a_reader_holding_the_output_open_does_not_break_the_end(tmp_path, clien
         reader.join(timeout=10)
         stop(proc)
     check(res, scan)
-    assert ended_attr(out) == "finished_flag"
+    assert ended_attr(out) in ON_DATA
