@@ -65,7 +65,8 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--finished", help="finished-flag dataset path (overrides the workflow's)")
     p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
     p.add_argument("--timeout", type=float, default=60.0,
-                   help="with --follow: stop after this many seconds with no new frame")
+                   help="with --follow: stop after this many seconds with no new frame, "
+                        "and wait this long for the input file to appear")
     p.add_argument("--latency", type=float, default=0.25,
                    help="with --follow: send a partial partition after this many seconds")
     p.add_argument("--partition-bytes", type=_parse_bytes,

@@ -41,6 +41,7 @@ from .partitions import (
     scan_index,
     task_size,
 )
+from .progress import LOGGER as PROGRESS_LOGGER
 from .reading import read_run
 from .workflow import FrameError, Partial, Workflow
 
@@ -143,8 +144,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     finished = (finished or workflow.finished) if follow else None
     out_path = Path(output) if output else default_output_path(input_path, workflow.name)
     OutputFile.check_target(out_path, overwrite, resume)
-    follower = KeyFollower(input_path, data, keys, finished, live=follow,
-                           finished_required=finished_required)
+    follower = _follower(input_path, data, keys, finished, follow, finished_required,
+                         timeout, poll_interval)
     first = follower.poll().ravel()
     if not follow and not first.any():
         raise FramebagError(
@@ -178,6 +179,32 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
 
     with start_client(profile, announce=announce) as own_client, _performance_report(report):
         return job.run(own_client)
+
+
+def _follower(path: Path, data: str, keys: list[str], finished: str | None, follow: bool,
+              finished_required: bool, timeout: float, poll_interval: float) -> KeyFollower:
+    """The run's key follower; a followed run first waits up to ``timeout`` for the input.
+
+    A detector often creates its file only when the scan starts, and holds it
+    (unreadable) until it enters SWMR mode, so ``--follow`` may be started first.
+    """
+    deadline = None
+    while True:
+        try:
+            return KeyFollower(path, data, keys, finished, live=follow,
+                               finished_required=finished_required)
+        except hdf5.InputNotReady as exc:
+            if not follow:
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+                logging.getLogger(PROGRESS_LOGGER).info(
+                    "--follow: waiting up to %g s for the input (%s)", timeout, exc)
+            elif now >= deadline:
+                raise FramebagError(f"{exc}, after waiting {timeout:g} s for it "
+                                    "(--timeout)") from None
+            time.sleep(max(poll_interval, 0.05))
 
 
 def _performance_report(path: str | os.PathLike | None) -> Any:

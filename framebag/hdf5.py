@@ -8,6 +8,8 @@ and files left flagged "open for write" by a crashed writer alike. The input is
 never opened for writing.
 
 A file replaced at the same path (new inode) is reopened, not served stale.
+A file that is missing, empty, or held by a writer that has not entered SWMR
+mode yet raises :class:`InputNotReady`, which a followed run waits out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ _files: dict[str, tuple[tuple[int, int], h5py.File]] = {}
 _datasets: dict[tuple[str, str], h5py.Dataset] = {}
 
 
+class InputNotReady(FramebagError):
+    """The input file is not there yet, or cannot be opened yet.
+
+    Raised for a missing or empty file and for one HDF5 refuses to open (a
+    writer holds it, not yet in SWMR mode). A followed run waits for it, up to
+    its timeout; any other run reports it at once.
+    """
+
+
 def _identity(path: str) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
@@ -36,20 +47,24 @@ def open_file(path: str) -> h5py.File:
         try:
             ident = _identity(path)
         except FileNotFoundError:
-            raise FramebagError(f"input file {path!r} does not exist") from None
+            raise InputNotReady(f"input file {path!r} does not exist") from None
         cached = _files.get(path)
         if cached is not None and cached[0] == ident and cached[1].id.valid:
             return cached[1]
         if cached is not None:
             close(path)
+        if not os.access(path, os.R_OK):
+            raise FramebagError(f"input file {path!r} is not readable (permission denied)")
         if not h5py.is_hdf5(path):
+            if os.path.getsize(path) == 0:
+                raise InputNotReady(f"input file {path!r} is empty")
             raise FramebagError(f"input file {path!r} is not an HDF5 file")
         try:
             # no chunk cache: partitions are chunk-aligned, so a chunk is read once, and
             # without the cache HDF5 reads it straight into our buffer (25% faster reads)
             f = h5py.File(path, "r", swmr=True, rdcc_nbytes=0)
         except OSError as exc:
-            raise FramebagError(f"cannot open input file {path!r}: {exc}") from exc
+            raise InputNotReady(f"cannot open input file {path!r}: {exc}") from exc
         _files[path] = (ident, f)
         return f
 

@@ -5,7 +5,9 @@ file enters SWMR mode, and then, frame by frame at ``rate`` frames per second,
 the frame's data are written and flushed, then its key, flushed again. At the
 end it sets the finished flag. The file appears at ``OUTPUT`` only once it is
 in SWMR mode (it is written under a temporary name and renamed), so a reader
-that finds the path can open it at once with ``swmr=True``.
+that finds the path can open it at once with ``swmr=True``. With ``arm_for``
+it is created at ``OUTPUT`` itself and held there, not yet in SWMR mode and
+so unreadable, for that many seconds first, like a detector being armed.
 
 Frame content is a pure function of ``(seed, flat index)`` (:func:`frame_at`,
 :func:`expected_frames`), so a test can compute the exact answer with numpy.
@@ -155,14 +157,15 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
              stall_for: float = math.inf, growing: bool = False, dtype: str = "uint16",
              finished_shape: str = "scalar", chunk_frames: int = 1,
              compression: str | None = None, seed: int = 0, start_delay: float = 0.0,
-             overwrite: bool = True, drop: tuple[int, ...] = ()) -> int:
+             overwrite: bool = True, drop: tuple[int, ...] = (),
+             arm_for: float | None = None) -> int:
     """Write a simulated live scan to ``path`` and return the number of frames written.
 
     Blocks until the scan is written (or, with ``stall_after`` and the default
     ``stall_for``, until the process is killed). The finished flag is set only
     when every frame was written. The frames at the flat indices ``drop`` are
     written but their keys never set, like triggers a detector missed. Safe as
-    a ``multiprocessing`` target.
+    a ``multiprocessing`` target. ``arm_for`` seconds: see the module docstring.
     """
     scan = tuple(int(s) for s in scan)
     frame = tuple(int(s) for s in frame)
@@ -185,13 +188,20 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     if dropped.size and (dropped.min() < 0 or dropped.max() >= order.size):
         raise FramebagError(f"--drop {list(drop)}: frames are numbered 0 to {order.size - 1}")
     inner = int(np.prod(scan[1:], dtype=np.int64))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    if arm_for is None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    else:
+        tmp = str(path)
     f = h5py.File(tmp, "w", libver=LIBVER)
     try:
         _create(f, scan, frame, dt, growing, finished_shape, chunk_frames, compression)
+        if arm_for is not None:
+            f.flush()
+            time.sleep(arm_for)
         f.swmr_mode = True
-        os.replace(tmp, path)
+        if arm_for is None:
+            os.replace(tmp, path)
         data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
         # the writer's own copy of the keys: a batch's keys go out as one write of the
         # rows it touched, which only ever turns zeros into ones
@@ -244,7 +254,8 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         return written
     finally:
         f.close()
-        Path(tmp).unlink(missing_ok=True)
+        if arm_for is None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _runs(batch: np.ndarray, row: int) -> list[np.ndarray]:
@@ -305,6 +316,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the frame content")
     p.add_argument("--drop", type=int, action="append", default=[], metavar="I",
                    help="never set the key of flat frame I, a missed trigger (repeatable)")
+    p.add_argument("--arm-for", type=float, metavar="S",
+                   help="create OUTPUT in place and hold it unreadable (not yet SWMR) for "
+                        "S seconds before the scan, like a detector being armed")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -321,7 +335,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                      writer_lag=args.writer_lag, snake=args.snake, stall_after=args.stall_after,
                      stall_for=args.stall_for, growing=args.growing, dtype=args.dtype,
                      finished_shape=args.finished_shape, chunk_frames=args.chunk_frames,
-                     compression=args.compression, seed=args.seed, drop=tuple(args.drop))
+                     compression=args.compression, seed=args.seed, drop=tuple(args.drop),
+                     arm_for=args.arm_for)
     except KeyboardInterrupt:
         print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)
         return 130

@@ -3,6 +3,8 @@ no traceback without --debug, the input untouched and the work done so far kept.
 
 from __future__ import annotations
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -50,6 +52,18 @@ def test_input_not_hdf5(capsys, tmp_path):
     bad.write_text("not hdf5")
     rc, err = run_cli(capsys, "run", FRAME_SUM, str(bad))
     assert_one_sentence(rc, err, "notes.h5", "not an HDF5 file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_input(capsys, scan):
+    path = scan[0]
+    mode = path.stat().st_mode
+    path.chmod(0)
+    try:
+        rc, err = run_cli(capsys, "run", FRAME_SUM, str(path))
+    finally:
+        path.chmod(mode)
+    assert_one_sentence(rc, err, path.name, "not readable")
 
 
 def test_missing_workflow_file(capsys, scan, tmp_path):

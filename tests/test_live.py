@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -375,6 +376,49 @@ def test_nothing_ever_completes_is_an_error_and_writes_no_output(tmp_path, clien
         assert time.monotonic() - t0 < 5
     finally:
         stop(proc, grace=0)
+    assert not out.exists()
+
+
+def test_follow_waits_for_a_file_that_appears_later(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (4, 10)
+    started: list[subprocess.Popen] = []
+    # the run starts first; the detector's file appears a second later
+    timer = threading.Timer(1.0, lambda: started.append(start_writer(path, scan, rate=200)))
+    timer.start()
+    try:
+        t0 = time.monotonic()
+        res = follow(path, out, client, scan, timeout=20)
+        waited = time.monotonic() - t0
+    finally:
+        timer.join()
+        for proc in started:
+            stop(proc)
+    assert started and waited >= 1.0
+    check(res, scan)
+
+
+def test_follow_waits_while_the_writer_holds_its_file_before_swmr(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (4, 10)
+    # created in place and held, unreadable, for 1.5 s: opening it fails meanwhile
+    proc = start_writer(path, scan, rate=200, arm_for=1.5)
+    try:
+        with pytest.raises(OSError, match="lock"):
+            h5py.File(path, "r", swmr=True)
+        res = follow(path, out, client, scan, timeout=20)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+    check(res, scan)
+
+
+def test_follow_gives_up_on_a_file_that_never_appears(tmp_path, client):
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    t0 = time.monotonic()
+    with pytest.raises(FramebagError, match=r"scan\.h5' does not exist, after waiting 0\.5 s"):
+        follow(path, out, client, (4, 5), timeout=0.5)
+    assert 0.5 <= time.monotonic() - t0 < 5
     assert not out.exists()
 
 
