@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
 
 import h5py
 
 from .errors import FramebagError
 
 _lock = threading.RLock()
-_files: dict[str, tuple[tuple[int, int], h5py.File]] = {}
+_files: dict[str, tuple[tuple[int, int] | None, h5py.File]] = {}
 _datasets: dict[tuple[str, str], h5py.Dataset] = {}
 
 
@@ -35,37 +36,52 @@ class InputNotReady(FramebagError):
     """
 
 
-def _identity(path: str) -> tuple[int, int]:
-    st = os.stat(path)
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
     return st.st_dev, st.st_ino
+
+
+def open_readonly(path: str | os.PathLike, what: str = "input file", **kwargs: Any) -> h5py.File:
+    """Open ``path`` read-only with ``swmr=True``, or say in one sentence why not.
+
+    ``what`` names the file in the message ("input file", "output file" ...).
+    A missing or empty file, or one HDF5 refuses to open, raises
+    :class:`InputNotReady`; a directory, an unreadable or a non-HDF5 file a
+    plain :class:`FramebagError`. ``kwargs`` go to :class:`h5py.File`.
+    """
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise InputNotReady(f"{what} {name!r} does not exist")
+    if os.path.isdir(name):
+        raise FramebagError(f"{what} {name!r} is a directory, not an HDF5 file")
+    if not os.access(name, os.R_OK):
+        raise FramebagError(f"{what} {name!r} is not readable (permission denied)")
+    if not h5py.is_hdf5(name):
+        if os.path.getsize(name) == 0:
+            raise InputNotReady(f"{what} {name!r} is empty")
+        raise FramebagError(f"{what} {name!r} is not an HDF5 file")
+    try:
+        return h5py.File(name, "r", swmr=True, **kwargs)
+    except OSError as exc:
+        raise InputNotReady(f"cannot open {what} {name!r}: {exc}") from exc
 
 
 def open_file(path: str) -> h5py.File:
     """The process's read-only handle on ``path``, opened on first use."""
     path = os.path.abspath(path)
     with _lock:
-        try:
-            ident = _identity(path)
-        except FileNotFoundError:
-            raise InputNotReady(f"input file {path!r} does not exist") from None
         cached = _files.get(path)
-        if cached is not None and cached[0] == ident and cached[1].id.valid:
-            return cached[1]
         if cached is not None:
+            if cached[1].id.valid and cached[0] == _identity(path):
+                return cached[1]
             close(path)
-        if not os.access(path, os.R_OK):
-            raise FramebagError(f"input file {path!r} is not readable (permission denied)")
-        if not h5py.is_hdf5(path):
-            if os.path.getsize(path) == 0:
-                raise InputNotReady(f"input file {path!r} is empty")
-            raise FramebagError(f"input file {path!r} is not an HDF5 file")
-        try:
-            # no chunk cache: partitions are chunk-aligned, so a chunk is read once, and
-            # without the cache HDF5 reads it straight into our buffer (25% faster reads)
-            f = h5py.File(path, "r", swmr=True, rdcc_nbytes=0)
-        except OSError as exc:
-            raise InputNotReady(f"cannot open input file {path!r}: {exc}") from exc
-        _files[path] = (ident, f)
+        # no chunk cache: partitions are chunk-aligned, so a chunk is read once, and
+        # without the cache HDF5 reads it straight into our buffer (25% faster reads)
+        f = open_readonly(path, rdcc_nbytes=0)
+        _files[path] = (_identity(path), f)
         return f
 
 

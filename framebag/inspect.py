@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import shlex
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +26,13 @@ import h5py
 import numpy as np
 
 from . import hdf5
-from .errors import FramebagError
 from .keys import KeyFollower, extent, scan_rank_of
 from .partitions import scan_index
 
-__all__ = ["inspect_file", "guess_layout", "framebag_groups", "open_readonly", "add_parser",
-           "EXAMPLE_WORKFLOW"]
+__all__ = ["inspect_file", "guess_layout", "framebag_groups", "add_parser", "EXAMPLE_WORKFLOW"]
 
 #: the workflow the suggested command line uses
 EXAMPLE_WORKFLOW = "framebag.workflows.frame_sum"
-
-
-@contextmanager
-def open_readonly(path: str | os.PathLike, what: str = "file") -> Iterator[h5py.File]:
-    """Open ``path`` read-only with ``swmr=True``; a missing or non-HDF5 file is a FramebagError."""
-    p = Path(path)
-    if not p.is_file():
-        raise FramebagError(f"{what} {str(path)!r} does not exist")
-    if not h5py.is_hdf5(p):
-        raise FramebagError(f"{what} {str(path)!r} is not an HDF5 file")
-    try:
-        f = h5py.File(p, "r", swmr=True)
-    except OSError as exc:
-        raise FramebagError(f"cannot open {what} {str(path)!r}: {exc}") from exc
-    try:
-        yield f
-    finally:
-        f.close()
 
 
 def open_for_write(path: str | os.PathLike) -> bool:
@@ -105,9 +83,7 @@ def _filters(ds: h5py.Dataset) -> str:
 
 
 def _datasets(f: h5py.File) -> list[tuple[str, h5py.Dataset]]:
-    out: list[tuple[str, h5py.Dataset]] = []
-    f.visititems(lambda n, o: out.append((n, o)) if isinstance(o, h5py.Dataset) else None)
-    return out
+    return [(n, f[n]) for n in hdf5.list_datasets(f)]
 
 
 def guess_layout(f: h5py.File) -> tuple[str | None, list[str], str | None]:
@@ -151,12 +127,8 @@ def guess_layout(f: h5py.File) -> tuple[str | None, list[str], str | None]:
 def inspect_file(path: str | os.PathLike) -> str:
     """The text ``framebag inspect`` prints for ``path`` (an input or a framebag output)."""
     p = Path(path)
-    if not p.is_file():
-        raise FramebagError(f"file {str(path)!r} does not exist")
-    if not h5py.is_hdf5(p):
-        raise FramebagError(f"file {str(path)!r} is not an HDF5 file")
-    flagged = open_for_write(p)
-    with open_readonly(p) as f:
+    flagged = open_for_write(p)  # only meaningful once the open below succeeds
+    with hdf5.open_readonly(p, "file") as f:
         groups = framebag_groups(f)
         if groups:
             return _inspect_output(p, f, groups, flagged)

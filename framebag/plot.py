@@ -66,7 +66,8 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
     Returns the paths written (in ``outdir``, default :func:`default_dir`).
     """
     require_matplotlib()
-    from .inspect import framebag_groups, open_readonly
+    from .hdf5 import open_readonly
+    from .inspect import framebag_groups
 
     outdir = Path(outdir) if outdir is not None else default_dir(output)
     written: list[Path] = []

@@ -54,6 +54,11 @@ def test_input_not_hdf5(capsys, tmp_path):
     assert_one_sentence(rc, err, "notes.h5", "not an HDF5 file")
 
 
+def test_input_is_a_directory(capsys, tmp_path):
+    rc, err = run_cli(capsys, "run", FRAME_SUM, str(tmp_path))
+    assert_one_sentence(rc, err, tmp_path.name, "is a directory")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_unreadable_input(capsys, scan):
     path = scan[0]
