@@ -73,11 +73,7 @@ def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     n = max(1, target_bytes // max(1, frame_nbytes))
     balance = bool(nframes) and min_partitions > 1
     if balance:
-        n = min(n, max(1, math.ceil(nframes / min_partitions)))
-        # a partition count that is a multiple of min_partitions, of near-equal partitions:
-        # 7 partitions on 2 workers leave one idle for the last (the CPU-heavy case)
-        parts = math.ceil(math.ceil(nframes / n) / min_partitions) * min_partitions
-        n = max(1, math.ceil(nframes / parts))
+        n = _even(nframes, min(n, max(1, math.ceil(nframes / min_partitions))), min_partitions)
     n = min(n, MAX_PARTITION_FRAMES)
     if n >= chunk:
         if balance:  # round up, not down, so the count does not grow past the multiple
@@ -111,12 +107,19 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     reads = math.ceil(math.ceil(nframes / read) / (2 * workers))
     if frame_seconds > 0:
         reads = min(reads, math.ceil(TASK_SECONDS / (frame_seconds * read)))
-    task = min(MAX_READS_PER_TASK, max(1, reads)) * read
-    # near-equal tasks, as many as a multiple of 2 per worker: 7 tasks on 2 workers
-    # would leave one idle while the other does the last
-    ntasks = math.ceil(math.ceil(nframes / task) / (2 * workers)) * 2 * workers
-    task = math.ceil(math.ceil(nframes / ntasks) / chunk) * chunk
+    task = _even(nframes, min(MAX_READS_PER_TASK, max(1, reads)) * read, 2 * workers, chunk)
     return task, min(read, task)
+
+
+def _even(nframes: int, size: int, multiple: int, chunk: int = 1) -> int:
+    """A size near ``size`` that cuts ``nframes`` into near-equal pieces, as many as a
+    multiple of ``multiple``, rounded up to whole ``chunk``s.
+
+    7 pieces on 2 workers would leave one worker idle while the other does the last
+    (the CPU-heavy case); 8 near-equal ones do not.
+    """
+    pieces = math.ceil(math.ceil(nframes / size) / multiple) * multiple
+    return math.ceil(math.ceil(nframes / pieces) / chunk) * chunk
 
 
 def cut(flat: np.ndarray, size: int) -> list[Run]:
