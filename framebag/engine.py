@@ -491,8 +491,11 @@ class _Job:
         for name, acc in p.accs.items():
             fold = self.wf.functions[name].fold
             want = self.out.value_shape(name)
-            if acc is not None and np.shape(fold.finalize(acc)) != want:
-                self._mismatch(name, p, f"shape {np.shape(fold.finalize(acc))}, not {want}")
+            if acc is None:
+                continue
+            have = np.shape(fold.finalize(acc))
+            if have != want:
+                self._mismatch(name, p, f"shape {have}, not {want}")
 
     def _combine_into_output(self, partials: list[Partial]) -> None:
         newly = []

@@ -108,6 +108,9 @@ class KeyFollower:
         self.scan_rank = ranks.pop()
         #: the first scan dim is unlimited: the scan grows and is never "full"
         self.growing = any((k.maxshape or k.shape)[0] is None for k in self._keys)
+        # a later scan dim is unlimited: it must not change during the run (see _grow)
+        self._later_unlimited = any((k.maxshape or k.shape)[d] is None
+                                    for k in self._keys for d in range(1, self.scan_rank))
         self.data = self._describe_data(data)
         self.scan_shape = self.data.scan_shape
 
@@ -165,9 +168,7 @@ class KeyFollower:
 
     def _grow(self, arrays: list[np.ndarray]) -> None:
         current = tuple(max(a.shape[d] for a in arrays) for d in range(self.scan_rank))
-        later_unlimited = any((k.maxshape or k.shape)[d] is None
-                              for k in self._keys for d in range(1, self.scan_rank))
-        if later_unlimited and current[1:] != self.scan_shape[1:]:
+        if self._later_unlimited and current[1:] != self.scan_shape[1:]:
             raise FramebagError(
                 f"key datasets {', '.join(self._key_names)} in {self.path!r} changed their scan "
                 f"dims after the first from {self.scan_shape[1:]} to {current[1:]} during the "
