@@ -123,7 +123,11 @@ def _even(nframes: int, size: int, multiple: int, chunk: int = 1) -> int:
 
 
 def cut(flat: np.ndarray, size: int) -> list[Run]:
-    """Split sorted flat indices into runs that are contiguous and within one block."""
+    """Split flat indices into runs that are contiguous and within one block.
+
+    The indices are sorted here; in any other order each run is still an
+    ascending, contiguous stretch of them, in their order.
+    """
     flat = np.asarray(flat, dtype=np.int64)
     if flat.size == 0:
         return []

@@ -40,6 +40,8 @@ import h5py
 import numpy as np
 
 from .errors import FramebagError
+from .output import LIBVER
+from .partitions import cut
 
 __all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "frames_at",
            "expected_frames", "emission_order", "add_parser"]
@@ -48,7 +50,6 @@ DATA = "entry/data/data"
 KEY = "entry/keys/key_1"
 FINISHED = "entry/finished"
 KEY_TIME = "entry/instrument/key_time"
-LIBVER = ("v110", "latest")
 
 
 @functools.lru_cache(maxsize=8)
@@ -230,10 +231,10 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
                 rows = r1
                 for ds in (data, key, key_time):
                     ds.resize(rows, axis=0)
-            for run in _runs(batch, scan[-1]):
-                start = np.unravel_index(int(run[0]), scan)
-                sel = (*start[:-1], slice(start[-1], start[-1] + run.size))
-                data[sel] = frames_at(seed, run, frame, dt)
+            for a, b in cut(batch, scan[-1]):  # ascending runs within one scan row
+                start = np.unravel_index(a, scan)
+                sel = (*start[:-1], slice(start[-1], start[-1] + b - a))
+                data[sel] = frames_at(seed, np.arange(a, b), frame, dt)
             data.flush()
             keys.reshape(-1)[batch] = 1
             if dropped.size:
@@ -256,12 +257,6 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         f.close()
         if arm_for is None:
             Path(tmp).unlink(missing_ok=True)
-
-
-def _runs(batch: np.ndarray, row: int) -> list[np.ndarray]:
-    """Split flat indices (in writing order) into ascending runs within one scan row."""
-    cuts = np.flatnonzero((np.diff(batch) != 1) | (batch[1:] % row == 0)) + 1
-    return np.split(batch, cuts)
 
 
 def _stall(seconds: float) -> None:
