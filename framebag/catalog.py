@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FramebagError
+from .inspect import table
 from .workflow import Workflow, load_workflow
 
 __all__ = ["Entry", "discover", "describe", "add_parser"]
@@ -105,9 +106,7 @@ def describe(entry: Entry) -> list[str]:
             kind += ", gets index"
         params = " ".join(f"{k}={v!r}" for k, v in fn.defaults.items())
         rows.append([fn.name, fn.fold.name, kind, params])
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        lines.append("    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines += table(rows, "    ")
     if wf.params:
         sets = " ".join(f"--set {k}={v!r}" if isinstance(v, str) else f"--set {k}={v}"
                         for k, v in wf.params.items())

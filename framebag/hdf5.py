@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 import h5py
+import numpy as np
 
 from .errors import FramebagError
 
@@ -103,6 +104,17 @@ def dataset(path: str, name: str) -> h5py.Dataset:
             raise FramebagError(f"{name!r} in input file {path!r} is a group, not a dataset")
         _datasets[(path, name)] = obj
         return obj
+
+
+def attr_text(value: Any) -> str:
+    """An HDF5 attribute value as text: bytes decoded, arrays as lists, None as ""."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray):
+        return str(value.tolist())
+    return str(value)
 
 
 def list_datasets(f: h5py.File) -> list[str]:

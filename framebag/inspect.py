@@ -26,7 +26,9 @@ import h5py
 import numpy as np
 
 from . import hdf5
+from .hdf5 import attr_text
 from .keys import KeyFollower, extent, scan_rank_of
+from .output import results
 from .partitions import scan_index
 
 __all__ = ["inspect_file", "guess_layout", "framebag_groups", "add_parser", "EXAMPLE_WORKFLOW"]
@@ -51,19 +53,9 @@ def framebag_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
         return []
     out = []
     for name, g in entry.items():
-        if isinstance(g, h5py.Group) and _text(g.attrs.get("program")) == "framebag":
+        if isinstance(g, h5py.Group) and attr_text(g.attrs.get("program")) == "framebag":
             out.append((name, g))
     return out
-
-
-def _text(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bytes):
-        return v.decode("utf-8", "replace")
-    if isinstance(v, np.ndarray):
-        return str(v.tolist())
-    return str(v)
 
 
 # describing datasets -----------------------------------------------------------------
@@ -138,7 +130,8 @@ def inspect_file(path: str | os.PathLike) -> str:
         hdf5.close(str(p))
 
 
-def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
+    """``rows`` as lines of left-aligned columns two spaces apart."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
@@ -160,7 +153,7 @@ def _inspect_input(p: Path, flagged: bool) -> str:
             shape += f" max {d.maxshape}"
         rows.append([name, shape, str(d.dtype), str(d.chunks) if d.chunks else "contiguous",
                      _filters(d)])
-    lines += ["datasets:", *_table(rows)]
+    lines += ["datasets:", *table(rows)]
     data, keys, finished = guess_layout(f)
     if data is None:
         lines.append("no data/key pair found: keys are integer datasets whose shape (less "
@@ -203,47 +196,45 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
     lines = [f"framebag output {p} ({p.stat().st_size / 2**20:.1f} MiB)"]
     for wname, g in groups:
         a = g.attrs
-        status = _text(a.get("status")) or "unknown"
+        status = attr_text(a.get("status")) or "unknown"
         lines.append(f"workflow {wname}  (/entry/{wname}, NXprocess)")
         line = f"  status: {status}"
         if a.get("ended_by") is not None and status != "running":
-            line += f" ({_text(a.get('ended_by'))})"
+            line += f" ({attr_text(a.get('ended_by'))})"
         if status == "running":
             line += (" - being written now" if flagged else "")
             line += "; if its run was killed, continue it with the same command and --resume"
         lines.append(line)
-        lines.append(f"  started {_text(a.get('start_time')) or '?'}, "
-                     f"ended {_text(a.get('end_time')) or '-'}")
-        lines.append(f"  framebag {_text(a.get('framebag_version')) or '?'}, workflow source "
-                     f"sha256 {_text(a.get('workflow_hash'))[:16] or '?'}")
-        keys = _text(a.get("keys"))
+        lines.append(f"  started {attr_text(a.get('start_time')) or '?'}, "
+                     f"ended {attr_text(a.get('end_time')) or '-'}")
+        lines.append(f"  framebag {attr_text(a.get('framebag_version')) or '?'}, workflow source "
+                     f"sha256 {attr_text(a.get('workflow_hash'))[:16] or '?'}")
+        keys = attr_text(a.get("keys"))
         try:
             keys = ", ".join(json.loads(keys))
         except (ValueError, TypeError):
             pass
-        lines.append(f"  input {_text(a.get('input_file'))}: data {_text(a.get('data'))}, "
-                     f"keys {keys}" + (f", finished {_text(a.get('finished'))}"
-                                       if _text(a.get("finished")) else ""))
-        lines.append(f"  parameters: {_text(a.get('parameters')) or '{}'}")
+        lines.append(f"  input {attr_text(a.get('input_file'))}: data {attr_text(a.get('data'))}, "
+                     f"keys {keys}" + (f", finished {attr_text(a.get('finished'))}"
+                                       if attr_text(a.get("finished")) else ""))
+        lines.append(f"  parameters: {attr_text(a.get('parameters')) or '{}'}")
         done = g["done"][()].astype(bool) if "done" in g else None
         if done is not None:
             n, total = int(done.sum()), done.size
             lines.append(f"  done: {n}/{total} frames ({100.0 * n / total if total else 0:.1f}%)"
                          f" of scan shape {done.shape}")
         rows = [["result", "shape", "dtype", "fold"]]
-        for name, d in g.items():
-            if name in ("done", "errors", "checkpoint") or not isinstance(d, h5py.Dataset):
-                continue
-            fold = _text(d.attrs.get("fold")) or "folded"
+        for name, d in results(g):
+            fold = attr_text(d.attrs.get("fold")) or "folded"
             rows.append([name, str(d.shape), str(d.dtype), fold])
-        lines += ["  results:", *_table(rows, "    ")]
+        lines += ["  results:", *table(rows, "    ")]
         errs = g["errors"][()] if "errors" in g else np.zeros(0)
         scan_shape = done.shape if done is not None else None
         lines.append(f"  errors: {len(errs)}" + (" (frames skipped by --on-error skip)"
                                                   if len(errs) else ""))
         for e in errs[:10]:
             where = scan_index(e["flat"], scan_shape) if scan_shape else int(e["flat"])
-            lines.append(f"    frame {where} {_text(e['function'])}: {_text(e['message'])}")
+            lines.append(f"    frame {where} {attr_text(e['function'])}: {attr_text(e['message'])}")
         if len(errs) > 10:
             lines.append(f"    ... and {len(errs) - 10} more (dataset /entry/{wname}/errors)")
     return "\n".join(lines)

@@ -54,8 +54,10 @@ import numpy as np
 from .errors import FramebagError
 from .partitions import blocks, selection_shape
 
-__all__ = ["OutputFile", "Schema", "default_output_path"]
+__all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results"]
 
+#: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>
+RESERVED = ("done", "errors", "checkpoint")
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
 
@@ -247,6 +249,12 @@ class OutputFile:
             g.attrs[k] = v
         self.f.flush()
         self.f.close()
+
+
+def results(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+    """``(function name, dataset)`` of every result in a workflow's output group."""
+    return [(name, ds) for name, ds in group.items()
+            if name not in RESERVED and isinstance(ds, h5py.Dataset)]
 
 
 def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Schema,

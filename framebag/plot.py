@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 
 from .errors import FramebagError
+from .hdf5 import attr_text, open_readonly
+from .inspect import framebag_groups
+from .output import results
 
 __all__ = ["write_pictures", "require_matplotlib", "default_dir", "add_parser"]
 
@@ -66,8 +69,6 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
     Returns the paths written (in ``outdir``, default :func:`default_dir`).
     """
     require_matplotlib()
-    from .hdf5 import open_readonly
-    from .inspect import framebag_groups
 
     outdir = Path(outdir) if outdir is not None else default_dir(output)
     written: list[Path] = []
@@ -79,9 +80,7 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
         for wname, g in groups:
             scan_shape = tuple(int(x) for x in g.attrs["scan_shape"])
             done = g["done"][()].astype(bool) if "done" in g else np.ones(scan_shape, bool)
-            for name, ds in g.items():
-                if name in ("done", "errors", "checkpoint") or not hasattr(ds, "shape"):
-                    continue
+            for name, ds in results(g):
                 path = outdir / f"{wname}_{name}.png"
                 fig = _figure_for(wname, name, ds, scan_shape, done)
                 if fig is None:
@@ -97,7 +96,7 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
 
 def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
                 done: np.ndarray) -> Any:
-    is_stack = _attr(ds, "fold") == "stack"
+    is_stack = attr_text(ds.attrs.get("fold")) == "stack"
     ndone, ntotal = int(done.sum()), done.size
     head = f"{wname}: {name}"
     sub = f"{ndone}/{ntotal} frames done"
@@ -131,7 +130,7 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
         value = np.asarray(ds[()])
         if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
             return None
-        fold = _attr(ds, "fold") or "fold"
+        fold = attr_text(ds.attrs.get("fold")) or "fold"
         fig, ax = _fig(1)
         if value.ndim == 2:
             _image(fig, ax[0], value, name)
@@ -142,11 +141,6 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
         sub = f"folded over {ndone}/{ntotal} frames" + (f" ({fold})" if fold != "fold" else "")
     fig.suptitle(f"{head}\n{sub}", fontsize=10)
     return fig
-
-
-def _attr(ds: Any, key: str) -> str:
-    v = ds.attrs.get(key, "")
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _masked(values: np.ndarray, done: np.ndarray) -> np.ma.MaskedArray:

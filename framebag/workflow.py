@@ -42,6 +42,7 @@ import numpy as np
 
 from . import folds as _folds
 from .errors import FramebagError
+from .output import RESERVED
 from .partitions import scan_index
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
@@ -129,7 +130,7 @@ class Workflow:
             fname = name or f.__name__
             if fname in self.functions:
                 raise ValueError(f"workflow {self.name!r} already has a function {fname!r}")
-            if fname in ("done", "errors", "checkpoint"):
+            if fname in RESERVED:
                 raise ValueError(f"{fname!r} is reserved for the output layout; rename it")
             self.functions[fname] = FrameFunction(
                 fname, f, _folds.resolve(fold, **fold_options), batched, *_signature(f)
