@@ -232,7 +232,7 @@ def load(name: str | os.PathLike | None) -> Profile:
     for key in options:
         _check_option(where, kind, str(key), valid)
     if kind != "local":
-        _check_batch(where, kind, options)
+        _check_batch(where, kind, options, valid)
 
     scale = raw.get("scale")
     adapt = raw.get("adapt")
@@ -320,7 +320,7 @@ def _check_option(where: str, kind: str, key: str, valid: set[str]) -> None:
     )
 
 
-def _check_batch(where: str, kind: str, options: dict[str, Any]) -> None:
+def _check_batch(where: str, kind: str, options: dict[str, Any], valid: set[str]) -> None:
     import dask
 
     job_cls = cluster_class(kind).job_cls
@@ -330,7 +330,7 @@ def _check_batch(where: str, kind: str, options: dict[str, Any]) -> None:
                                                             None) is None:
             raise FramebagError(f"{where}: option {needed!r} is required for cluster {kind!r} "
                                 "(per job, for example cores: 8, memory: 32GiB)")
-    if "walltime" in valid_options(kind) and not options.get("walltime"):
+    if "walltime" in valid and not options.get("walltime"):
         raise FramebagError(
             f"{where}: option 'walltime' is required for cluster {kind!r} "
             "(for example walltime: \"01:00:00\"; there is no silent default)"
@@ -488,9 +488,9 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
     except FramebagError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FramebagError(
-            f"profile {str(prof.source)!r}: {cls.__name__} rejected the options: {first}"
+            f"profile {str(prof.source)!r}: {cls.__name__} rejected the options: "
+            f"{_first_line_of_stderr(exc)}"
         ) from exc
 
 
