@@ -123,7 +123,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``framebag`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -139,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FramebagError as exc:
-        if debug:
+        if args.debug:
             raise
         print(f"framebag: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -148,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "run the same command with --resume to continue", file=sys.stderr)
         return 130
     except Exception as exc:
-        if debug:
+        if args.debug:
             raise
         print(f"framebag: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=sys.stderr)
