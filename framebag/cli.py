@@ -142,6 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"framebag: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # whoever read stdout stopped early (| head): end quietly, with the status a
+        # SIGPIPE gives, like the shell's own tools; stdout goes nowhere from here on
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         print("framebag: interrupted; the output keeps what was done: "
               "run the same command with --resume to continue", file=sys.stderr)

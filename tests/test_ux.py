@@ -311,6 +311,18 @@ def _read_pty(fd: int, deadline: float) -> bytes:
     return out
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    # `framebag workflows | head -1`, with the reader gone before the first write
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "framebag.cli", "workflows"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, "")
+
+
 def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
     """On a real pseudo-terminal the bar redraws in place; following, it shows the scan."""
     master, slave = pty.openpty()
