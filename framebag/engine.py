@@ -45,7 +45,7 @@ from .progress import LOGGER as PROGRESS_LOGGER
 from .reading import read_run
 from .workflow import FrameError, Partial, Workflow
 
-__all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups", "ENDED_BY"]
+__all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups"]
 
 log = logging.getLogger("framebag")
 
@@ -94,15 +94,6 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
 def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[Partial]:
     """Runs on a worker: :func:`process_partition` over the runs of one bag partition."""
     return process_partition([run for group in groups for run in group], spec)
-
-
-#: what ``stats["ended_by"]`` and the output's ``ended_by`` attribute say ended a run
-ENDED_BY = {
-    "single_pass": "not following: every frame complete at the start was processed",
-    "finished_flag": "following: the finished flag became non-zero (then one more poll)",
-    "keys_full": "following: every key of the (fixed-size) scan became non-zero",
-    "timeout": "following: no new complete frame for the inactivity timeout",
-}
 
 
 class Results(dict):
@@ -410,7 +401,7 @@ class _Job:
         inflight.update(zip(futures, groups))
 
     def _should_end(self, complete: np.ndarray, last_new: float) -> str:
-        """Which end condition of a followed run holds now, or "" (see ENDED_BY)."""
+        """Which end condition of a followed run holds now, or "" (see progress.ENDED)."""
         if not self.follower.growing and complete.all():
             log.info("every frame of the scan %s is complete", self.info.scan_shape)
             return "keys_full"

@@ -174,7 +174,9 @@ class Progress:
             self.bar = None
 
 
-#: how the summary line names what ended a followed run (``stats["ended_by"]`` tokens)
+#: what ended a followed run, as ``stats["ended_by"]`` and the output's ``ended_by``
+#: attribute name it, and as the summary line says it (a run that does not follow
+#: ends as "single_pass", once every frame complete at its start is processed)
 ENDED = {
     "finished_flag": "finished flag set",
     "keys_full": "every frame of the scan complete",
