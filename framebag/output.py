@@ -44,6 +44,7 @@ import pickle
 import shutil
 import tempfile
 import zlib
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ import numpy as np
 from .errors import FramebagError
 from .partitions import blocks, selection_shape
 
-__all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results"]
+__all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr"]
 
 #: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>
 RESERVED = ("done", "errors", "checkpoint")
@@ -115,24 +116,9 @@ class OutputFile:
     @classmethod
     def create(cls, path: Path, workflow: str, scan_shape: tuple[int, ...], schema: Schema,
                provenance: dict[str, Any], growing: bool = False) -> OutputFile:
-        """Create the layout under a temporary name, go SWMR, then move it into place.
-
-        Readers can only ever find the file already in SWMR mode, so a reader that
-        opens it early never blocks the writer (HDF5 file locking).
-        """
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        f = None
-        try:
-            f = h5py.File(tmp, "w", libver=LIBVER)
-            _layout(f, workflow, scan_shape, schema, provenance, growing)
-            f.swmr_mode = True
-            os.replace(tmp, path)
-        except BaseException:
-            if f is not None:
-                f.close()
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Create the output's layout and open it in SWMR mode (see :func:`create_swmr`)."""
+        f = create_swmr(path, lambda f: _layout(f, workflow, scan_shape, schema, provenance,
+                                                growing))
         return cls(path, f, workflow, scan_shape)
 
     # resuming ------------------------------------------------------------------
@@ -249,6 +235,30 @@ class OutputFile:
             g.attrs[k] = v
         self.f.flush()
         self.f.close()
+
+
+def create_swmr(path: Path, layout: Callable[[h5py.File], None]) -> h5py.File:
+    """A new HDF5 file at ``path``, laid out by ``layout``, open for writing in SWMR mode.
+
+    It is laid out under a temporary name, goes SWMR, and only then moves into
+    place: readers can only ever find it in SWMR mode, so one that opens it early
+    never blocks the writer (HDF5 file locking). On failure nothing is left behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    f = None
+    try:
+        f = h5py.File(tmp, "w", libver=LIBVER)
+        layout(f)
+        f.swmr_mode = True
+        os.replace(tmp, path)
+    except BaseException:
+        if f is not None:
+            f.close()
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return f
 
 
 def results(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:

@@ -31,7 +31,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ import h5py
 import numpy as np
 
 from .errors import FramebagError
-from .output import LIBVER
+from .output import LIBVER, create_swmr
 from .partitions import cut
 
 __all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "frames_at",
@@ -189,20 +188,16 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     if dropped.size and (dropped.min() < 0 or dropped.max() >= order.size):
         raise FramebagError(f"--drop {list(drop)}: frames are numbered 0 to {order.size - 1}")
     inner = int(np.prod(scan[1:], dtype=np.int64))
-    if arm_for is None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    else:
-        tmp = str(path)
-    f = h5py.File(tmp, "w", libver=LIBVER)
-    try:
+    def layout(f: h5py.File) -> None:
         _create(f, scan, frame, dt, growing, finished_shape, chunk_frames, compression)
-        if arm_for is not None:
+
+    f = create_swmr(path, layout) if arm_for is None else h5py.File(path, "w", libver=LIBVER)
+    try:
+        if arm_for is not None:  # in place, unreadable until it goes SWMR
+            layout(f)
             f.flush()
             time.sleep(arm_for)
-        f.swmr_mode = True
-        if arm_for is None:
-            os.replace(tmp, path)
+            f.swmr_mode = True
         data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
         # the writer's own copy of the keys: a batch's keys go out as one write of the
         # rows it touched, which only ever turns zeros into ones
@@ -255,8 +250,6 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         return written
     finally:
         f.close()
-        if arm_for is None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _stall(seconds: float) -> None:
