@@ -29,10 +29,18 @@ import dask
 import dask.bag as db
 import numpy as np
 
-from . import __version__, hdf5
+from . import __version__, fingerprint, hdf5
 from .errors import FramebagError
 from .keys import DataInfo, KeyFollower
-from .output import OutputFile, Schema, check_resumable, default_output_path
+from .lock import OutputLock
+from .output import (
+    OutputFile,
+    OutputWriteError,
+    Schema,
+    check_resumable,
+    default_output_path,
+    write_error,
+)
 from .partitions import (
     DEFAULT_PARTITION_BYTES,
     Dispatcher,
@@ -134,7 +142,30 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     finished_required = bool(finished)
     finished = (finished or workflow.finished) if follow else None
     out_path = Path(output) if output else default_output_path(input_path, workflow.name)
-    OutputFile.check_target(out_path, overwrite, resume)
+    lock = OutputLock(out_path)  # one run per output, held to the end (see framebag.lock)
+    OutputFile.check_target(out_path, overwrite, resume, Path(input), lock)
+    try:
+        return _run_locked(workflow, input_path, out_path, resolved, client=client,
+                           profile=profile, data=data, keys=keys, finished=finished,
+                           finished_required=finished_required, follow=follow,
+                           timeout=timeout, poll_interval=poll_interval, latency=latency,
+                           partition_bytes=partition_bytes, overwrite=overwrite,
+                           resume=resume, on_error=on_error, retries=retries,
+                           progress=progress, report=report, announce=announce,
+                           commit_interval=commit_interval)
+    finally:
+        lock.release()
+
+
+def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: dict[str, Any],
+                *, client: Any, profile: str | None, data: str, keys: list[str],
+                finished: str | None, finished_required: bool, follow: bool, timeout: float,
+                poll_interval: float, latency: float, partition_bytes: int, overwrite: bool,
+                resume: bool, on_error: str, retries: int,
+                progress: Callable[[dict[str, Any]], None] | None,
+                report: str | os.PathLike | None, announce: bool,
+                commit_interval: float | None) -> Results:
+    """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, data, keys, finished, follow, finished_required,
                          timeout, poll_interval)
     first = follower.poll().ravel()
@@ -152,12 +183,14 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         "data": data,
         "keys": keys,
         "finished": finished or "",
+        fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
     }
     if resume and not out_path.exists():
         log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
         resume = False
     if resume:
-        check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape)
+        check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
+                        data=follower.data)
     job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
@@ -226,6 +259,7 @@ class _Job:
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
+        self._write_failed = False  # the output is abandoned: nothing more is written to it
         interval = opts.get("commit_interval")
         #: seconds between commits: a live reader sees results this often; fewer
         #: commits leave more CPU to the workers on a finished file
@@ -278,6 +312,7 @@ class _Job:
         else:  # with --overwrite, the old file is replaced atomically by the new one
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
                                          schema, self.provenance, growing=self.follower.growing)
+        self._recorder = fingerprint.Recorder(self.follower.key_names, self.out.group)
         for name, fn in self.wf.functions.items():
             if not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
@@ -470,8 +505,15 @@ class _Job:
             self._check(p)
         try:
             self._combine_into_output(partials)
-        except BaseException:
+            self.out.check_present()
+        except BaseException as exc:
             self._broken = True
+            failed = exc if isinstance(exc, OutputWriteError) else write_error(self.out.path, exc)
+            if failed is not None:
+                self._write_failed = True
+                self.out.abandon()
+                if failed is not exc:
+                    raise failed from exc
             raise
 
     def _check(self, p: Partial) -> None:
@@ -506,6 +548,7 @@ class _Job:
             if acc is not None:
                 results[name] = self.wf.functions[name].fold.finalize(acc)
         newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
+        self._recorder.note(self.info, newly_done)  # flushed by the commit, before its checkpoint
         self.out.commit(newly_done, results, self.accs, [e for p in partials for e in p.errors])
 
     def _span(self, start: int, stop: int) -> str:
@@ -525,7 +568,7 @@ class _Job:
         except Exception:  # noqa: BLE001 - workers may be gone already
             log.debug("could not close input handles on the workers", exc_info=True)
         hdf5.close(self.info.path)
-        if self.out is not None:
+        if self.out is not None and not self._write_failed:
             self.out.close(status, ended_by=self.ended_by or status,
                            scan_shape=np.asarray(self.info.scan_shape, dtype=np.int64))
 

@@ -41,8 +41,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
-import tempfile
 import zlib
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -52,13 +52,16 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import fingerprint
 from .errors import FramebagError
+from .keys import DataInfo
+from .lock import OutputLock
 from .partitions import blocks, selection_shape
 
 __all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr"]
 
 #: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>
-RESERVED = ("done", "errors", "checkpoint")
+RESERVED = ("done", "errors", "checkpoint", fingerprint.GROUP)
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
 
@@ -90,27 +93,52 @@ class OutputFile:
         self.generation = 0
         self._value_shapes: dict[str, tuple[int, ...]] = {}
         self.n_errors = int(self.group["errors"].shape[0])
+        # one handle on every dataset, held open: HDF5 flushes a dataset's chunk cache
+        # when its last handle closes, and a write failing there (a full disk) could
+        # only be printed by h5py's __del__, never raised; held open, a failure is
+        # raised by the next flush (see abandon)
+        self._held: list[h5py.Dataset] = []
+        self.group.visititems(
+            lambda _, o: self._held.append(o) if isinstance(o, h5py.Dataset) else None)
 
     # creating ------------------------------------------------------------------
 
     @classmethod
-    def check_target(cls, path: str | os.PathLike, overwrite: bool, resume: bool) -> Path:
-        """Refuse an existing output without --overwrite/--resume, or an unwritable path."""
+    def check_target(cls, path: str | os.PathLike, overwrite: bool, resume: bool,
+                     input_path: str | os.PathLike | None = None,
+                     lock: OutputLock | None = None) -> Path:
+        """Refuse an existing output without --overwrite/--resume, or an unwritable path.
+
+        Refuses, whatever the options, an output that is the input file itself:
+        the same path after resolving ``..`` and symlinks, or the same file by a
+        hard link (:func:`os.path.samefile`). ``lock`` is acquired once the path
+        is known to be usable, before it is looked at as an existing output, so
+        that a second run is told the output is in use; it is released again if
+        a later check refuses.
+        """
         path = Path(path)
+        if input_path is not None and same_file(path, input_path):
+            raise FramebagError(
+                f"output file {str(path)!r} is the input file {str(input_path)!r}; "
+                "the input is never written to: choose another -o")
         if overwrite and resume:
             raise FramebagError("--overwrite and --resume contradict each other; choose one")
         if path.is_dir():
             raise FramebagError(f"output path {str(path)!r} is a directory, not a file")
-        if path.exists() and not (overwrite or resume):
-            raise FramebagError(
-                f"output file {str(path)!r} exists; pass --overwrite to replace it "
-                "or --resume to continue it"
-            )
         parent = path.resolve().parent
         if not parent.is_dir():
             raise FramebagError(f"output directory {str(parent)!r} does not exist")
         if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
             raise FramebagError(f"output file {str(path)!r} is not writable")
+        if lock is not None:
+            lock.acquire()
+        if path.exists() and not (overwrite or resume):
+            if lock is not None:
+                lock.release()
+            raise FramebagError(
+                f"output file {str(path)!r} exists; pass --overwrite to replace it "
+                "or --resume to continue it"
+            )
         return path
 
     @classmethod
@@ -220,6 +248,33 @@ class OutputFile:
         self.scan_shape = scan_shape
         self.group.attrs["scan_shape"] = np.asarray(scan_shape, dtype=np.int64)
 
+    def abandon(self) -> None:
+        """Close after a failed write, without writing another byte to the output.
+
+        A failed write (ENOSPC, EIO) leaves HDF5 with dirty metadata that every
+        later flush, close and handle release retries and fails on, printing
+        "Exception ignored" for each and ending in a segfault at exit. So the
+        file's descriptor is pointed at an anonymous in-memory file first: HDF5
+        closes cleanly into it, and the output on disk keeps exactly what was
+        written before the failure, which resume repairs and continues.
+        """
+        _detach(self.f)
+
+    def check_present(self) -> None:
+        """Raise if the output's path no longer names the file being written.
+
+        Writes to a removed file (or one in a removed directory) succeed and are
+        lost; one ``stat`` per commit finds it out.
+        """
+        try:
+            same = os.path.samestat(os.fstat(self.f.id.get_vfd_handle()), os.stat(self.path))
+        except FileNotFoundError as exc:
+            raise OutputWriteError(f"cannot write output file {str(self.path)!r}: it was removed "
+                                f"while being written ({exc.strerror})") from None
+        if not same:
+            raise OutputWriteError(f"cannot write output file {str(self.path)!r}: it was replaced "
+                                "by another file while being written")
+
     def close(self, status: str = "complete", **attrs: Any) -> None:
         """Stamp the end time and status, then close.
 
@@ -245,8 +300,7 @@ def create_swmr(path: Path, layout: Callable[[h5py.File], None]) -> h5py.File:
     never blocks the writer (HDF5 file locking). On failure nothing is left behind.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_beside(path)
     f = None
     try:
         f = h5py.File(tmp, "w", libver=LIBVER)
@@ -259,6 +313,79 @@ def create_swmr(path: Path, layout: Callable[[h5py.File], None]) -> h5py.File:
         Path(tmp).unlink(missing_ok=True)
         raise
     return f
+
+
+class OutputWriteError(FramebagError):
+    """The output could not be written (disk full, I/O error, file removed): stop writing it."""
+
+
+def os_reason(exc: BaseException) -> str | None:
+    """``"No space left on device (errno 28)"`` for an OS error inside ``exc``, else None.
+
+    HDF5 reports it inside a long message (``errno = 28, error message = ...``),
+    and h5py raises it as ``OSError`` or ``RuntimeError``.
+    """
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return None
+    code = getattr(exc, "errno", None)
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found:
+        code = int(found.group(1))
+    return f"{os.strerror(code)} (errno {code})" if code else None
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> OutputWriteError | None:
+    """One sentence for an OS error (ENOSPC, EIO ...) in writing ``path``, or None if not one."""
+    reason = os_reason(exc)
+    if reason is None:
+        return None
+    return OutputWriteError(
+        f"cannot write output file {str(path)!r}: {reason}; what was committed before is "
+        "kept: fix the cause and rerun with --resume")
+
+
+def _detach(f: h5py.File) -> None:
+    """Close ``f`` with its writes sent to an anonymous in-memory file (see ``abandon``)."""
+    if not f.id.valid:
+        return
+    try:
+        sink = os.memfd_create("framebag-abandoned")
+    except (AttributeError, OSError):
+        sink = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(sink, f.id.get_vfd_handle())
+    finally:
+        os.close(sink)
+    try:
+        f.close()
+    except Exception:  # noqa: BLE001 - the failure was reported; this file is given up
+        pass
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether paths ``a`` and ``b`` name one file: by real path, or by inode (hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
+
+
+def _temp_beside(path: Path) -> str:
+    """A new empty file beside ``path`` with a unique hidden name, mode 0666 less the umask.
+
+    (:func:`tempfile.mkstemp` would make it 0600 whatever the umask, and the
+    file becomes the output by a rename.)
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
+    raise FileExistsError(f"no free temporary name beside {str(path)!r}")
 
 
 def results(group: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
@@ -297,6 +424,8 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
     g.create_dataset("done", shape=scan_shape, dtype=np.uint8, fillvalue=0,
                      maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
     g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,))
+    if fingerprint.ATTR in provenance:
+        fingerprint.layout(g, len(provenance["keys"]), int(np.prod(scan_shape, dtype=np.int64)))
     ck = g.create_group("checkpoint")
     for slot in ("slot0", "slot1"):
         ck.create_dataset(slot, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
@@ -342,8 +471,12 @@ def _read_checkpoint(ck: h5py.Group) -> dict[str, Any] | None:
 
 
 def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
-                    scan_shape: tuple[int, ...]) -> None:
-    """Check, read-only, that ``path`` is an earlier output of this very job."""
+                    scan_shape: tuple[int, ...], data: DataInfo | None = None) -> None:
+    """Check, read-only, that ``path`` is an earlier output of this very job.
+
+    With ``data`` (the input's data dataset now), the input is also compared
+    with the fingerprint the output recorded (:func:`framebag.fingerprint.check`).
+    """
     try:
         f = h5py.File(path, "r", swmr=True)
     except OSError as exc:
@@ -365,6 +498,8 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
                 f"--resume: {str(path)!r} was made for scan shape {had}, but the input "
                 f"now has scan shape {tuple(scan_shape)}; use --overwrite to start again"
             )
+        if data is not None:
+            fingerprint.check(str(path), group, data, list(provenance["keys"]), growing)
 
 
 def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
@@ -384,17 +519,31 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
 
 
 def _unflag(path: Path) -> None:
-    """Clear a crashed writer's "open for write" flag by copying into a fresh file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Clear a crashed writer's "open for write" flag by copying into a fresh file.
+
+    The copy needs free space for the whole file; a failure to write it is an
+    :class:`OutputWriteError` that leaves the output as it was.
+    """
+    tmp = _temp_beside(path)
+    dst = None
     try:
-        with h5py.File(path, "r", swmr=True) as src, h5py.File(tmp, "w", libver=LIBVER) as dst:
+        with h5py.File(path, "r", swmr=True) as src:
+            dst = h5py.File(tmp, "w", libver=LIBVER)
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
             for name in src:
                 src.copy(src[name], dst, name=name)
+            dst.close()
         shutil.copymode(path, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        if dst is not None:
+            _detach(dst)
         Path(tmp).unlink(missing_ok=True)
+        reason = os_reason(exc)
+        if reason is not None:
+            raise OutputWriteError(
+                f"--resume: cannot repair output file {str(path)!r} (left flagged open by an "
+                f"interrupted run) by copying it: {reason}; the copy needs "
+                f"{os.path.getsize(path) / 2**20:.1f} MiB free beside it") from exc
         raise

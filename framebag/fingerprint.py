@@ -1,0 +1,176 @@
+"""The input's fingerprint in the output, so that ``--resume`` refuses any other input.
+
+Comparing the input's path is not enough: a scan re-simulated or re-acquired at
+the same path would be resumed into the old results. The output records:
+
+- **what the data dataset is** (the ``input_fingerprint`` attribute, JSON): its
+  frame shape, its scan shape (only the dims after the first for a growing
+  scan), dtype, chunking and filters (id and options of each);
+- **the key values of the frames done** (``fingerprint/keys``, float64, one row
+  per key dataset, one column per flat index, 0 where no frame was recorded),
+  written for each commit's newly done frames before the commit's flush, so
+  every frame a checkpoint marks done has its key values recorded;
+- **the content of a sample of frames done** (``fingerprint/frames``, int64 rows
+  of ``(flat index, CRC32 of the frame's values)``): the lowest and the highest
+  flat index done so far. A frame is read (decompressed) on the driver only when
+  the lowest or highest done index changes, at most two frame reads per commit.
+  Decoded values rather than raw chunk bytes: a chunk is shared by frames done
+  at different times, and its raw bytes are those of a partly written chunk
+  in a live file, while a done frame's values never change.
+
+:func:`check` compares all three against the input as it is now and names the
+first difference in one sentence. A followed scan that only grew is the same
+input: only the frames recorded are compared.
+
+The recorded flat indices are independent of the checkpoint's done mask, so
+none of this depends on how checkpoints are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import hdf5
+from .errors import FramebagError
+from .keys import DataInfo
+from .partitions import blocks, scan_index
+from .reading import read_run
+
+__all__ = ["ATTR", "GROUP", "describe", "layout", "Recorder", "check"]
+
+#: the provenance attribute holding the static part
+ATTR = "input_fingerprint"
+#: the group, in /entry/<workflow>, holding the per-frame part
+GROUP = "fingerprint"
+_COLUMNS = 4096
+
+
+def describe(info: DataInfo, growing: bool) -> dict[str, Any]:
+    """The static fingerprint of the data dataset: shape, dtype, chunking, filters."""
+    ds = hdf5.dataset(info.path, info.name)
+    dcpl = ds.id.get_create_plist()
+    filters = []
+    for i in range(dcpl.get_nfilters()):
+        code, _flags, values, _name = dcpl.get_filter(i)
+        filters.append([int(code), [int(v) for v in values]])
+    return {
+        "frame_shape": list(info.frame_shape),
+        "scan_shape": list(info.scan_shape[1:] if growing else info.scan_shape),
+        "growing": bool(growing),
+        "dtype": np.dtype(info.dtype).str,
+        "chunks": list(info.chunks) if info.chunks else None,
+        "filters": filters,
+    }
+
+
+def layout(group: h5py.Group, nkeys: int, nframes: int) -> None:
+    """Create the per-frame fingerprint datasets (before the file goes SWMR)."""
+    g = group.create_group(GROUP)
+    g.create_dataset("keys", shape=(nkeys, nframes), maxshape=(nkeys, None), dtype="f8",
+                     fillvalue=0, chunks=(nkeys, _COLUMNS))
+    g.create_dataset("frames", data=np.full((2, 2), -1, dtype=np.int64))
+
+
+def _frame_crc(info: DataInfo, flat: int) -> int:
+    frame = read_run(info.path, info.name, flat, flat + 1, info.scan_shape, info.frame_shape,
+                     info.dtype)
+    return zlib.crc32(np.ascontiguousarray(frame).data)
+
+
+def _runs(flat: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted flat indices as contiguous ``[start, stop)`` runs."""
+    if flat.size == 0:
+        return []
+    flat = np.sort(flat)
+    breaks = np.flatnonzero(np.diff(flat) != 1) + 1
+    starts = flat[np.r_[0, breaks]]
+    stops = flat[np.r_[breaks - 1, flat.size - 1]] + 1
+    return list(zip(starts.tolist(), stops.tolist()))
+
+
+class Recorder:
+    """The driver's writer of the per-frame fingerprint, one call per commit."""
+
+    def __init__(self, keys: list[str], group: h5py.Group) -> None:
+        self.keys = list(keys)
+        self.group = group[GROUP]
+        self.rows = self.group["frames"][()]
+
+    def note(self, info: DataInfo, newly_done: np.ndarray) -> None:
+        """Record the key values of ``newly_done`` (flat indices) and update the sample."""
+        if newly_done.size == 0:
+            return
+        ds = self.group["keys"]
+        top = int(newly_done.max()) + 1
+        if ds.shape[1] < top:
+            ds.resize(top, axis=1)
+        for start, stop in _runs(newly_done):
+            for k, name in enumerate(self.keys):
+                key = hdf5.dataset(info.path, name)
+                values = np.concatenate([
+                    np.asarray(key[sel], dtype=np.float64).reshape(-1)
+                    for sel, _ in blocks(start, stop, info.scan_shape)])
+                ds[k, start:stop] = values
+        lo, hi = int(newly_done.min()), top - 1
+        changed = False
+        if self.rows[0, 0] < 0 or lo < self.rows[0, 0]:
+            self.rows[0] = (lo, _frame_crc(info, lo))
+            changed = True
+        if hi > self.rows[1, 0]:
+            self.rows[1] = (hi, _frame_crc(info, hi))
+            changed = True
+        if changed:
+            self.group["frames"][...] = self.rows
+
+
+def check(path: str, group: h5py.Group, info: DataInfo, keys: list[str],
+          growing: bool) -> None:
+    """Refuse, in one sentence saying what differs, an input that is not the recorded one."""
+    where = f"--resume: input file {info.path!r} is not the one {path!r} was made from"
+    tail = "; use --overwrite to start again"
+    text = group.attrs.get(ATTR)
+    if text is None or GROUP not in group:
+        raise FramebagError(f"--resume: {path!r} records no fingerprint of its input (made by "
+                            f"an older framebag), so it cannot be resumed safely{tail}")
+    had = json.loads(hdf5.attr_text(text))
+    now = describe(info, growing)
+    names = {"frame_shape": "frame shape", "scan_shape": "scan shape", "growing": "growing",
+             "dtype": "dtype", "chunks": "chunking", "filters": "filters"}
+    for field, what in names.items():
+        if had.get(field) != now[field]:
+            raise FramebagError(f"{where} (data {info.name!r}: {what} {_show(had.get(field))} "
+                                f"there, {_show(now[field])} now){tail}")
+    rec = group[GROUP]["keys"][()]
+    for k, name in enumerate(keys):
+        current = np.asarray(hdf5.dataset(info.path, name)[()], dtype=np.float64).reshape(-1)
+        recorded = np.flatnonzero(rec[k] != 0)
+        if recorded.size == 0:
+            continue
+        if recorded[-1] >= current.size:
+            raise FramebagError(f"{where} (key dataset {name!r} is shorter: frame "
+                                f"{scan_index(int(recorded[-1]), info.scan_shape)} is gone){tail}")
+        differ = recorded[current[recorded] != rec[k][recorded]]
+        if differ.size:
+            i = int(differ[0])
+            raise FramebagError(
+                f"{where} (key dataset {name!r} at frame {scan_index(i, info.scan_shape)}: "
+                f"{_show(rec[k][i])} there, {_show(current[i])} now){tail}")
+    for flat, crc in group[GROUP]["frames"][()]:
+        if flat < 0:
+            continue
+        if flat >= info.nframes or _frame_crc(info, int(flat)) != crc:
+            raise FramebagError(f"{where} (content of frame "
+                                f"{scan_index(int(flat), info.scan_shape)} differs){tail}")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return str(tuple(_show(v) if isinstance(v, list) else v for v in value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
