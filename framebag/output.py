@@ -10,6 +10,7 @@ Layout (NeXus)::
         errors                  (flat, function, message) of frames skipped by on_error
         checkpoint/slot0,slot1  pickled fold accumulators + done mask (see below)
         checkpoint/meta         int64 (2, 3): generation, nbytes, crc32 of each slot
+        fingerprint/            the input's identity, for resume (see framebag.fingerprint)
 
 All datasets are created before the file enters SWMR mode, so other processes
 can open it with ``swmr=True`` and watch results and ``done`` grow.
@@ -480,7 +481,9 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
     try:
         f = h5py.File(path, "r", swmr=True)
     except OSError as exc:
-        raise FramebagError(f"--resume: cannot read output file {str(path)!r}: {exc}") from None
+        # HDF5's text may advise h5clear, which would corrupt a file another run writes
+        reason = re.sub(r"\s*\(may use <h5clear file>[^)]*\)", "", str(exc).splitlines()[0])
+        raise FramebagError(f"--resume: cannot read output file {str(path)!r}: {reason}") from None
     with f:
         group = f.get(f"entry/{workflow}")
         if group is None or "checkpoint" not in group:
