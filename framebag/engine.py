@@ -312,7 +312,8 @@ class _Job:
         else:  # with --overwrite, the old file is replaced atomically by the new one
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
                                          schema, self.provenance, growing=self.follower.growing)
-        self._recorder = fingerprint.Recorder(self.follower.key_names, self.out.group)
+        self._recorder = fingerprint.Recorder(self.follower.key_names, self.out.group,
+                                              self.follower.live)
         for name, fn in self.wf.functions.items():
             if not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())

@@ -76,28 +76,19 @@ def layout(group: h5py.Group, nkeys: int, nframes: int) -> None:
     g.create_dataset("frames", data=np.full((2, 2), -1, dtype=np.int64))
 
 
-def _frame_crc(info: DataInfo, flat: int) -> int:
+def _frame_crc(info: DataInfo, flat: int, live: bool = False) -> int:
+    """CRC32 of frame ``flat``'s values; ``live``: refresh the data first (it may have grown)."""
     frame = read_run(info.path, info.name, flat, flat + 1, info.scan_shape, info.frame_shape,
-                     info.dtype)
+                     info.dtype, refresh=live)
     return zlib.crc32(np.ascontiguousarray(frame).data)
-
-
-def _runs(flat: np.ndarray) -> list[tuple[int, int]]:
-    """Sorted flat indices as contiguous ``[start, stop)`` runs."""
-    if flat.size == 0:
-        return []
-    flat = np.sort(flat)
-    breaks = np.flatnonzero(np.diff(flat) != 1) + 1
-    starts = flat[np.r_[0, breaks]]
-    stops = flat[np.r_[breaks - 1, flat.size - 1]] + 1
-    return list(zip(starts.tolist(), stops.tolist()))
 
 
 class Recorder:
     """The driver's writer of the per-frame fingerprint, one call per commit."""
 
-    def __init__(self, keys: list[str], group: h5py.Group) -> None:
+    def __init__(self, keys: list[str], group: h5py.Group, live: bool = False) -> None:
         self.keys = list(keys)
+        self.live = live
         self.group = group[GROUP]
         self.rows = self.group["frames"][()]
 
@@ -106,23 +97,25 @@ class Recorder:
         if newly_done.size == 0:
             return
         ds = self.group["keys"]
-        top = int(newly_done.max()) + 1
+        lo, top = int(newly_done.min()), int(newly_done.max()) + 1
         if ds.shape[1] < top:
             ds.resize(top, axis=1)
-        for start, stop in _runs(newly_done):
-            for k, name in enumerate(self.keys):
-                key = hdf5.dataset(info.path, name)
-                values = np.concatenate([
-                    np.asarray(key[sel], dtype=np.float64).reshape(-1)
-                    for sel, _ in blocks(start, stop, info.scan_shape)])
-                ds[k, start:stop] = values
-        lo, hi = int(newly_done.min()), top - 1
+        # one read of each key over the span of the new frames (at most one poll's worth),
+        # never one per frame or per run: out-of-order frames make many short runs
+        stored = ds[:, lo:top]
+        for k, name in enumerate(self.keys):
+            key = hdf5.dataset(info.path, name)
+            values = np.concatenate([np.asarray(key[sel], dtype=np.float64).reshape(-1)
+                                     for sel, _ in blocks(lo, top, info.scan_shape)])
+            stored[k, newly_done - lo] = values[newly_done - lo]
+        ds[:, lo:top] = stored
+        hi = top - 1
         changed = False
         if self.rows[0, 0] < 0 or lo < self.rows[0, 0]:
-            self.rows[0] = (lo, _frame_crc(info, lo))
+            self.rows[0] = (lo, _frame_crc(info, lo, self.live))
             changed = True
         if hi > self.rows[1, 0]:
-            self.rows[1] = (hi, _frame_crc(info, hi))
+            self.rows[1] = (hi, _frame_crc(info, hi, self.live))
             changed = True
         if changed:
             self.group["frames"][...] = self.rows
@@ -163,7 +156,7 @@ def check(path: str, group: h5py.Group, info: DataInfo, keys: list[str],
     for flat, crc in group[GROUP]["frames"][()]:
         if flat < 0:
             continue
-        if flat >= info.nframes or _frame_crc(info, int(flat)) != crc:
+        if flat >= info.nframes or _frame_crc(info, int(flat), live=True) != crc:
             raise FramebagError(f"{where} (content of frame "
                                 f"{scan_index(int(flat), info.scan_shape)} differs){tail}")
 
