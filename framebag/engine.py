@@ -570,14 +570,27 @@ class _Job:
             log.debug("could not close input handles on the workers", exc_info=True)
         hdf5.close(self.info.path)
         if self.out is not None and not self._write_failed:
-            self.out.close(status, ended_by=self.ended_by or status,
-                           scan_shape=np.asarray(self.info.scan_shape, dtype=np.int64))
+            try:
+                self.out.close(status, ended_by=self.ended_by or status,
+                               scan_shape=np.asarray(self.info.scan_shape, dtype=np.int64))
+            except Exception as exc:
+                failed = write_error(self.out.path, exc)
+                if failed is None:
+                    raise
+                self._write_failed = True
+                self.out.abandon()
+                raise failed from exc
 
     def _results(self, wall: float, processed: int, resumed: int) -> Results:
         import h5py
 
         res = Results()
-        with h5py.File(self.out_path, "r") as f:
+        try:
+            f = h5py.File(self.out_path, "r")
+        except OSError as exc:  # say, removed after the last commit
+            raise FramebagError(f"cannot read back output file {str(self.out_path)!r} at the "
+                                f"end of the run: {str(exc).splitlines()[0]}") from None
+        with f:
             g = f[f"entry/{self.wf.name}"]
             for name in self.wf.functions:
                 res[name] = g[name][()]

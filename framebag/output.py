@@ -259,7 +259,7 @@ class OutputFile:
         closes cleanly into it, and the output on disk keeps exactly what was
         written before the failure, which resume repairs and continues.
         """
-        _detach(self.f)
+        detach(self.f)
 
     def check_present(self) -> None:
         """Raise if the output's path no longer names the file being written.
@@ -308,10 +308,13 @@ def create_swmr(path: Path, layout: Callable[[h5py.File], None]) -> h5py.File:
         layout(f)
         f.swmr_mode = True
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if f is not None:
-            f.close()
+            detach(f)
         Path(tmp).unlink(missing_ok=True)
+        failed = write_error(path, exc)
+        if failed is not None:
+            raise failed from exc
         raise
     return f
 
@@ -345,7 +348,7 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> OutputWriteError
         "kept: fix the cause and rerun with --resume")
 
 
-def _detach(f: h5py.File) -> None:
+def detach(f: h5py.File) -> None:
     """Close ``f`` with its writes sent to an anonymous in-memory file (see ``abandon``)."""
     if not f.id.valid:
         return
@@ -541,7 +544,7 @@ def _unflag(path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as exc:
         if dst is not None:
-            _detach(dst)
+            detach(dst)
         Path(tmp).unlink(missing_ok=True)
         reason = os_reason(exc)
         if reason is not None:

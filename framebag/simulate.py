@@ -39,7 +39,7 @@ import h5py
 import numpy as np
 
 from .errors import FramebagError
-from .output import LIBVER, create_swmr
+from .output import LIBVER, create_swmr, detach, os_reason
 from .partitions import cut
 
 __all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "frames_at",
@@ -248,8 +248,15 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             flag[()] = 1
             flag.flush()
         return written
+    except (OSError, RuntimeError) as exc:  # a full disk, an I/O error: one line, no h5py noise
+        reason = os_reason(exc)
+        if reason is None:
+            raise
+        detach(f)
+        raise FramebagError(f"cannot write simulated scan {str(path)!r}: {reason}") from None
     finally:
-        f.close()
+        if f.id.valid:
+            f.close()
 
 
 def _stall(seconds: float) -> None:
