@@ -373,6 +373,14 @@ def test_a_full_disk_is_one_line_and_the_output_resumes(small_tmpfs, tmp_path, c
     np.testing.assert_array_equal(res["summed"], expected.astype("int64").sum(axis=(0, 1)))
 
 
+def test_simulate_on_a_full_disk_is_one_line(small_tmpfs, capsys):
+    (small_tmpfs / "filler").write_bytes(b"\0" * ((32 << 20) - (256 << 10)))  # 256 kB left
+    rc, err = run_cli(capsys, "simulate", str(small_tmpfs / "sim.h5"), "--scan", "20x20",
+                      "--frame", "64x64", "--rate", "1e6")
+    one_sentence(rc, err, "sim.h5", "No space left on device (errno 28)")
+    assert "Exception ignored" not in err
+
+
 def test_an_output_removed_while_written_is_one_line(tmp_path, gated, client):
     wf, path, _, gate = gated
     out_dir = tmp_path / "outdir"
