@@ -158,7 +158,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
 
 
 def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: dict[str, Any],
-                *, client: Any, profile: str | None, data: str, keys: list[str],
+                *, client: Any, profile: str | None, data: str | None, keys: list[str],
                 finished: str | None, finished_required: bool, follow: bool, timeout: float,
                 poll_interval: float, latency: float, partition_bytes: int, overwrite: bool,
                 resume: bool, on_error: str, retries: int,
@@ -504,15 +504,17 @@ class _Job:
         """
         for p in partials:
             self._check(p)
+        out = self.out
+        assert out is not None
         try:
             self._combine_into_output(partials)
-            self.out.check_present()
+            out.check_present()
         except BaseException as exc:
             self._broken = True
-            failed = exc if isinstance(exc, OutputWriteError) else write_error(self.out.path, exc)
+            failed = exc if isinstance(exc, OutputWriteError) else write_error(out.path, exc)
             if failed is not None:
                 self._write_failed = True
-                self.out.abandon()
+                out.abandon()
                 if failed is not exc:
                     raise failed from exc
             raise
