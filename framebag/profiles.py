@@ -139,9 +139,14 @@ def find(name: str | os.PathLike | None) -> Path:
             candidate = place / f"{name}{ext}"
             if candidate.is_file():
                 return candidate
+    import difflib
+
+    names = sorted({n for n, *_ in list_profiles()})
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
     raise FramebagError(
-        f"no profile named {name!r}; looked in "
-        + ", ".join(str(p) for _, p in search_path())
+        f"no profile named {name!r}; {hint}the profiles are {', '.join(names) or 'none'} "
+        f"(framebag profiles lists them, with where each comes from)"
     )
 
 
@@ -422,6 +427,9 @@ def resolved(prof: Profile) -> dict[str, Any]:
         elif prof.scale:
             out["scale"] = dict(prof.scale)
         out["options"] = cluster_options(prof)
+        for key in ("python", "job_script_prologue"):  # where the documented format has them
+            if key in out["options"]:
+                out[key] = out["options"].pop(key)
     if prof.is_batch or prof.cluster == "address":
         out["first_worker_timeout"] = prof.first_worker_timeout
     return out
