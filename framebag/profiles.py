@@ -674,6 +674,40 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: the name distributed's Nanny gives the worker processes it starts
+_WORKER_PROCESS = "Dask Worker process"
+
+
+def workers_skip_main() -> None:
+    """Let dask start local worker processes without re-running the user's script.
+
+    multiprocessing's spawn (dask's default for local workers) re-imports the
+    parent's ``__main__`` in every child, so a script that calls ``wf.run()``
+    or ``Client()`` without ``if __name__ == "__main__":`` would start a cluster
+    again inside each worker, which fails with "Nanny failed to start". A worker
+    needs nothing from ``__main__``: distributed pickles what is defined there by
+    value (cloudpickle), and framebag does the same for workflow files. So this
+    drops ``__main__`` from what spawn hands to the processes a Nanny starts
+    (recognised by their name), and from no other process. Called once, on
+    ``import framebag``; calling it again changes nothing.
+    """
+    import multiprocessing.spawn as spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_framebag", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        if str(name).startswith(_WORKER_PROCESS):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._framebag = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
 def _announce(client: Any, prof: Profile) -> None:
     import importlib.util
 

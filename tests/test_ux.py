@@ -487,3 +487,116 @@ def test_follow_lines_count_frames_seen_but_not_complete():
     p({"processed": 0, "complete": 10, "seen": 14, "total": 40, "inflight": 1})
     p({"processed": 5, "complete": 12, "seen": 15, "total": 40, "inflight": 1})
     assert "scan 12/40 complete (+3 partly keyed), 28 not yet" in stream.getvalue()
+
+
+# messages that lead somewhere (issue 14) ---------------------------------------------
+
+
+def _cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framebag.cli", *argv], capture_output=True,
+                          text=True, env=_env(), timeout=120, cwd=cwd)
+
+
+def test_global_flags_work_after_the_subcommand(tmp_path):
+    """--debug, -v and -q before or after the subcommand; --debug there shows the traceback."""
+    for argv in (["--debug", "inspect", str(tmp_path / "nope.h5")],
+                 ["inspect", str(tmp_path / "nope.h5"), "--debug"]):
+        out = _cli(*argv)
+        assert out.returncode != 0 and "Traceback" in out.stderr, (argv, out.stderr)
+    out = _cli("inspect", str(tmp_path / "nope.h5"), "-v", "-q")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("framebag: error: ") and out.stderr.count("\n") == 1
+    out = _cli("profiles", "show", "local", "--debug")
+    assert out.returncode == 0, out.stderr
+
+
+def test_help_is_plain_and_run_help_shows_every_default():
+    top = _cli("--help").stdout
+    assert "``" not in top and ":class:" not in top and "Per-frame jobs" in top
+    text = " ".join(_cli("run", "--help").stdout.split())
+    for default in ("(default: 60.0)", "(default: 0.25)", "(default: 2)", "(default: raise)",
+                    "(default: 10.0)", "(default: 32MiB)", "(default: local)"):
+        assert default in text, default
+    workflows = _cli("workflows").stdout
+    assert "seeds" not in workflows
+    assert f"  file {Path(__file__).parents[1] / 'workflows' / 'frame_sum.py'}" in workflows \
+        or "/workflows/frame_sum.py" in workflows
+    assert "sum of every frame" in workflows
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "wf.py", "scan.h5", "out.h5"], "run takes one INPUT; to name the output file, "
+                                            "use -o out.h5"),
+    (["run", "wf.py", "scan.h5", "--follow", "out.h5"], "use -o out.h5"),
+    (["run", "scan.h5", "wf.py"], "the arguments are swapped: the WORKFLOW comes first, then "
+                                  "the INPUT file: framebag run wf.py scan.h5"),
+    (["run", "wf.py", "scan.h5", "-o", "a.h5", "-o", "b.h5"], "-o given twice (a.h5 and b.h5)"),
+    (["run", "wf.py", "scan.h5", "--profile", "slrum"],
+     "no profile named 'slrum'; did you mean 'slurm'? the profiles are address, local, pbs, "
+     "sge, slurm"),
+])
+def test_usual_slips_in_run_arguments_say_what_to_do(tmp_path, argv, says):
+    (tmp_path / "wf.py").write_text("")
+    (tmp_path / "scan.h5").write_bytes(b"")
+    (tmp_path / "out.h5").write_bytes(b"x")  # exists: the profile is checked before that
+    (tmp_path / "a.h5").write_bytes(b"x")
+    out = _cli(*argv, cwd=tmp_path)
+    assert out.returncode == 2 or out.returncode == 1
+    assert says in " ".join(out.stderr.split()), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_function_error_advice_and_resume_rule_agree(tmp_path, client):
+    """The advice after a function error is one that the rules then accept."""
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(3, 4))
+    wf_file = tmp_path / "wf.py"
+    body = ('from framebag import Workflow\n'
+            f'workflow = Workflow("w", data="{DATA}", keys=["{KEY}"])\n'
+            '@workflow.frame\n'
+            'def total(frame, index):\n'
+            '    if tuple(index) == (1, 2):\n'
+            '        raise ValueError("bad frame")\n'
+            '    return int(frame.sum())\n')
+    wf_file.write_text(body)
+    from framebag import FramebagError, load_workflow
+
+    out = tmp_path / "out.h5"
+    with pytest.raises(FramebagError) as err:
+        load_workflow(wf_file).run(path, out, client=client)
+    text = str(err.value)
+    assert "fix the function and rerun with --overwrite" in text
+    assert "--resume --on-error skip" in text
+    # the advice's two ways both work: unchanged function with skip ...
+    res = load_workflow(wf_file).run(path, out, client=client, resume=True, on_error="skip")
+    assert len(res.errors) == 1
+    # ... and the fixed function: --resume is refused in words, --overwrite works
+    wf_file.write_text(body.replace('raise ValueError("bad frame")', 'pass'))
+    with pytest.raises(FramebagError) as err:
+        load_workflow(wf_file).run(path, out, client=client, resume=True)
+    text = str(err.value)
+    assert "the workflow's source file changed" in text and "use --overwrite" in text
+    import re
+
+    assert not re.search(r"[0-9a-f]{20}", text), text  # no raw hash
+    assert "its sha256 was" in text
+    res = load_workflow(wf_file).run(path, out, client=client, overwrite=True)
+    assert res.done.all()
+
+
+def test_shape_mismatch_advice_is_a_fixed_shape_not_skip(tmp_path, client):
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(3, 4))
+    wf = Workflow("ragged", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def peaks(frame, index):
+        return np.zeros(1 + (index[1] % 2))
+
+    from framebag import FramebagError
+
+    with pytest.raises(FramebagError) as err:
+        wf.run(path, tmp_path / "out.h5", client=client)
+    text = str(err.value)
+    assert "return one fixed shape for every frame" in text
+    assert "use --on-error skip" not in text and "or use --on-error skip" not in text
