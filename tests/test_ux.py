@@ -324,7 +324,10 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
 
 
 def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
-    """On a real pseudo-terminal the bar redraws in place; following, it shows the scan."""
+    """On a real pseudo-terminal the bar redraws in place; following, the bar is the scan.
+
+    Frames complete but not done show apart, and the last rate drawn is the summary's.
+    """
     master, slave = pty.openpty()
     code = ("import time\n"
             "from framebag.progress import Progress, configure\n"
@@ -334,6 +337,7 @@ def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
             "for i in range(6):\n"
             "    p({'processed': 20 * i, 'complete': 40 + 12 * i, 'total': 200, 'inflight': 1})\n"
             "    time.sleep(0.25)\n"
+            "p.finish({'processed': 100, 'resumed': 0, 'wall': 4.0})\n"
             "p.close()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=slave, stdout=slave)
     os.close(slave)
@@ -344,11 +348,12 @@ def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
         os.close(master)
     assert proc.returncode == 0, raw
     text = raw.decode("utf-8", "replace")
-    states = [s for s in text.split("\r") if "done/complete" in s]
+    states = [s for s in text.split("\r") if "done/scan" in s]
     assert len(states) >= 3  # redrawn in place
+    assert any(" 20/200 " in s and "32 complete, waiting" in s for s in states)
     last = states[-1]
-    assert "100/100" in last and "scan 100/200 complete" in last and "frame/s" in last
-    assert any("40/64" in s for s in states)
+    assert " 50%|" in last and "100/200" in last
+    assert "25.00frame/s" in last  # 100 frames in 4.0 s, as the summary line says
 
 
 def test_progress_lines_quiet_and_resume_summary(tmp_path):
