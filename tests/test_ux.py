@@ -605,3 +605,32 @@ def test_shape_mismatch_advice_is_a_fixed_shape_not_skip(tmp_path, client):
     text = str(err.value)
     assert "return one fixed shape for every frame" in text
     assert "use --on-error skip" not in text and "or use --on-error skip" not in text
+
+
+def test_warnings_and_errors_from_workers_name_the_workflow_file_and_line(tmp_path):
+    """Functions reach workers pickled by value; their warnings still point into the file."""
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(4, 6))
+    wf_file = tmp_path / "mywf.py"
+    wf_file.write_text(
+        "import numpy as np\n"
+        "from framebag import Workflow\n"
+        f"workflow = Workflow('w', data='{DATA}', keys=['{KEY}'])\n"
+        "def helper(frame):\n"
+        "    return np.float64(frame.sum()) / np.float64(0)\n"
+        "@workflow.frame\n"
+        "def ratio(frame, index):\n"
+        "    if tuple(index) == (3, 5):\n"
+        "        raise ValueError('bad frame')\n"
+        "    return helper(frame)\n")
+    out = _cli("run", str(wf_file), str(path), "-o", str(tmp_path / "out.h5"), "-q",
+               "--profile", "local", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr
+    assert "<dynamic-code>" not in err
+    # the warning raised on a worker names the file, its line and shows the source line
+    assert f"{wf_file}:5: RuntimeWarning: divide by zero" in err, err
+    assert "return np.float64(frame.sum()) / np.float64(0)" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("framebag: error: function 'ratio' failed on frame (3, 5): "
+                           f"ValueError: bad frame (at {wf_file}:9)"), last
