@@ -152,6 +152,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         "data": data,
         "keys": keys,
         "finished": finished or "",
+        # each function's fold, for readers of the output (framebag plot); not checked on resume
+        "folds": {n: {"fold": f.fold.name, **f.fold.attrs} for n, f in workflow.functions.items()},
     }
     if resume and not out_path.exists():
         log.info("--resume: %s does not exist yet, starting from the beginning", out_path)

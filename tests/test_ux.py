@@ -186,7 +186,7 @@ def test_inspect_bad_file_is_one_sentence(tmp_path, capsys):
 
 
 def test_plot_pictures_show_results_with_not_done_frames_masked(tmp_path, client, capsys):
-    from framebag.plot import _figure_for
+    from framebag.plot import _about, _figure_for
 
     path = tmp_path / "scan.h5"
     complete = np.ones((6, 8), dtype=bool)
@@ -213,26 +213,53 @@ def test_plot_pictures_show_results_with_not_done_frames_masked(tmp_path, client
     def mean(frame):
         return frame
 
+    @wf.frame
+    def tilt(frame, *, offset=30.0):  # both signs
+        return frame.mean() - offset
+
+    @wf.frame(fold="histogram", bins=8, range=(0, 512))
+    def counts(frame):
+        return frame
+
     out = tmp_path / "out.h5"
-    wf.run(path, out, client=client)
+    middle = float(np.median(data.mean(axis=(2, 3))))
+    wf.run(path, out, client=client, params={"offset": middle})
     pics = tmp_path / "pics"
     assert main(["plot", str(out), "-o", str(pics)]) == 0
     printed = capsys.readouterr().out.split()
-    expect = [str(pics / f"look_{n}.png") for n in ("com", "mean", "rows", "total")]
+    expect = [str(pics / f"look_{n}.png")
+              for n in ("com", "counts", "mean", "rows", "tilt", "total")]
     assert sorted(printed) == expect
     assert all(Path(p).stat().st_size > 5000 for p in expect)
 
     done = complete
     with h5py.File(out, "r") as f:
         g = f["entry/look"]
-        fig = _figure_for("look", "total", g["total"], (6, 8), done)
+        about = _about(g)
+        fig = _figure_for("look", "total", g["total"], (6, 8), done, about)
         im = fig.axes[0].images[0].get_array()
         np.testing.assert_array_equal(im.mask, ~done)
         np.testing.assert_allclose(im.data[done], data.sum(axis=(2, 3))[done])
-        assert fig.axes[0].get_xlabel() == "scan index 1"
-        assert fig.axes[0].get_ylabel() == "scan index 0"
+        assert fig.axes[0].get_xlabel() == "scan axis 1 (fast), index"
+        assert fig.axes[0].get_ylabel() == "scan axis 0 (slow), index"
         assert any(ax.get_ylabel() == "total" for ax in fig.axes[1:])  # the colour bar
-        assert "46/48 frames done" in fig.texts[0].get_text()
+        title = fig.texts[0].get_text()
+        assert f"workflow look: total (fold stack); offset={middle}" in title
+        assert "input scan.h5, 46/48 frames done" in title
+        assert fig.axes[0].images[0].get_cmap().name.startswith("viridis")
+
+        fig = _figure_for("look", "tilt", g["tilt"], (6, 8), done, about)
+        image = fig.axes[0].images[0]
+        assert image.get_cmap().name.startswith("RdBu_r")  # signed: diverging, 0 in the middle
+        assert image.norm.vcenter == 0.0
+
+        fig = _figure_for("look", "counts", g["counts"], (6, 8), done, about)
+        assert "counts (fold histogram)" in fig.texts[0].get_text()
+        line = fig.axes[0].lines[0]
+        np.testing.assert_allclose(line.get_xdata(), np.arange(32, 512, 64))  # bin centres
+        np.testing.assert_array_equal(
+            line.get_ydata(), np.histogram(data[done], bins=8, range=(0, 512))[0])
+        assert fig.axes[0].get_ylabel() == "counts"
 
         fig = _figure_for("look", "com", g["com"], (6, 8), done)
         maps = [ax.images[0].get_array() for ax in fig.axes if ax.images]
@@ -281,7 +308,7 @@ def test_workflows_lists_examples_and_local_files(tmp_path, monkeypatch, capsys)
     blocks = {b.splitlines()[0]: b for b in text.strip().split("\n\n")}
     fs = blocks["framebag.workflows.frame_sum"]
     assert "workflow 'frame_sum': data entry/data/data, keys entry/keys/key_1" in fs
-    assert [ln.split()[:3] for ln in fs.splitlines()[3:6]] == [
+    assert [ln.split()[:3] for ln in fs.splitlines()[4:7]] == [
         ["total", "stack", "per"], ["roi", "stack", "per"], ["brightest", "max", "per"]]
     assert "y0=0 y1=10" in fs and "parameters: --set y0=0 --set y1=10" in fs
     assert "com  stack  batched" in blocks["framebag.workflows.centre_of_mass"]
