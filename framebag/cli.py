@@ -234,9 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGPIPE gives, like the shell's own tools; stdout goes nowhere from here on
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("framebag: interrupted; the output keeps what was done: "
-              "run the same command with --resume to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "output_written", True):
+            print("framebag: interrupted; the output keeps what was done: "
+                  "run the same command with --resume to continue", file=sys.stderr)
+        else:
+            print("framebag: interrupted before any output was written; run the same command "
+                  "to start again", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

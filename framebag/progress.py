@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["Progress", "configure", "summary_line", "LOGGER"]
@@ -261,6 +262,9 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
         )
     configure(quiet)
     wf = load_workflow(workflow)
+    from .output import default_output_path
+
+    out_path = Path(output) if output else default_output_path(input, wf.name)
     progress = Progress(follow=follow, interval=log_interval)
     with ExitStack() as stack:
         if progress.tty and progress.enabled:
@@ -268,8 +272,12 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
 
             stack.enter_context(logging_redirect_tqdm([logging.root, log]))
         stack.callback(progress.close)
-        res = wf.run(input, output, follow=follow, progress=progress, profile=profile,
-                     report=report, announce=not quiet, **options)
+        try:
+            res = wf.run(input, output, follow=follow, progress=progress, profile=profile,
+                         report=report, announce=not quiet, **options)
+        except KeyboardInterrupt as exc:
+            exc.output_written = out_path.exists()  # type: ignore[attr-defined]
+            raise
         progress.finish(res.stats)
     log.info(summary_line(res, follow))
     if report:
