@@ -565,6 +565,21 @@ def job_script(profile: str | os.PathLike | Profile) -> str:
     if not prof.is_batch:
         raise FramebagError(f"profile {str(prof.source)!r} is cluster {prof.cluster!r}, "
                             "which submits no batch jobs and has no job script")
+    iface = prof.options.get("interface")
+    sched = dict(prof.options.get("scheduler_options") or {})
+    if iface and "host" not in sched and "interface" not in sched:
+        import dataclasses
+
+        import psutil
+
+        if iface not in psutil.net_if_addrs():
+            # a preview on a login node or laptop without the compute network: the workers
+            # keep --interface, only the scheduler address in the script is a stand-in
+            log.warning("interface %s is not on this machine: the scheduler address in this "
+                        "preview is 127.0.0.1; a real run must start where %s exists",
+                        iface, iface)
+            sched["host"] = "127.0.0.1"
+            prof = dataclasses.replace(prof, options={**prof.options, "scheduler_options": sched})
     cluster = make_cluster(prof)
     try:
         return str(cluster.job_script())

@@ -64,6 +64,20 @@ def test_yaml_profile_block_loads(where, text, tmp_path):
     assert prof.cluster == yaml.safe_load(text)["cluster"]
 
 
+@pytest.mark.parametrize("where, text", PROFILES, ids=_ids(PROFILES))
+def test_yaml_batch_profile_block_previews_its_job_script(where, text, tmp_path):
+    """``profiles show FILE --job-script`` works here, even without the profile's interface."""
+    path = tmp_path / "doc.yaml"
+    path.write_text(text)
+    prof = profiles.load(path)
+    if not prof.is_batch:
+        pytest.skip(f"{where} is cluster {prof.cluster!r}: no job script")
+    script = profiles.job_script(prof)
+    assert "distributed.cli.dask_worker" in script
+    if prof.options.get("interface"):
+        assert f"--interface {prof.options['interface']}" in script
+
+
 def test_readme_slurm_block_is_the_shipped_file():
     shipped = (ROOT / "cluster_profiles" / "slurm.yaml").read_text()
     readme = [t for w, t in PROFILES if w.startswith("README") and "cluster: slurm" in t]
