@@ -570,7 +570,7 @@ def job_script(profile: str | os.PathLike | Profile) -> str:
     if iface and "host" not in sched and "interface" not in sched:
         import dataclasses
 
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         if iface not in psutil.net_if_addrs():
             # a preview on a login node or laptop without the compute network: the workers

@@ -186,7 +186,7 @@ class Progress:
         new, wall = int(stats["processed"]), float(stats["wall"])
         bar.initial = int(stats.get("resumed", 0))
         bar.n = bar.initial + new
-        from tqdm.std import EMA
+        from tqdm.std import EMA  # type: ignore[import-untyped]
 
         # with no smoothed rate, tqdm shows (n - initial) / elapsed: the summary's rate
         bar._ema_dn, bar._ema_dt, bar.smoothing = EMA(0), EMA(0), 0
@@ -273,8 +273,8 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
             stack.enter_context(logging_redirect_tqdm([logging.root, log]))
         stack.callback(progress.close)
         try:
-            res = wf.run(input, output, follow=follow, progress=progress, profile=profile,
-                         report=report, announce=not quiet, **options)
+            res: Any = wf.run(input, output, follow=follow, progress=progress,
+                              profile=profile, report=report, announce=not quiet, **options)
         except KeyboardInterrupt as exc:
             exc.output_written = out_path.exists()  # type: ignore[attr-defined]
             raise
