@@ -144,9 +144,10 @@ def find(name: str | os.PathLike | None) -> Path:
     names = sorted({n for n, *_ in list_profiles()})
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
+    places = ", ".join(dict.fromkeys(str(p) for _, p in search_path()))
     raise FramebagError(
         f"no profile named {name!r}; {hint}the profiles are {', '.join(names) or 'none'} "
-        f"(framebag profiles lists them, with where each comes from)"
+        f"(looked in {places})"
     )
 
 
