@@ -10,6 +10,9 @@ __version__ = "0.1.0"
 
 from .errors import FramebagError  # noqa: E402
 from .folds import Fold, histogram  # noqa: E402
+from .profiles import workers_skip_main  # noqa: E402
 from .workflow import Workflow, load_workflow  # noqa: E402
 
 __all__ = ["Workflow", "Fold", "histogram", "FramebagError", "load_workflow", "__version__"]
+
+workers_skip_main()  # scripts need no ``if __name__ == "__main__":`` (see the function)

@@ -95,6 +95,8 @@ def describe(entry: Entry) -> list[str]:
         return [*lines, f"  cannot load: {entry.error}"]
     if entry.doc:
         lines.append(f"  {entry.doc}")
+    if entry.path is not None:
+        lines.append(f"  file {entry.path}")
     where = [f"data {wf.data or '-'}", f"keys {', '.join(wf.keys) or '-'}"]
     if wf.finished:
         where.append(f"finished {wf.finished}")

@@ -1,10 +1,11 @@
-"""The command line: ``framebag run | simulate | inspect | profiles | ...``.
+"""The command line of framebag: run, simulate, inspect, plot, workflows, profiles.
 
 Every user-facing failure is one sentence on stderr and a non-zero exit code;
 the traceback is shown only with ``--debug``. Each subcommand other than
 ``run`` lives beside the stage it belongs to and registers itself through
 ``COMMANDS`` below (a module exposing ``add_parser(subparsers)`` whose parser
-sets ``func``).
+sets ``func``). ``--debug``, ``-v`` and ``-q`` are accepted before and after
+the subcommand.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from typing import Any
 from . import __version__
 from .errors import FramebagError
 from .partitions import DEFAULT_PARTITION_BYTES
+
+#: what ``framebag --help`` says framebag is (plain text: argparse prints it as is)
+DESCRIPTION = ("Per-frame jobs on HDF5 detector data, finished or live (SWMR), on a local "
+               "cluster or SLURM/PBS.")
+#: file name endings taken for HDF5 files when telling an input from a workflow
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 
 log = logging.getLogger("framebag")
 
@@ -51,38 +58,63 @@ def _parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size like 16MiB") from None
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that ends each option with its default, where it has one worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS, []):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Once(argparse.Action):
+    """Store an option's value, refusing it a second time (``-o a.h5 -o b.h5``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        had = getattr(namespace, self.dest, None)
+        if had is not None and had != self.default:
+            parser.error(f"{option_string} given twice ({had} and {values}); give it once")
+        setattr(namespace, self.dest, values)
+
+
 def add_run_parser(sub: Any) -> None:
     p = sub.add_parser("run", help="run a workflow over an HDF5 file",
-                       description="Run WORKFLOW (a .py file or dotted module) over INPUT.")
+                       description="Run WORKFLOW (a .py file or dotted module) over INPUT.",
+                       formatter_class=_DefaultsShown)
     p.add_argument("workflow", help="workflow file (.py) or importable module name")
     p.add_argument("input", help="input HDF5 file (never written to)")
-    p.add_argument("-o", "--output", help="output HDF5 file (default: <stem>_<workflow>.h5)")
-    p.add_argument("--profile", help="cluster profile name or YAML file (default: local)")
+    p.add_argument("-o", "--output", action=_Once,
+                   help="output HDF5 file (default: <input stem>_<workflow>.h5)")
+    p.add_argument("--profile", metavar="NAME|FILE",
+                   help="cluster profile name or YAML file (default: local)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
                    help="override a function parameter (repeatable)")
-    p.add_argument("--data", help="data dataset path (overrides the workflow's)")
-    p.add_argument("--keys", action="append", help="key dataset path (repeatable)")
-    p.add_argument("--finished", help="finished-flag dataset path (overrides the workflow's)")
+    p.add_argument("--data", metavar="PATH", help="data dataset path (overrides the workflow's)")
+    p.add_argument("--keys", action="append", metavar="PATH",
+                   help="key dataset path (repeatable; overrides the workflow's)")
+    p.add_argument("--finished", metavar="PATH",
+                   help="finished-flag dataset path (overrides the workflow's)")
     p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
-    p.add_argument("--timeout", type=float, default=60.0,
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="with --follow: stop after this many seconds with no new frame, "
                         "and wait this long for the input file to appear")
-    p.add_argument("--latency", type=float, default=0.25,
+    p.add_argument("--latency", type=float, default=0.25, metavar="S",
                    help="with --follow: send a partial partition after this many seconds")
-    p.add_argument("--partition-bytes", type=_parse_bytes,
+    p.add_argument("--partition-bytes", type=_parse_bytes, metavar="SIZE",
                    default=f"{DEFAULT_PARTITION_BYTES // 2**20}MiB",
-                   help="target bytes of frames per slab read "
-                        f"(default {DEFAULT_PARTITION_BYTES // 2**20}MiB)")
+                   help="target bytes of frames per slab read")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a failing frame stops the run (raise) or is recorded and left (skip)")
-    p.add_argument("--retries", type=int, default=2, help="retries of a failed partition")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="retries of a failed partition")
     p.add_argument("--commit-interval", type=float, metavar="S",
-                   help="seconds between checkpoints of the output (default 0.5; 0.1 with "
+                   help="seconds between checkpoints of the output (default: 0.5, or 0.1 with "
                         "--follow)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="no progress display and no summary line (errors still show)")
+    p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
     p.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                    help="seconds between progress lines when stderr is not a terminal")
     p.add_argument("--plot", action="store_true",
@@ -92,9 +124,33 @@ def add_run_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def _looks_hdf5(path: str) -> bool:
+    return path.lower().endswith(HDF5_SUFFIXES)
+
+
+def _check_run_arguments(args: argparse.Namespace) -> None:
+    """Catch the usual slips in ``run``'s arguments before anything is opened or started."""
+    extra = getattr(args, "extra", None) or []
+    if extra:
+        out = extra[0]
+        if _looks_hdf5(out) and len(extra) == 1:
+            raise FramebagError(f"run takes one INPUT; to name the output file, use -o {out}")
+        raise FramebagError(f"unexpected argument(s) {' '.join(extra)}: run takes WORKFLOW "
+                            "INPUT (see framebag run --help)")
+    if _looks_hdf5(args.workflow) and not _looks_hdf5(args.input):
+        raise FramebagError(
+            f"the arguments are swapped: the WORKFLOW comes first, then the INPUT file: "
+            f"framebag run {args.input} {args.workflow}")
+    if args.profile:
+        from .profiles import find
+
+        find(args.profile)  # an unknown profile is named before the output is checked
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .progress import run_reported
 
+    _check_run_arguments(args)
     run_reported(
         args.workflow, args.input, args.output, quiet=args.quiet, plot=args.plot,
         report=args.report, log_interval=args.log_interval,
@@ -107,16 +163,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_global_flags(p: argparse.ArgumentParser, top: bool) -> None:
+    """``--debug``, ``-v``, ``-q``: on the top parser with defaults, on subcommands without.
+
+    A subcommand's parser copies every default it has over what the top parser
+    parsed, so there they default to SUPPRESS: given after the subcommand they
+    count, left out they leave the top parser's value alone.
+    """
+    defaults = (False, 0, False) if top else (argparse.SUPPRESS,) * 3
+    p.add_argument("--debug", action="store_true", default=defaults[0],
+                   help="show tracebacks and debug logs")
+    p.add_argument("-v", "--verbose", action="count", default=defaults[1],
+                   help="more log output (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", default=defaults[2],
+                   help="no progress display and no summary line (errors still show)")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every subcommand parser below ``parser``, nested ones (``profiles show``) included."""
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                out += [child, *_subparsers(child)]
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="framebag", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="framebag", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"framebag {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     add_run_parser(sub)
     for name in COMMANDS:
         importlib.import_module(name, __package__).add_parser(sub)
+    for child in _subparsers(parser):
+        _add_global_flags(child, top=False)
     return parser
 
 
@@ -125,7 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, rest = parser.parse_known_args(argv)
+        if rest and (args.command != "run" or any(r.startswith("-") for r in rest)):
+            parser.parse_args(argv)  # argparse's own "unrecognized arguments" and exit 2
+        if rest:
+            args.extra = [*args.extra, *rest]
     except SystemExit as exc:
         return int(exc.code or 0)
     level = logging.DEBUG if args.debug else (logging.INFO if args.verbose else logging.WARNING)
@@ -147,9 +234,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGPIPE gives, like the shell's own tools; stdout goes nowhere from here on
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except KeyboardInterrupt:
-        print("framebag: interrupted; the output keeps what was done: "
-              "run the same command with --resume to continue", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if getattr(exc, "output_written", True):
+            print("framebag: interrupted; the output keeps what was done: "
+                  "run the same command with --resume to continue", file=sys.stderr)
+        else:
+            print("framebag: interrupted before any output was written; run the same command "
+                  "to start again", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

@@ -184,6 +184,8 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         "keys": keys,
         "finished": finished or "",
         fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
+        # each function's fold, for readers of the output (framebag plot); not checked on resume
+        "folds": {n: {"fold": f.fold.name, **f.fold.attrs} for n, f in workflow.functions.items()},
     }
     if resume and not out_path.exists():
         log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
@@ -469,8 +471,15 @@ class _Job:
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
         if failure:
-            raise FramebagError(f"{failure}; the frames done so far are kept: fix the function "
-                                "and rerun with --resume, or use --on-error skip")
+            if "needs one shape" in failure or "which gave shape" in failure:
+                advice = ("make the function return one fixed shape for every frame (pad or "
+                          "cut its value to one length), then rerun with --overwrite; "
+                          "--on-error skip would skip every frame that differs")
+            else:
+                advice = ("fix the function and rerun with --overwrite (a changed workflow "
+                          "cannot --resume an output it did not make), or leave the function "
+                          "as it is and rerun with --resume --on-error skip to skip such frames")
+            raise FramebagError(f"{failure}; the frames done so far are kept: {advice}")
         for f in failed:
             group = inflight.pop(f)
             exc = f.exception() if f.status == "error" else None

@@ -41,6 +41,8 @@ class Fold:
     finalize: Callable[[Any], Any] = field(default=lambda acc: acc)
     binop_many: Callable[[Any, Any], Any] | None = None
     is_stack: bool = False
+    #: what a reader of the output needs to draw the result (a histogram's ``bin_edges``)
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not callable(self.initial):
@@ -224,7 +226,8 @@ def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # n
             return a
         return a + b
 
-    return Fold("histogram", _none, binop, combine, binop_many=binop)
+    return Fold("histogram", _none, binop, combine, binop_many=binop,
+                attrs={"bin_edges": edges.tolist()})
 
 
 BUILTIN: dict[str, Callable[[], Fold]] = {

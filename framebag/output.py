@@ -515,8 +515,14 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
         have = attrs.get(key)
         if isinstance(have, bytes):
             have = have.decode()
+        if have != want and key == "workflow_hash":
+            raise FramebagError(
+                f"--resume: the workflow's source file changed since {str(path)!r} was made "
+                f"(its sha256 was {str(have)[:12]}..., now {str(want)[:12]}...), so the frames "
+                "done so far may not match what it computes now; use --overwrite to start again"
+            )
         if have != want:
-            what = {"workflow_hash": "workflow source", "data": "data dataset",
+            what = {"data": "data dataset",
                     "keys": "key datasets"}.get(key, key.replace("_", " "))
             raise FramebagError(
                 f"--resume: {str(path)!r} does not match this run ({what}: {have!r} there, "

@@ -13,6 +13,13 @@ One PNG per result, chosen by the result's shape:
 * a folded 2-D result (a frame-shaped sum, mean, max ...) is an image, a
   folded 1-D result (a histogram ...) a curve.
 
+Every picture says what it shows: the title names the workflow, the function,
+its fold, the parameters and the input file; scan maps are labelled with the
+scan axes (slow and fast), images with the frame pixels; colour bars carry the
+result's ``units`` attribute when it has one; results with both signs use a
+diverging map centred on 0; a histogram is drawn as counts against its bin
+centres (the output's ``folds`` attribute records the edges).
+
 Frames not done (or NaN) are masked: grey in maps, gaps in curves, left out of
 means. The file is read with ``swmr=True``, so a running output can be looked
 at. matplotlib is optional (the ``[plot]`` extra) and drawn through the Agg
@@ -22,6 +29,7 @@ canvas directly, so no GUI backend or global ``pyplot`` state is touched.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 from pathlib import Path
@@ -80,9 +88,10 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
         for wname, g in groups:
             scan_shape = tuple(int(x) for x in g.attrs["scan_shape"])
             done = g["done"][()].astype(bool) if "done" in g else np.ones(scan_shape, bool)
+            about = _about(g)
             for name, ds in results(g):
                 path = outdir / f"{wname}_{name}.png"
-                fig = _figure_for(wname, name, ds, scan_shape, done)
+                fig = _figure_for(wname, name, ds, scan_shape, done, about)
                 if fig is None:
                     log.debug("no picture for %s/%s of shape %s", wname, name, ds.shape)
                     continue
@@ -94,12 +103,33 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
 # choosing a picture ------------------------------------------------------------
 
 
+def _json_attr(g: Any, key: str) -> Any:
+    try:
+        return json.loads(attr_text(g.attrs.get(key)) or "null")
+    except ValueError:
+        return None
+
+
+def _about(g: Any) -> dict[str, Any]:
+    """What a workflow group's provenance says that a title needs: folds, parameters, input."""
+    return {"folds": _json_attr(g, "folds") or {},
+            "parameters": _json_attr(g, "parameters") or {},
+            "input": Path(attr_text(g.attrs.get("input_file"))).name}
+
+
 def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
-                done: np.ndarray) -> Any:
+                done: np.ndarray, about: dict[str, Any] | None = None) -> Any:
+    about = about or {"folds": {}, "parameters": {}, "input": ""}
     is_stack = attr_text(ds.attrs.get("fold")) == "stack"
+    fold_info = about["folds"].get(name) or {}
+    fold = "stack" if is_stack else (fold_info.get("fold") or attr_text(ds.attrs.get("fold")))
     ndone, ntotal = int(done.sum()), done.size
-    head = f"{wname}: {name}"
-    sub = f"{ndone}/{ntotal} frames done"
+    params = ", ".join(f"{k}={v}" for k, v in about["parameters"].items())
+    head = f"workflow {wname}: {name}" + (f" (fold {fold})" if fold else "")
+    head += f"; {params}" if params else "; no parameters"
+    units = attr_text(ds.attrs.get("units"))
+    label = f"{name} ({units})" if units else name
+    sub = (f"input {about['input']}, " if about["input"] else "") + f"{ndone}/{ntotal} frames done"
     if is_stack:
         vshape = tuple(ds.shape[len(scan_shape):])
         curve = len(scan_shape) == 1 and (vshape == () or (
@@ -108,37 +138,44 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
             sub += "; gaps = not done" if curve else "; grey = not done"
         if vshape == ():
             fig, ax = _fig(1)
-            _scan_map(fig, ax[0], _masked(ds[()], done), name)
+            _scan_map(fig, ax[0], _masked(ds[()], done), label)
         elif len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS:
             values = ds[()]
             fig, ax = _fig(vshape[0])
             for c in range(vshape[0]):
-                _scan_map(fig, ax[c], _masked(values[..., c], done), f"{name}[{c}]")
+                _scan_map(fig, ax[c], _masked(values[..., c], done),
+                          f"{name}[{c}]" + (f" ({units})" if units else ""))
         elif len(vshape) == 1:
             fig, ax = _fig(2)
-            _waterfall(fig, ax[0], ax[1], ds, scan_shape, done, name)
+            _waterfall(fig, ax[0], ax[1], ds, scan_shape, done, label)
         elif len(vshape) == 2:
             mean = _stack_mean(ds, scan_shape, done)
             if mean is None:
                 return None
             fig, ax = _fig(1)
-            _image(fig, ax[0], mean, f"mean of {name}")
-            sub = f"mean over the {ndone}/{ntotal} frames done"
+            _image(fig, ax[0], mean, f"mean of {label}")
+            sub = sub.replace(f"{ndone}/{ntotal} frames done",
+                              f"mean over the {ndone}/{ntotal} frames done")
         else:
             return None
     else:
         value = np.asarray(ds[()])
         if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
             return None
-        fold = attr_text(ds.attrs.get("fold")) or "fold"
         fig, ax = _fig(1)
+        edges = np.asarray(fold_info.get("bin_edges") or [], dtype=np.float64)
         if value.ndim == 2:
-            _image(fig, ax[0], value, name)
+            _image(fig, ax[0], value, label)
+        elif fold == "histogram" and edges.size == value.size + 1:
+            centres = (edges[:-1] + edges[1:]) / 2
+            ax[0].plot(centres, value, drawstyle="steps-mid")
+            ax[0].set_xlabel("value (bin centre)" + (f", {units}" if units else ""))
+            ax[0].set_ylabel("counts")
         else:
             ax[0].plot(np.arange(value.size), value, drawstyle="steps-mid")
             ax[0].set_xlabel(f"{name} index")
-            ax[0].set_ylabel(name)
-        sub = f"folded over {ndone}/{ntotal} frames" + (f" ({fold})" if fold != "fold" else "")
+            ax[0].set_ylabel(label)
+        sub = sub.replace("frames done", "frames done, folded")
     fig.suptitle(f"{head}\n{sub}", fontsize=10)
     return fig
 
@@ -161,10 +198,28 @@ def _fig(panels: int) -> tuple[Any, list[Any]]:
     return fig, list(axes)
 
 
-def _cmap() -> Any:
+def _cmap(signed: bool = False) -> Any:
     import matplotlib
 
-    return matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
+    return matplotlib.colormaps["RdBu_r" if signed else "viridis"].with_extremes(bad="0.8")
+
+
+def _colours(values: Any) -> dict[str, Any]:
+    """``imshow`` colour options: viridis, or a diverging map centred on 0 for signed values."""
+    from matplotlib.colors import CenteredNorm
+
+    v = np.ma.masked_invalid(np.ma.asarray(values, dtype=np.float64))
+    if v.count() and v.min() < 0 < v.max():
+        return {"cmap": _cmap(signed=True), "norm": CenteredNorm(vcenter=0.0)}
+    return {"cmap": _cmap()}
+
+
+def _scan_labels(rank: int) -> tuple[str, str]:
+    """(y, x) labels of a scan map: the scan's slow and fast axes, in scan indices."""
+    if rank == 2:
+        return "scan axis 0 (slow), index", "scan axis 1 (fast), index"
+    return (f"scan axes 0..{rank - 2} (slow, flattened), index",
+            f"scan axis {rank - 1} (fast), index")
 
 
 def _integer_ticks(ax: Any) -> None:
@@ -181,28 +236,27 @@ def _scan_map(fig: Any, ax: Any, values: np.ma.MaskedArray, label: str) -> None:
     """A scan-shaped array drawn in scan indices: curve (1-D) or map (2-D and more)."""
     if values.ndim == 1:
         ax.plot(np.arange(values.size), values, marker=".", markersize=3)
-        ax.set_xlabel("scan index 0")
+        ax.set_xlabel("scan axis 0, index")
         ax.set_ylabel(label)
         ax.xaxis.get_major_locator().set_params(integer=True)
         return
     rank = values.ndim
-    ylabel = "scan index 0"
+    ylabel, xlabel = _scan_labels(rank)
     if rank > 2:
-        ylabel = f"scan indices 0..{rank - 2} (flattened)"
         values = values.reshape(-1, values.shape[-1])
     ny, nx = values.shape
     aspect = "equal" if max(ny, nx) <= 4 * min(ny, nx) else "auto"
-    im = ax.imshow(values, cmap=_cmap(), interpolation="nearest", aspect=aspect)
+    im = ax.imshow(values, interpolation="nearest", aspect=aspect, **_colours(values))
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
-    ax.set_xlabel(f"scan index {rank - 1}")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     _integer_ticks(ax)
 
 
 def _image(fig: Any, ax: Any, image: np.ndarray, label: str) -> None:
     """A frame-shaped array: image in pixels with a colour bar."""
-    im = ax.imshow(np.ma.masked_invalid(np.asarray(image, dtype=np.float64)), cmap=_cmap(),
-                   interpolation="nearest")
+    image = np.ma.masked_invalid(np.asarray(image, dtype=np.float64))
+    im = ax.imshow(image, interpolation="nearest", **_colours(image))
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     ax.set_xlabel("frame x (pixel)")
     ax.set_ylabel("frame y (pixel)")
@@ -253,8 +307,8 @@ def _waterfall(fig: Any, ax_w: Any, ax_m: Any, ds: Any, scan_shape: tuple[int, .
         inside = (keep >= base) & (keep < base + len(flat))
         rows[inside] = flat[keep[inside] - base]
     masked = np.ma.masked_array(rows, mask=np.repeat(~row_done[:, None], nvals, axis=1))
-    im = ax_w.imshow(np.ma.masked_invalid(masked), cmap=_cmap(), interpolation="nearest",
-                     aspect="auto")
+    masked = np.ma.masked_invalid(masked)
+    im = ax_w.imshow(masked, interpolation="nearest", aspect="auto", **_colours(masked))
     fig.colorbar(im, ax=ax_w, label=name, shrink=0.9)
     ax_w.set_xlabel(f"{name} index")
     ax_w.set_ylabel("frame (flat scan index)" + (" (sampled)" if keep.size < nframes else ""))

@@ -139,9 +139,15 @@ def find(name: str | os.PathLike | None) -> Path:
             candidate = place / f"{name}{ext}"
             if candidate.is_file():
                 return candidate
+    import difflib
+
+    names = sorted({n for n, *_ in list_profiles()})
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    places = ", ".join(dict.fromkeys(str(p) for _, p in search_path()))
     raise FramebagError(
-        f"no profile named {name!r}; looked in "
-        + ", ".join(str(p) for _, p in search_path())
+        f"no profile named {name!r}; {hint}the profiles are {', '.join(names) or 'none'} "
+        f"(looked in {places})"
     )
 
 
@@ -422,6 +428,9 @@ def resolved(prof: Profile) -> dict[str, Any]:
         elif prof.scale:
             out["scale"] = dict(prof.scale)
         out["options"] = cluster_options(prof)
+        for key in ("python", "job_script_prologue"):  # where the documented format has them
+            if key in out["options"]:
+                out[key] = out["options"].pop(key)
     if prof.is_batch or prof.cluster == "address":
         out["first_worker_timeout"] = prof.first_worker_timeout
     return out
@@ -557,6 +566,21 @@ def job_script(profile: str | os.PathLike | Profile) -> str:
     if not prof.is_batch:
         raise FramebagError(f"profile {str(prof.source)!r} is cluster {prof.cluster!r}, "
                             "which submits no batch jobs and has no job script")
+    iface = prof.options.get("interface")
+    sched = dict(prof.options.get("scheduler_options") or {})
+    if iface and "host" not in sched and "interface" not in sched:
+        import dataclasses
+
+        import psutil  # type: ignore[import-untyped]
+
+        if iface not in psutil.net_if_addrs():
+            # a preview on a login node or laptop without the compute network: the workers
+            # keep --interface, only the scheduler address in the script is a stand-in
+            log.warning("interface %s is not on this machine: the scheduler address in this "
+                        "preview is 127.0.0.1; a real run must start where %s exists",
+                        iface, iface)
+            sched["host"] = "127.0.0.1"
+            prof = dataclasses.replace(prof, options={**prof.options, "scheduler_options": sched})
     cluster = make_cluster(prof)
     try:
         return str(cluster.job_script())
@@ -572,27 +596,74 @@ def _first_line_of_stderr(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _queue_states(kind: str, ids: list[str]) -> dict[str, str] | None:
-    """SLURM job states of ``ids`` (ended jobs are absent); ``None`` where we cannot ask."""
+#: SLURM reasons for a pending job that no waiting clears: the job asks for what the
+#: partition, the nodes or the account can never give (``squeue``'s REASON column)
+NEVER_STARTS = {
+    "PartitionConfig": "the job asks for more than any node of the partition has (cores, "
+                       "memory or nodes)",
+    "BadConstraints": "the job's constraints can never be met",
+    "PartitionNodeLimit": "the job asks for more nodes than the partition allows",
+    "PartitionTimeLimit": "the walltime is above the partition's time limit",
+    "InvalidAccount": "the account is not valid",
+    "InvalidQOS": "the QOS is not valid",
+    "QOSMaxWallDurationPerJobLimit": "the walltime is above the QOS's limit",
+    "QOSMaxCpuPerJobLimit": "the job asks for more cores than the QOS allows",
+    "QOSMaxMemoryPerJob": "the job asks for more memory than the QOS allows",
+}
+
+#: seconds between "still waiting" lines while no worker has connected
+DEFAULT_REPORT_EVERY = 15.0
+
+
+def _queue_states(kind: str, ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """SLURM ``(state, reason)`` of ``ids`` (ended jobs are absent); ``None`` where we cannot ask.
+
+    PBS and the other kinds give no reason column this cheaply; they get ``None``.
+    """
     if kind != "slurm" or not ids:
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(ids)],
+        out = subprocess.run(["squeue", "-h", "-o", "%i %T %r", "-j", ",".join(ids)],
                              capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
         return None
-    return dict(line.split(None, 1) for line in out.stdout.splitlines() if " " in line)
+    states = {}
+    for line in out.stdout.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2:
+            states[parts[0]] = (parts[1], parts[2].strip() if len(parts) > 2 else "")
+    return states
+
+
+def _shown(ids: list[str], states: dict[str, tuple[str, str]]) -> str:
+    """``12 PENDING (Resources), 13 RUNNING`` for the jobs in ``ids``."""
+    out = []
+    for j in ids:
+        state, reason = states.get(j, ("", ""))
+        if not state:
+            out.append(j)
+        elif reason and reason != "None":
+            out.append(f"{j} {state} ({reason})")
+        else:
+            out.append(f"{j} {state}")
+    return ", ".join(out) or "none"
 
 
 def _wait_first_worker(client: Any, cluster: Any, prof: Profile, ledger: _Ledger,
-                       timeout: float) -> None:
-    """Block until one worker connected; explain why not within ``timeout`` seconds."""
+                       timeout: float, report_every: float = DEFAULT_REPORT_EVERY) -> None:
+    """Block until one worker connected; explain why not within ``timeout`` seconds.
+
+    Every ``report_every`` seconds it logs which jobs are waiting and why (the
+    scheduler's reason, where it gives one); a job pending for a reason that can
+    never clear (:data:`NEVER_STARTS`) stops the wait at once.
+    """
     kind = prof.cluster
     submit = cluster.job_cls.submit_command
-    deadline = time.monotonic() + timeout
-    last_check = 0.0
+    start = time.monotonic()
+    deadline = start + timeout
+    last_check = last_report = 0.0
     while True:
         if ledger.errors:
             raise FramebagError(
@@ -613,12 +684,27 @@ def _wait_first_worker(client: Any, cluster: Any, prof: Profile, ledger: _Ledger
                 raise FramebagError(_no_worker_message(
                     prof, ids, cluster, f"{kind} job(s) {', '.join(ids)} ended before any "
                     "worker connected"))
+            stuck = {r for st, r in (states or {}).values() if st == "PENDING" and
+                     r in NEVER_STARTS}
+            if stuck and all(st == "PENDING" and r in NEVER_STARTS
+                             for st, r in (states or {}).values()):
+                reason = sorted(stuck)[0]
+                opts = cluster_options(prof)
+                asked = ", ".join(f"{k} {opts[k]}" for k in ("cores", "memory", "walltime",
+                                                             "queue") if opts.get(k))
+                raise FramebagError(
+                    f"profile {str(prof.source)!r}: {kind} job(s) {_shown(ids, states or {})} "
+                    f"can never start: {NEVER_STARTS[reason]} (asked: {asked}); lower the "
+                    "options in the profile to what the nodes have (sinfo -N -l shows them)")
+            if now - last_report >= report_every and now - start >= report_every:
+                last_report = now
+                log.warning("waiting for the first worker (%.0f s of %g s): %s job(s) %s",
+                            now - start, timeout, kind, _shown(ids, states or {}))
         if now >= deadline:
             states = _queue_states(kind, ids) or {}
-            shown = ", ".join(f"{j} ({states[j]})" if j in states else j for j in ids) or "none"
             raise FramebagError(_no_worker_message(
                 prof, ids, cluster, f"no worker connected within {timeout:g} s; "
-                f"{kind} job(s) {shown}"))
+                f"{kind} job(s) {_shown(ids, states)}"))
 
 
 def _no_worker_message(prof: Profile, ids: list[str], cluster: Any, what: str) -> str:
@@ -666,6 +752,40 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: the name distributed's Nanny gives the worker processes it starts
+_WORKER_PROCESS = "Dask Worker process"
+
+
+def workers_skip_main() -> None:
+    """Let dask start local worker processes without re-running the user's script.
+
+    multiprocessing's spawn (dask's default for local workers) re-imports the
+    parent's ``__main__`` in every child, so a script that calls ``wf.run()``
+    or ``Client()`` without ``if __name__ == "__main__":`` would start a cluster
+    again inside each worker, which fails with "Nanny failed to start". A worker
+    needs nothing from ``__main__``: distributed pickles what is defined there by
+    value (cloudpickle), and framebag does the same for workflow files. So this
+    drops ``__main__`` from what spawn hands to the processes a Nanny starts
+    (recognised by their name), and from no other process. Called once, on
+    ``import framebag``; calling it again changes nothing.
+    """
+    import multiprocessing.spawn as spawn
+
+    original = spawn.get_preparation_data
+    if getattr(original, "_framebag", False):
+        return
+
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data = original(name)
+        if str(name).startswith(_WORKER_PROCESS):
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+        return data
+
+    get_preparation_data._framebag = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = get_preparation_data
+
+
 def _announce(client: Any, prof: Profile) -> None:
     import importlib.util
 
@@ -683,14 +803,16 @@ def _announce(client: Any, prof: Profile) -> None:
 @contextmanager
 def start_client(profile: str | os.PathLike | Profile | None = None, *,
                  first_worker_timeout: float | None = None,
-                 announce: bool = True) -> Iterator[Any]:
+                 announce: bool = True,
+                 report_every: float = DEFAULT_REPORT_EVERY) -> Iterator[Any]:
     """Start the profile's cluster, yield a connected ``distributed.Client``, shut it all down.
 
     For batch kinds the jobs of ``scale:`` (or ``adapt: minimum_jobs``, at least
     one) are submitted and the first worker is awaited for
     ``first_worker_timeout`` seconds (default: the profile's, else 600); past it,
     a :class:`FramebagError` names the job ids, the log directory and the usual
-    causes. ``adapt:`` takes over once the first worker is up. On leaving, by
+    causes; meanwhile, every ``report_every`` seconds, a warning says which jobs
+    wait and why. ``adapt:`` takes over once the first worker is up. On leaving, by
     return, error, Ctrl-C or SIGTERM, every job framebag submitted is cancelled.
     The dashboard link is printed on stderr unless ``announce`` is false.
     """
@@ -727,7 +849,7 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
                     cluster.scale(jobs=first)
                 else:
                     cluster.scale(**prof.scale)
-                _wait_first_worker(client, cluster, prof, ledger, timeout)
+                _wait_first_worker(client, cluster, prof, ledger, timeout, report_every)
                 log.info("first worker connected; job(s) %s", ", ".join(ledger.submitted))
             elif prof.scale:
                 cluster.scale(**prof.scale)

@@ -32,14 +32,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not rows:
         raise FramebagError("no profile found; looked in "
                             + ", ".join(str(p) for _, p in profiles.search_path()))
-    width = max(len(name) for name, *_ in rows)
+    table = [("NAME", "CLUSTER", "FOUND IN", "FILE")]
     for name, label, path, shadowed in rows:
         try:
             kind = profiles.load(path).cluster
         except FramebagError:
             kind = "INVALID (framebag profiles show for why)"
         note = "  (shadowed by the one above)" if shadowed else ""
-        print(f"{name:<{width}}  {kind:<8}  {label:<18}  {path}{note}")
+        table.append((name, kind, label, f"{path}{note}"))
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(f"{c:<{w}}" for c, w in zip(row[:3], widths)) + f"  {row[3]}")
     return 0
 
 

@@ -2,8 +2,11 @@
 
 :class:`Progress` is the ``progress=`` callback of :func:`framebag.engine.run`.
 On a terminal it drives a tqdm bar of frames done out of frames complete, with
-tqdm's own rate (frames/s) and ETA; when following a live file the bar's
-postfix adds how much of the scan is complete so far. When stderr is not a
+tqdm's own rate (frames/s) and ETA. When following a live file the bar is the
+scan instead (frames done out of the whole scan), and its postfix says how many
+frames are complete but not done yet. At the end :meth:`Progress.finish` sets
+the bar's rate to the one the summary line gives (this run's frames over the
+run's wall time), so the two agree. When stderr is not a
 terminal (a batch job's log, a pipe) it writes a plain log line every
 ``interval`` seconds instead. Lines go through the standard logger
 ``framebag.progress``; :func:`configure` gives it a stderr handler so that
@@ -20,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["Progress", "configure", "summary_line", "LOGGER"]
@@ -120,15 +124,17 @@ class Progress:
             except (OSError, AttributeError, ValueError):
                 width = height = 0
             # a pseudo-terminal may report a 0x0 size, on which tqdm would draw nothing
-            self.bar = tqdm(total=complete, initial=processed, unit="frame", file=self.stream,
-                            ncols=width or 100, nrows=height or 24, dynamic_ncols=width > 0,
-                            mininterval=0.2, smoothing=0.1, desc="done/complete",
+            self.bar = tqdm(total=total if self.follow else complete, initial=processed,
+                            unit="frame", file=self.stream, ncols=width or 100,
+                            nrows=height or 24, dynamic_ncols=width > 0, mininterval=0.2,
+                            smoothing=0.1, desc="done/scan" if self.follow else "done/complete",
                             leave=True)
         bar = self.bar
-        if bar.total != complete:
-            bar.total = complete
+        want = total if self.follow else complete
+        if bar.total != want:
+            bar.total = want  # a growing scan, or frames completing while not following
         if self.follow:
-            postfix = f"scan {complete}/{total} complete" + self._partly()
+            postfix = f"{complete - processed} complete, waiting" + self._partly()
             if postfix != self._postfix:
                 self._postfix = postfix
                 bar.set_postfix_str(postfix, refresh=False)
@@ -166,6 +172,28 @@ class Progress:
         """Frames seen (some key set) but not yet complete, when there are any."""
         partly = self.state.get("seen", 0) - self.state.get("complete", 0)
         return f" (+{partly} partly keyed)" if partly > 0 else ""
+
+    def finish(self, stats: dict[str, Any]) -> None:
+        """Draw the bar a last time with the run's final count and the summary line's rate.
+
+        ``stats`` is the engine's ``Results.stats``: the rate shown becomes this
+        run's frames (``processed``) over its wall time (``wall``), as in
+        :func:`summary_line`, instead of tqdm's smoothed recent rate.
+        """
+        bar = self.bar
+        if bar is None:
+            return
+        new, wall = int(stats["processed"]), float(stats["wall"])
+        bar.initial = int(stats.get("resumed", 0))
+        bar.n = bar.initial + new
+        from tqdm.std import EMA  # type: ignore[import-untyped]
+
+        # with no smoothed rate, tqdm shows (n - initial) / elapsed: the summary's rate
+        bar._ema_dn, bar._ema_dt, bar.smoothing = EMA(0), EMA(0), 0
+        bar.start_t = bar._time() - wall
+        if self.follow:
+            bar.set_postfix_str("", refresh=False)
+        bar.refresh()
 
     def close(self) -> None:
         """Finish the bar (leaving it on screen) so the summary prints below it."""
@@ -234,6 +262,9 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
         )
     configure(quiet)
     wf = load_workflow(workflow)
+    from .output import default_output_path
+
+    out_path = Path(output) if output else default_output_path(input, wf.name)
     progress = Progress(follow=follow, interval=log_interval)
     with ExitStack() as stack:
         if progress.tty and progress.enabled:
@@ -241,8 +272,13 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
 
             stack.enter_context(logging_redirect_tqdm([logging.root, log]))
         stack.callback(progress.close)
-        res = wf.run(input, output, follow=follow, progress=progress, profile=profile,
-                     report=report, announce=not quiet, **options)
+        try:
+            res: Any = wf.run(input, output, follow=follow, progress=progress,
+                              profile=profile, report=report, announce=not quiet, **options)
+        except KeyboardInterrupt as exc:
+            exc.output_written = out_path.exists()  # type: ignore[attr-defined]
+            raise
+        progress.finish(res.stats)
     log.info(summary_line(res, follow))
     if report:
         log.info("performance report in %s", report)

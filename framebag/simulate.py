@@ -58,21 +58,43 @@ def _bases(seed: int, frame_shape: tuple[int, ...], high: int) -> tuple[np.ndarr
             rng.integers(0, high, size=frame_shape, dtype=np.uint32))
 
 
+#: frames the simulated disk takes to go once round its circle (the default scan's 600)
+DISK_PERIOD = 600.0
+
+
 def frames_at(seed: int, flat: np.ndarray, frame_shape: tuple[int, ...],
               dtype: str | np.dtype = "uint16") -> np.ndarray:
     """The frames the simulator writes at flat scan indices ``flat``, as one stack.
 
-    A pure function of its inputs: ``(A + B * (i % 251) + i) % high`` for two
-    random images ``A``, ``B`` drawn from ``seed``, so every frame differs in its
-    pixels and its sum (the pattern repeats only after 251 * high frames). It is
-    cheap enough (about 60 us per 128x128 frame) for a simulator at 1000 frames/s
-    on a busy machine; ``high`` is 1000, or less for a narrow integer dtype.
+    A pure function of its inputs: a bright disk (value ``high // 2``, radius a
+    tenth of the smaller frame side) whose centre goes round a circle about the
+    frame's centre once every :data:`DISK_PERIOD` frames, on top of noise
+    ``(A + B * (i % 251) + i) % (high // 5)`` for two random images ``A``, ``B``
+    drawn from ``seed``. So sums, regions of interest, maxima and centres of mass
+    show a picture, and every frame still differs in its pixels and its sum
+    (the noise repeats only after 251 * (high // 5) frames). It is cheap enough
+    (well under 100 us per 128x128 frame) for a simulator at 1000 frames/s on a
+    busy machine; ``high`` is 1000, or less for a narrow integer dtype.
     """
     dtype = np.dtype(dtype)
     high = min(1000, int(np.iinfo(dtype).max) + 1) if dtype.kind in "iu" else 1000
-    a, b = _bases(int(seed), tuple(int(x) for x in frame_shape), high)
-    flat = np.asarray(flat, dtype=np.uint32).reshape((-1,) + (1,) * len(frame_shape))
-    out = (a + b * (flat % np.uint32(251)) + flat) % np.uint32(high)
+    shape = tuple(int(x) for x in frame_shape)
+    noise_high = max(2, high // 5)
+    a, b = _bases(int(seed), shape, noise_high)
+    flat = np.asarray(flat, dtype=np.uint32).reshape(-1)
+    i = flat.reshape((-1,) + (1,) * len(shape))
+    out = (a + b * (i % np.uint32(251)) + i) % np.uint32(noise_high)
+    if shape:
+        radius = max(1.0, min(shape) / 10.0)
+        angle = 2 * np.pi * flat / DISK_PERIOD
+        d2 = np.zeros((flat.size,) + (1,) * len(shape), dtype=np.float32)
+        for k, n in enumerate(shape):  # the last two dims: cos and sin of the angle
+            turn = np.sin(angle) if (len(shape) - k) % 2 == 0 else np.cos(angle)
+            centre = ((n - 1) * (0.5 + 0.38 * turn)).astype(np.float32)
+            axis = np.arange(n, dtype=np.float32).reshape(
+                (1,) + tuple(n if j == k else 1 for j in range(len(shape))))
+            d2 = d2 + (axis - centre.reshape((-1,) + (1,) * len(shape))) ** 2
+        out = out + np.uint32(high // 2) * (d2 <= radius * radius)
     return out.astype(dtype, copy=False)
 
 

@@ -33,6 +33,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,59 @@ class FrameFunction:
 
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {k: params.get(k, v) for k, v in self.defaults.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # unpickled on a worker: name the workflow file again in the code (see _named_code)
+        self.__dict__.update(state)
+        self.func = _named_code(self.func)
+
+
+#: the file name cloudpickle gives every code object it pickles by value
+_DYNAMIC = "<dynamic-code>"
+
+
+def _recode(code: types.CodeType, filename: str) -> types.CodeType:
+    consts = tuple(_recode(c, filename) if isinstance(c, types.CodeType) else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)
+
+
+def _named_code(func: Any) -> Any:
+    """``func`` with the functions of its workflow file naming that file again.
+
+    cloudpickle (3.x) rebuilds a function pickled by value with the file name
+    ``<dynamic-code>``, so a warning or traceback raised in it on a worker says
+    ``<dynamic-code>:8``. Its globals still hold the file's ``__file__``: every
+    function of that file (the registered one and the helpers it calls, which
+    share those globals) gets its code back under that name, so warnings and
+    tracebacks show the workflow file, its line and the source text.
+    """
+    if not isinstance(func, types.FunctionType):
+        return func
+    glob = func.__globals__
+    filename = glob.get("__file__")
+    if not isinstance(filename, str):
+        return func
+    for value in [func, *glob.values()]:
+        if (isinstance(value, types.FunctionType) and value.__globals__ is glob
+                and value.__code__.co_filename == _DYNAMIC):
+            value.__code__ = _recode(value.__code__, filename)
+    return func
+
+
+def _user_line(exc: BaseException) -> str:
+    """`` (file:line)`` of the innermost traceback entry outside framebag and the libraries."""
+    import traceback
+
+    ours = str(Path(__file__).parent)
+    libs = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    where = ""
+    for entry in traceback.extract_tb(exc.__traceback__):
+        name = entry.filename
+        if name.startswith(ours) or name.startswith(libs) or name.startswith("<"):
+            continue
+        where = f" (at {name}:{entry.lineno})"
+    return where
 
 
 @dataclass
@@ -305,6 +359,7 @@ class Workflow:
         if on_error != "skip":
             raise FrameError(
                 f"function {fname!r} failed on frame {scan_index(flat, scan_shape)}: {message}"
+                f"{_user_line(exc)}"
             ) from exc
         done[i] = False
         errors.append((flat, fname, message))

@@ -211,8 +211,12 @@ def test_show_prints_the_resolved_profile(tmp_path, capsys):
     shown = yaml.safe_load(out)
     assert shown["cluster"] == "slurm" and shown["adapt"] == {"minimum_jobs": 0,
                                                                "maximum_jobs": 5}
-    assert shown["options"]["queue"] == "short" and shown["options"]["python"] == sys.executable
+    assert shown["options"]["queue"] == "short" and "python" not in shown["options"]
+    assert shown["python"] == sys.executable  # at the top level, as the documented format has it
     assert shown["first_worker_timeout"] == profiles.DEFAULT_FIRST_WORKER_TIMEOUT
+    # what show prints is itself a valid profile, which resolves to the same
+    again = write(tmp_path / "again.yaml", shown)
+    assert profiles.resolved(profiles.load(again)) == profiles.resolved(profiles.load("site"))
 
 
 def test_cli_lists_profiles_with_their_source(tmp_path, capsys):
@@ -220,6 +224,7 @@ def test_cli_lists_profiles_with_their_source(tmp_path, capsys):
     write(tmp_path / "cluster_profiles" / "broken.yaml", "cluster: [\n")
     assert main(["profiles"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "CLUSTER", "FOUND", "IN", "FILE"]
     mine = [ln for ln in lines if ln.startswith("slurm") and "./cluster_profiles" in ln]
     packaged = [ln for ln in lines if ln.startswith("slurm") and "packaged" in ln]
     assert mine and packaged and "shadowed" in packaged[0] and "shadowed" not in mine[0]

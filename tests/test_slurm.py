@@ -263,3 +263,63 @@ def test_ctrl_c_and_sigterm_cancel_the_jobs(tmp_path, make_scan, sig):
             proc.kill()
     assert proc.returncode == 130, err
     assert gone(ids), f"job(s) {ids} still queued after Ctrl-C"
+
+
+def test_job_that_can_never_start_stops_the_wait_with_the_reason(tmp_path):
+    """More cores than any node has: PENDING (PartitionConfig) is said at once, not waited out."""
+    prof = write_profile(tmp_path / "big.yaml", jobs=1, timeout=300, cores=64, processes=1)
+    t0 = time.monotonic()
+    with pytest.raises(FramebagError) as info:
+        with start_client(prof, announce=False):
+            pytest.fail("a job that can never start yielded a client")
+    msg = str(info.value)
+    assert "can never start" in msg and "PENDING (PartitionConfig)" in msg, msg
+    assert "more than any node of the partition has" in msg and "cores 64" in msg, msg
+    assert time.monotonic() - t0 < 60
+    ids = [w for w in msg.replace(",", " ").split() if w.isdigit()]
+    assert ids and gone(ids), f"job(s) {ids} left queued"
+
+
+def test_waiting_for_the_first_worker_says_which_jobs_pend_and_why(tmp_path, caplog):
+    import logging
+
+    prof = write_profile(tmp_path / "later.yaml", jobs=1, timeout=5,
+                         job_extra_directives=["--begin=now+1hour"])
+    with caplog.at_level(logging.WARNING, logger="framebag"):
+        with pytest.raises(FramebagError, match=r"PENDING \(BeginTime\)"):
+            with start_client(prof, announce=False, report_every=1.0):
+                pytest.fail("a job that cannot start yet yielded a client")
+    waits = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("waiting for the first worker")]
+    assert len(waits) >= 2, waits  # one a second, for ~4 s
+    assert all("slurm job(s)" in w and "PENDING (BeginTime)" in w for w in waits), waits
+
+
+def test_sigterm_before_any_output_does_not_promise_one(tmp_path, make_scan):
+    inp, _ = make_scan((2, 2), (8, 8))
+    name = f"fb-early-term-{os.getpid()}"
+    prof = write_profile(tmp_path / "later.yaml", jobs=1, timeout=120,
+                         job_extra_directives=["--begin=now+1hour", f"--job-name={name}"])
+    out = tmp_path / "out.h5"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framebag.cli", "run", str(FRAME_SUM), str(inp), "-o", str(out),
+         "--profile", str(prof)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        ids: list[str] = []
+        while not ids and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            ids = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True,
+                                 text=True, timeout=10).stdout.split()
+        assert ids, "the job was never queued"
+        proc.send_signal(15)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert not out.exists()
+    assert "the output keeps what was done" not in err
+    assert "interrupted before any output was written" in err, err
+    assert gone(ids)

@@ -186,7 +186,7 @@ def test_inspect_bad_file_is_one_sentence(tmp_path, capsys):
 
 
 def test_plot_pictures_show_results_with_not_done_frames_masked(tmp_path, client, capsys):
-    from framebag.plot import _figure_for
+    from framebag.plot import _about, _figure_for
 
     path = tmp_path / "scan.h5"
     complete = np.ones((6, 8), dtype=bool)
@@ -213,26 +213,53 @@ def test_plot_pictures_show_results_with_not_done_frames_masked(tmp_path, client
     def mean(frame):
         return frame
 
+    @wf.frame
+    def tilt(frame, *, offset=30.0):  # both signs
+        return frame.mean() - offset
+
+    @wf.frame(fold="histogram", bins=8, range=(0, 512))
+    def counts(frame):
+        return frame
+
     out = tmp_path / "out.h5"
-    wf.run(path, out, client=client)
+    middle = float(np.median(data.mean(axis=(2, 3))))
+    wf.run(path, out, client=client, params={"offset": middle})
     pics = tmp_path / "pics"
     assert main(["plot", str(out), "-o", str(pics)]) == 0
     printed = capsys.readouterr().out.split()
-    expect = [str(pics / f"look_{n}.png") for n in ("com", "mean", "rows", "total")]
+    expect = [str(pics / f"look_{n}.png")
+              for n in ("com", "counts", "mean", "rows", "tilt", "total")]
     assert sorted(printed) == expect
     assert all(Path(p).stat().st_size > 5000 for p in expect)
 
     done = complete
     with h5py.File(out, "r") as f:
         g = f["entry/look"]
-        fig = _figure_for("look", "total", g["total"], (6, 8), done)
+        about = _about(g)
+        fig = _figure_for("look", "total", g["total"], (6, 8), done, about)
         im = fig.axes[0].images[0].get_array()
         np.testing.assert_array_equal(im.mask, ~done)
         np.testing.assert_allclose(im.data[done], data.sum(axis=(2, 3))[done])
-        assert fig.axes[0].get_xlabel() == "scan index 1"
-        assert fig.axes[0].get_ylabel() == "scan index 0"
+        assert fig.axes[0].get_xlabel() == "scan axis 1 (fast), index"
+        assert fig.axes[0].get_ylabel() == "scan axis 0 (slow), index"
         assert any(ax.get_ylabel() == "total" for ax in fig.axes[1:])  # the colour bar
-        assert "46/48 frames done" in fig.texts[0].get_text()
+        title = fig.texts[0].get_text()
+        assert f"workflow look: total (fold stack); offset={middle}" in title
+        assert "input scan.h5, 46/48 frames done" in title
+        assert fig.axes[0].images[0].get_cmap().name.startswith("viridis")
+
+        fig = _figure_for("look", "tilt", g["tilt"], (6, 8), done, about)
+        image = fig.axes[0].images[0]
+        assert image.get_cmap().name.startswith("RdBu_r")  # signed: diverging, 0 in the middle
+        assert image.norm.vcenter == 0.0
+
+        fig = _figure_for("look", "counts", g["counts"], (6, 8), done, about)
+        assert "counts (fold histogram)" in fig.texts[0].get_text()
+        line = fig.axes[0].lines[0]
+        np.testing.assert_allclose(line.get_xdata(), np.arange(32, 512, 64))  # bin centres
+        np.testing.assert_array_equal(
+            line.get_ydata(), np.histogram(data[done], bins=8, range=(0, 512))[0])
+        assert fig.axes[0].get_ylabel() == "counts"
 
         fig = _figure_for("look", "com", g["com"], (6, 8), done)
         maps = [ax.images[0].get_array() for ax in fig.axes if ax.images]
@@ -281,7 +308,7 @@ def test_workflows_lists_examples_and_local_files(tmp_path, monkeypatch, capsys)
     blocks = {b.splitlines()[0]: b for b in text.strip().split("\n\n")}
     fs = blocks["framebag.workflows.frame_sum"]
     assert "workflow 'frame_sum': data entry/data/data, keys entry/keys/key_1" in fs
-    assert [ln.split()[:3] for ln in fs.splitlines()[3:6]] == [
+    assert [ln.split()[:3] for ln in fs.splitlines()[4:7]] == [
         ["total", "stack", "per"], ["roi", "stack", "per"], ["brightest", "max", "per"]]
     assert "y0=0 y1=10" in fs and "parameters: --set y0=0 --set y1=10" in fs
     assert "com  stack  batched" in blocks["framebag.workflows.centre_of_mass"]
@@ -324,7 +351,10 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
 
 
 def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
-    """On a real pseudo-terminal the bar redraws in place; following, it shows the scan."""
+    """On a real pseudo-terminal the bar redraws in place; following, the bar is the scan.
+
+    Frames complete but not done show apart, and the last rate drawn is the summary's.
+    """
     master, slave = pty.openpty()
     code = ("import time\n"
             "from framebag.progress import Progress, configure\n"
@@ -334,6 +364,7 @@ def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
             "for i in range(6):\n"
             "    p({'processed': 20 * i, 'complete': 40 + 12 * i, 'total': 200, 'inflight': 1})\n"
             "    time.sleep(0.25)\n"
+            "p.finish({'processed': 100, 'resumed': 0, 'wall': 4.0})\n"
             "p.close()\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=slave, stdout=slave)
     os.close(slave)
@@ -344,11 +375,12 @@ def test_progress_bar_on_a_terminal_shows_done_complete_rate_and_scan(tmp_path):
         os.close(master)
     assert proc.returncode == 0, raw
     text = raw.decode("utf-8", "replace")
-    states = [s for s in text.split("\r") if "done/complete" in s]
+    states = [s for s in text.split("\r") if "done/scan" in s]
     assert len(states) >= 3  # redrawn in place
+    assert any(" 20/200 " in s and "32 complete, waiting" in s for s in states)
     last = states[-1]
-    assert "100/100" in last and "scan 100/200 complete" in last and "frame/s" in last
-    assert any("40/64" in s for s in states)
+    assert " 50%|" in last and "100/200" in last
+    assert "25.00frame/s" in last  # 100 frames in 4.0 s, as the summary line says
 
 
 def test_progress_lines_quiet_and_resume_summary(tmp_path):
@@ -487,3 +519,145 @@ def test_follow_lines_count_frames_seen_but_not_complete():
     p({"processed": 0, "complete": 10, "seen": 14, "total": 40, "inflight": 1})
     p({"processed": 5, "complete": 12, "seen": 15, "total": 40, "inflight": 1})
     assert "scan 12/40 complete (+3 partly keyed), 28 not yet" in stream.getvalue()
+
+
+# messages that lead somewhere (issue 14) ---------------------------------------------
+
+
+def _cli(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "framebag.cli", *argv], capture_output=True,
+                          text=True, env=_env(), timeout=120, cwd=cwd)
+
+
+def test_global_flags_work_after_the_subcommand(tmp_path):
+    """--debug, -v and -q before or after the subcommand; --debug there shows the traceback."""
+    for argv in (["--debug", "inspect", str(tmp_path / "nope.h5")],
+                 ["inspect", str(tmp_path / "nope.h5"), "--debug"]):
+        out = _cli(*argv)
+        assert out.returncode != 0 and "Traceback" in out.stderr, (argv, out.stderr)
+    out = _cli("inspect", str(tmp_path / "nope.h5"), "-v", "-q")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("framebag: error: ") and out.stderr.count("\n") == 1
+    out = _cli("profiles", "show", "local", "--debug")
+    assert out.returncode == 0, out.stderr
+
+
+def test_help_is_plain_and_run_help_shows_every_default():
+    top = _cli("--help").stdout
+    assert "``" not in top and ":class:" not in top and "Per-frame jobs" in top
+    text = " ".join(_cli("run", "--help").stdout.split())
+    for default in ("(default: 60.0)", "(default: 0.25)", "(default: 2)", "(default: raise)",
+                    "(default: 10.0)", "(default: 32MiB)", "(default: local)"):
+        assert default in text, default
+    workflows = _cli("workflows").stdout
+    assert "seeds" not in workflows
+    assert f"  file {Path(__file__).parents[1] / 'workflows' / 'frame_sum.py'}" in workflows \
+        or "/workflows/frame_sum.py" in workflows
+    assert "sum of every frame" in workflows
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["run", "wf.py", "scan.h5", "out.h5"], "run takes one INPUT; to name the output file, "
+                                            "use -o out.h5"),
+    (["run", "wf.py", "scan.h5", "--follow", "out.h5"], "use -o out.h5"),
+    (["run", "scan.h5", "wf.py"], "the arguments are swapped: the WORKFLOW comes first, then "
+                                  "the INPUT file: framebag run wf.py scan.h5"),
+    (["run", "wf.py", "scan.h5", "-o", "a.h5", "-o", "b.h5"], "-o given twice (a.h5 and b.h5)"),
+    (["run", "wf.py", "scan.h5", "--profile", "slrum"],
+     "no profile named 'slrum'; did you mean 'slurm'? the profiles are address, local, pbs, "
+     "sge, slurm"),
+])
+def test_usual_slips_in_run_arguments_say_what_to_do(tmp_path, argv, says):
+    (tmp_path / "wf.py").write_text("")
+    (tmp_path / "scan.h5").write_bytes(b"")
+    (tmp_path / "out.h5").write_bytes(b"x")  # exists: the profile is checked before that
+    (tmp_path / "a.h5").write_bytes(b"x")
+    out = _cli(*argv, cwd=tmp_path)
+    assert out.returncode == 2 or out.returncode == 1
+    assert says in " ".join(out.stderr.split()), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_function_error_advice_and_resume_rule_agree(tmp_path, client):
+    """The advice after a function error is one that the rules then accept."""
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(3, 4))
+    wf_file = tmp_path / "wf.py"
+    body = ('from framebag import Workflow\n'
+            f'workflow = Workflow("w", data="{DATA}", keys=["{KEY}"])\n'
+            '@workflow.frame\n'
+            'def total(frame, index):\n'
+            '    if tuple(index) == (1, 2):\n'
+            '        raise ValueError("bad frame")\n'
+            '    return int(frame.sum())\n')
+    wf_file.write_text(body)
+    from framebag import FramebagError, load_workflow
+
+    out = tmp_path / "out.h5"
+    with pytest.raises(FramebagError) as err:
+        load_workflow(wf_file).run(path, out, client=client)
+    text = str(err.value)
+    assert "fix the function and rerun with --overwrite" in text
+    assert "--resume --on-error skip" in text
+    # the advice's two ways both work: unchanged function with skip ...
+    res = load_workflow(wf_file).run(path, out, client=client, resume=True, on_error="skip")
+    assert len(res.errors) == 1
+    # ... and the fixed function: --resume is refused in words, --overwrite works
+    wf_file.write_text(body.replace('raise ValueError("bad frame")', 'pass'))
+    with pytest.raises(FramebagError) as err:
+        load_workflow(wf_file).run(path, out, client=client, resume=True)
+    text = str(err.value)
+    assert "the workflow's source file changed" in text and "use --overwrite" in text
+    import re
+
+    assert not re.search(r"[0-9a-f]{20}", text), text  # no raw hash
+    assert "its sha256 was" in text
+    res = load_workflow(wf_file).run(path, out, client=client, overwrite=True)
+    assert res.done.all()
+
+
+def test_shape_mismatch_advice_is_a_fixed_shape_not_skip(tmp_path, client):
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(3, 4))
+    wf = Workflow("ragged", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def peaks(frame, index):
+        return np.zeros(1 + (index[1] % 2))
+
+    from framebag import FramebagError
+
+    with pytest.raises(FramebagError) as err:
+        wf.run(path, tmp_path / "out.h5", client=client)
+    text = str(err.value)
+    assert "return one fixed shape for every frame" in text
+    assert "use --on-error skip" not in text and "or use --on-error skip" not in text
+
+
+def test_warnings_and_errors_from_workers_name_the_workflow_file_and_line(tmp_path):
+    """Functions reach workers pickled by value; their warnings still point into the file."""
+    path = tmp_path / "scan.h5"
+    _blob_scan(path, scan=(4, 6))
+    wf_file = tmp_path / "mywf.py"
+    wf_file.write_text(
+        "import numpy as np\n"
+        "from framebag import Workflow\n"
+        f"workflow = Workflow('w', data='{DATA}', keys=['{KEY}'])\n"
+        "def helper(frame):\n"
+        "    return np.float64(frame.sum()) / np.float64(0)\n"
+        "@workflow.frame\n"
+        "def ratio(frame, index):\n"
+        "    if tuple(index) == (3, 5):\n"
+        "        raise ValueError('bad frame')\n"
+        "    return helper(frame)\n")
+    out = _cli("run", str(wf_file), str(path), "-o", str(tmp_path / "out.h5"), "-q",
+               "--profile", "local", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    err = out.stderr
+    assert "<dynamic-code>" not in err
+    # the warning raised on a worker names the file, its line and shows the source line
+    assert f"{wf_file}:5: RuntimeWarning: divide by zero" in err, err
+    assert "return np.float64(frame.sum()) / np.float64(0)" in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("framebag: error: function 'ratio' failed on frame (3, 5): "
+                           f"ValueError: bad frame (at {wf_file}:9)"), last

@@ -1,4 +1,4 @@
-"""The seeds' example: the sum of every frame, a region of interest, and the brightest pixels."""
+"""The quick start's example: the sum of every frame, a region of interest, the brightest pixels."""
 
 from framebag import Workflow
 
