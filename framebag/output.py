@@ -186,7 +186,7 @@ class OutputFile:
             return
         if any(a[1] > b[0] for a, b in zip(runs, runs[1:])):
             raise FramebagError(f"result {name!r}: one commit holds overlapping runs of frames "
-                                f"(an internal error; please report it)")
+                                "(an internal error; please report it)")
         ds = self.group[name]
         vshape = runs[0][2].shape[1:]
         per_frame = max(1, int(np.prod(vshape, dtype=np.int64)) * ds.dtype.itemsize)
@@ -217,7 +217,16 @@ class OutputFile:
             lo, hi = start, stop
         spans.append((lo, hi))
         zeros = (0,) * len(vshape)
+        one = (1,) * len(self.scan_shape) + vshape
         for start, stop in spans:
+            if stop - start == 1:  # the common case when completion is fragmented
+                index, rest = [], int(start)
+                for n in reversed(self.scan_shape):
+                    rest, i = divmod(rest, n)
+                    index.append(i)
+                fspace.select_hyperslab(tuple(reversed(index)) + zeros, one,
+                                        op=h5py.h5s.SELECT_OR)
+                continue
             for sel, _ in blocks(start, stop, self.scan_shape):
                 fspace.select_hyperslab(tuple(s.start for s in sel) + zeros,
                                         selection_shape(sel) + vshape, op=h5py.h5s.SELECT_OR)
