@@ -35,6 +35,7 @@ returns no row.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -145,6 +146,27 @@ def _pairs(n: int) -> list[_Pair]:
     ]
 
 
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes ``pids``."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def _counting(run: Callable[[], Any], pids: list[int], into: list[float]) -> Callable[[], Any]:
+    """``run``, adding the CPU seconds that ``pids`` used during each call to ``into``."""
+    def go() -> Any:
+        before = _cpu(pids)
+        out = run()
+        into.append(_cpu(pids) - before)
+        return out
+    return go
+
+
 def missing() -> str:
     """Why the peers cannot run here, or '' when they can."""
     try:
@@ -182,6 +204,8 @@ def case_peers(ctx: Context) -> list[Row]:
     rows = []
     try:
         ds = lt.load("hdf5", path=str(path), ds_path=DATA, nav_shape=_nav_shape(spec.nframes))
+        fb_pids = list(client.run(os.getpid).values())
+        lt_pids = list(lt.executor.client.run(os.getpid).values())  # and its idle service worker
         for pair in _pairs(spec.nframes):
             fb_run = suite._fb_runner(pair.wf, path, ctx.out, client)
 
@@ -192,12 +216,20 @@ def case_peers(ctx: Context) -> list[Row]:
                     return lt.run_udf(dataset=ds, udf=pair.udf(), progress=False)
 
             pair.compare(fb_run(), lt_run())
-            t = suite.alternate(ctx.repeat, {"framebag": fb_run, "reference": lt_run},
-                                lambda: suite.settle(client))
+            cpu: dict[str, list[float]] = {"framebag": [], "reference": []}
+            t = suite.alternate(ctx.repeat, {
+                "framebag": _counting(fb_run, fb_pids, cpu["framebag"]),
+                "reference": _counting(lt_run, lt_pids, cpu["reference"]),
+            }, lambda: suite.settle(client))
             row = suite._throughput_row("7 peers", f"{pair.label}, {spec.nframes} frames "
                                         "(ref: LiberTEM)", spec.nframes, t, TARGET)
-            print(f"[peers: {pair.label}: {row.ratio:.2f}x]", file=sys.stderr, flush=True)
-            rows.append(row)
+            # the workers' CPU per frame: what a quiet machine would turn into frames/s
+            us = {k: suite._median(v[1:]) / spec.nframes * 1e6 for k, v in cpu.items()}
+            rows += [row, suite.Row("7 peers", "  the same: workers' CPU per frame (ref: "
+                                    "LiberTEM's)", us["framebag"], us["reference"], "us/frame",
+                                    us["framebag"] / us["reference"], runs=cpu)]
+            print(f"[peers: {pair.label}: {row.ratio:.2f}x; workers' CPU {us['framebag']:.0f} "
+                  f"vs {us['reference']:.0f} us/frame]", file=sys.stderr, flush=True)
     finally:
         lt.close()
     return rows
