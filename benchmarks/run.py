@@ -18,6 +18,8 @@ medians, because a shared 2-core VM is too noisy for absolute times.
             the default local profile, cluster start included, against a plain
             h5py script in a fresh interpreter.
 6. overhead a no-op function; microseconds per frame over the reference's read.
+7. peers    only with ``--peers``: LiberTEM's UDFs beside the framebag workflows
+            that compute the same (:mod:`benchmarks.peers`). Target 1.0x.
 
 The clusters are ``distributed.LocalCluster`` of 2 single-threaded worker
 processes, started before timing and passed as ``workflow.run(client=...)``.
