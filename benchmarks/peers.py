@@ -225,9 +225,9 @@ def case_peers(ctx: Context) -> list[Row]:
                                         "(ref: LiberTEM)", spec.nframes, t, TARGET)
             # the workers' CPU per frame: what a quiet machine would turn into frames/s
             us = {k: suite._median(v[1:]) / spec.nframes * 1e6 for k, v in cpu.items()}
-            rows += [row, suite.Row("7 peers", "  the same: workers' CPU per frame (ref: "
-                                    "LiberTEM's)", us["framebag"], us["reference"], "us/frame",
-                                    us["framebag"] / us["reference"], runs=cpu)]
+            rows += [row, suite.Row("7 peers", "  the same: workers' CPU per frame, lower is "
+                                    "better (ref: LiberTEM's)", us["framebag"], us["reference"],
+                                    "us/frame", us["framebag"] / us["reference"], runs=cpu)]
             print(f"[peers: {pair.label}: {row.ratio:.2f}x; workers' CPU {us['framebag']:.0f} "
                   f"vs {us['reference']:.0f} us/frame]", file=sys.stderr, flush=True)
     finally:
