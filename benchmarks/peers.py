@@ -108,7 +108,7 @@ class _Pair:
         self.label, self.udf, self.wf, self.compare = label, udf, wf, compare
 
 
-def _pairs(n: int) -> list[_Pair]:
+def _pairs() -> list[_Pair]:
     from libertem.udf.com import CoMUDF
     from libertem.udf.stddev import StdDevUDF
     from libertem.udf.sum import SumUDF
@@ -206,7 +206,7 @@ def case_peers(ctx: Context) -> list[Row]:
         ds = lt.load("hdf5", path=str(path), ds_path=DATA, nav_shape=_nav_shape(spec.nframes))
         fb_pids = list(client.run(os.getpid).values())
         lt_pids = list(lt.executor.client.run(os.getpid).values())  # and its idle service worker
-        for pair in _pairs(spec.nframes):
+        for pair in _pairs():
             fb_run = suite._fb_runner(pair.wf, path, ctx.out, client)
 
             def lt_run(pair: _Pair = pair) -> dict:
