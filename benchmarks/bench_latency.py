@@ -17,8 +17,15 @@ sum, an ROI sum and the brightest-pixel image). The latency of a frame is the ti
 it was seen done minus the time its key was flushed, which includes the reader's own
 polling delay (at most ``--watch-interval``). It prints p50, p95 and max.
 
-Not a test: timings on a shared machine are not assertions. The target of the
-live-mode issue is p95 <= 1 s at 1000 frames/s of 128x128 on 2 cores.
+It also prints the CPU time the driver process used, in all and per frame. That
+process runs the engine (combining partials, writing the output) and, since
+the cluster is a LocalCluster started here, the dask scheduler too.
+
+Not a test: timings on a shared machine are not assertions. The target is p95
+<= 0.5 s at 1000 frames/s of 128x128 on 2 cores, also with fragmented
+completion: ``--writers 2 --writer-lag 200`` (the second writer 0.4 s behind,
+so that every other frame of the newest 400 is missing when a block goes out,
+and the tasks carry runs of single frames).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+TARGET_P95 = 0.5  # seconds
 
 
 def watch(out: str, total: int, deadline: float, interval: float, result: str) -> None:
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "p95_s": round(float(np.percentile(lat, 95)), 3),
         "max_s": round(float(lat.max()), 3),
         "driver_cpu_s": round(cpu, 2), "workers_cpu_s": round(wcpu, 2),
+        "driver_cpu_us_per_frame": round(cpu / total * 1e6, 1),
         "loadavg_1min_after": round(os.getloadavg()[0], 2),
         "simulator": writer_says,
     }
@@ -155,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"followed {figures['processed']} of {total} frames of {args.frame} at "
           f"{args.rate:g} frames/s ({args.writers} writer(s)) with {args.workers} workers; "
           f"ended by {figures['ended_by']}, {missing} never seen")
-    print(f"CPU used: driver {cpu:.2f} s, workers {wcpu:.2f} s in all")
+    print(f"CPU used: driver {cpu:.2f} s ({cpu / total * 1e6:.0f} us per frame; the dask "
+          f"scheduler included), workers {wcpu:.2f} s in all")
+    ok = "yes" if figures["p95_s"] <= TARGET_P95 else "NO"
     print(f"key written -> result visible in the output: p50 {figures['p50_s']:.3f} s, "
-          f"p95 {figures['p95_s']:.3f} s, max {figures['max_s']:.3f} s "
+          f"p95 {figures['p95_s']:.3f} s (target <= {TARGET_P95:g} s: {ok}), "
+          f"max {figures['max_s']:.3f} s "
           f"(latency bound {args.latency:g} s, poll {args.poll_interval:g} s)")
     print(json.dumps(figures))
     return 0

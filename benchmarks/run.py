@@ -18,6 +18,8 @@ medians, because a shared 2-core VM is too noisy for absolute times.
             the default local profile, cluster start included, against a plain
             h5py script in a fresh interpreter.
 6. overhead a no-op function; microseconds per frame over the reference's read.
+7. peers    only with ``--peers``: LiberTEM's UDFs beside the framebag workflows
+            that compute the same (:mod:`benchmarks.peers`). Target 1.0x.
 
 The clusters are ``distributed.LocalCluster`` of 2 single-threaded worker
 processes, started before timing and passed as ``workflow.run(client=...)``.
@@ -42,10 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from . import jobs, reference, scans
+from .peers import case_peers  # noqa: F401 - run as a case by name (--peers)
 from .scans import DATA, ScanSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead")
+OPTIONAL = ("peers",)  # run only when asked for: --peers, or by name in --cases
 
 
 @dataclass
@@ -469,21 +473,27 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("FRAMEBAG_BENCH_DIR", "/tmp/framebag-bench"),
                         help="where the input files are written and kept (default "
                         "/tmp/framebag-bench, or $FRAMEBAG_BENCH_DIR)")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time LiberTEM beside framebag (case peers; needs the "
+                        "[peers] extra)")
     parser.add_argument("--json", help="also write every timing to this JSON file")
     parser.add_argument("--dask-malloc", action="store_true",
                         help="keep dask's default MALLOC_TRIM_THRESHOLD_ on the workers "
                         "(slower numpy; see start_cluster)")
     args = parser.parse_args(argv)
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = sorted(set(chosen) - set(CASES))
+    if args.peers:
+        chosen.append("peers")
+    unknown = sorted(set(chosen) - set(CASES + OPTIONAL))
     if unknown:
-        parser.error(f"unknown case(s) {', '.join(unknown)}; cases are {', '.join(CASES)}")
+        parser.error(f"unknown case(s) {', '.join(unknown)}; cases are "
+                     f"{', '.join(CASES + OPTIONAL)}")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     ctx = Context(args)
     rows: list[Row] = []
     t0 = time.monotonic()
     try:
-        for name in CASES:
+        for name in CASES + OPTIONAL:
             if name in chosen:
                 t = time.monotonic()
                 new = globals()[f"case_{name}"](ctx)

@@ -544,9 +544,10 @@ class _Job:
 
     def _combine_into_output(self, partials: list[Partial]) -> None:
         newly = []
+        runs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         for p in partials:
             for name, values in p.stacks.items():
-                self.out.write_stack(name, p.start, p.stop, values)
+                runs.setdefault(name, []).append((p.start, p.stop, values))
             for name, acc in p.accs.items():
                 fold = self.wf.functions[name].fold
                 try:
@@ -555,6 +556,8 @@ class _Job:
                     self._mismatch(name, p, f"{type(exc).__name__}: {exc}")
             newly.append(np.arange(p.start, p.stop)[p.done])
             self.errors.extend(p.errors)
+        for name, stacked in runs.items():
+            self.out.write_stack(name, stacked)  # one write per result for the whole commit
         results = {}
         for name, acc in self.accs.items():
             if acc is not None:

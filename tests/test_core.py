@@ -231,7 +231,8 @@ def test_example_workflows_equal_numpy(make_scan, client, tmp_path):
     total = f64.sum(axis=(2, 3))
     cy = (f64 * y).sum(axis=(2, 3)) / total
     cx = (f64 * x).sum(axis=(2, 3)) / total
-    np.testing.assert_allclose(res["com"], np.stack([cy, cx], axis=-1))
+    # float32 moments (see the workflow's docstring): far below a pixel
+    np.testing.assert_allclose(res["com"], np.stack([cy, cx], axis=-1), rtol=0, atol=1e-4)
 
     res = load_workflow("workflows/mean_image.py").run(path, tmp_path / "e.h5", client=client)
     np.testing.assert_allclose(res["mean"], f64.mean(axis=(0, 1)))

@@ -1,4 +1,9 @@
-"""The quick start's example: the sum of every frame, a region of interest, the brightest pixels."""
+"""The quick start's example: the sum of every frame, a region of interest, the brightest pixels.
+
+The simplest form, one frame per call, as the README shows it. For many cheap
+functions over many frames, a batched ``@workflow.frames`` function saves the
+Python call per frame (see ``roi_stats.py`` and ``centre_of_mass.py``).
+"""
 
 from framebag import Workflow
 
