@@ -70,6 +70,7 @@ needs h5clear.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -77,7 +78,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,8 @@ class OutputFile:
         try:
             f = h5py.File(path, "r+", libver=LIBVER)
         except OSError:
-            _unflag(path)
+            with _damaged(path):
+                _unflag(path)
             f = h5py.File(path, "r+", libver=LIBVER)
         try:
             group = f[f"entry/{workflow}"]
@@ -669,25 +671,49 @@ def _first_line(exc: BaseException) -> str:
 
 
 def verify(path: Path, group: h5py.Group) -> None:
-    """Read every result, ``done`` and ``errors`` whole, so HDF5 checks every chunk.
+    """Check every object of a workflow's output group, so nothing damaged is written to.
 
-    A damaged chunk fails fletcher32 (a damaged header its metadata checksum):
-    one sentence naming the output and the dataset. The checkpoint slots are
-    checked by :func:`read_checkpoint`, which falls back to the other slot.
+    Every object header and attribute is read; every result, ``done`` and
+    ``errors`` is read whole, so HDF5 checks every chunk (fletcher32); of the
+    checkpoint only the chunk indexes are read, since a damaged chunk there is
+    the other slot's business (:func:`read_checkpoint`) and is rewritten whole.
+    Damaged metadata must be found here, by a plain or bounded open: once the
+    file is in SWMR write mode, HDF5 retries a bad metadata read for minutes.
+    Fails with one sentence naming the output and the dataset.
     """
+    _check_group(path, group, in_checkpoint=False)
+
+
+def _check_group(path: Path, group: h5py.Group, in_checkpoint: bool) -> None:
     for name in sorted(group):
-        if name == "checkpoint":
-            continue
         where = f"{group.name}/{name}"
         try:
-            ds = group[name]
-            if isinstance(ds, h5py.Dataset):
-                _read_whole(ds)
-        except (OSError, KeyError, ValueError) as exc:
+            obj = group[name]
+            dict(obj.attrs)
+            if isinstance(obj, h5py.Group):
+                _check_group(path, obj, in_checkpoint or name == "checkpoint")
+            elif not in_checkpoint:
+                _read_whole(obj)
+            elif obj.chunks is not None:
+                for i in range(obj.id.get_num_chunks()):
+                    obj.id.get_chunk_info(i)
+        except FramebagError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise FramebagError(
-                f"--resume: dataset {where} of output file {str(path)!r} is damaged "
+                f"--resume: {where} of output file {str(path)!r} is damaged "
                 f"({_first_line(exc)}); use --overwrite to start again"
             ) from None
+
+
+@contextlib.contextmanager
+def _damaged(path: Path) -> Iterator[None]:
+    """Turn an h5py error on a damaged output into one sentence that offers --overwrite."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise FramebagError(f"--resume: output file {str(path)!r} is damaged "
+                            f"({_first_line(exc)}); use --overwrite to start again") from None
 
 
 def _read_whole(ds: h5py.Dataset, budget: int = 64 << 20) -> None:
@@ -766,7 +792,7 @@ def _metadata_read_attempts() -> Any:
 def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
                     scan_shape: tuple[int, ...]) -> None:
     """Check, read-only, that ``path`` is an earlier output of this very job."""
-    with open_existing(path) as f:
+    with open_existing(path) as f, _damaged(path):
         group = f.get(f"entry/{workflow}")
         if group is None:
             found = ", ".join(f["entry"]) if "entry" in f else "none"
