@@ -501,7 +501,7 @@ def _put(tree: tuple[Any, ...], v: Any, rows: np.ndarray, crc: int, where: str) 
         rows[row] = 0
         rows[row, :2] = code, arr.ndim
         rows[row, 2 : 2 + arr.ndim] = arr.shape
-        return zlib.crc32(flat.view(np.uint8), crc)
+        return _crc(flat, crc)
     if kind == "none":
         if v is not None:
             raise _Changed(f"{where} is {type(v).__name__}, not None")
@@ -535,7 +535,7 @@ def _get(tree: tuple[Any, ...], rows: np.ndarray, crc: int) -> tuple[Any, int]:
                 or (code != _NDARRAY and shape != ()):
             raise _Unreadable(f"{ds.name} does not match its row in the leaves table")
         flat = ds[()]
-        crc = zlib.crc32(np.ascontiguousarray(flat).view(np.uint8), crc)
+        crc = _crc(flat, crc)
         arr = flat.reshape(shape)
         if code == _NDARRAY:
             return arr, crc
@@ -558,9 +558,13 @@ class _Changed(Exception):
 
 
 def _head_crc(generation: int, n_errors: int, done: np.ndarray, none: np.ndarray) -> int:
-    crc = zlib.crc32(np.array([generation, n_errors], dtype="<i8").tobytes())
-    crc = zlib.crc32(np.ascontiguousarray(done, dtype=np.uint8), crc)
-    return zlib.crc32(np.ascontiguousarray(none, dtype=np.uint8), crc)
+    crc = _crc(np.array([generation, n_errors], dtype="<i8"), 0)
+    return _crc(np.asarray(none, dtype=np.uint8), _crc(np.asarray(done, dtype=np.uint8), crc))
+
+
+def _crc(a: np.ndarray, crc: int) -> int:
+    """CRC-32 of the bytes of ``a`` (as stored), continuing ``crc``."""
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data, crc)
 
 
 def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any]) -> None:
@@ -590,7 +594,7 @@ def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any]) -> None:
             ) from None
     if rows.size:
         g["leaves"][...] = rows
-    crc = zlib.crc32(rows.astype("<i8").tobytes(), crc)
+    crc = _crc(rows.astype("<i8"), crc)
     f.flush()
     g["meta"][...] = [state["generation"], state["n_errors"], crc]
     f.flush()
@@ -608,7 +612,7 @@ def _read_slot(g: h5py.Group, generation: int, n_errors: int, crc: int) -> dict[
     for name, is_none in zip(slot.names, none):
         if not is_none:
             accs[name], have = _get(slot.trees[name], rows, have)
-    have = zlib.crc32(rows.astype("<i8").tobytes(), have)
+    have = _crc(rows.astype("<i8"), have)
     if have != crc:
         raise _Unreadable(f"{g.name} fails its CRC (torn or damaged)")
     return {"generation": generation, "done": done, "accs": accs, "n_errors": n_errors}
