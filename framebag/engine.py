@@ -31,6 +31,7 @@ import numpy as np
 
 from . import __version__, fingerprint, hdf5
 from .errors import FramebagError
+from .folds import check_state
 from .keys import DataInfo, KeyFollower
 from .lock import OutputLock
 from .output import (
@@ -296,6 +297,15 @@ class _Job:
                     v = p.stacks[name]
                     schema[name] = (True, v.shape[1:], v.dtype)
                 else:
+                    try:  # the checkpoint stores it as plain arrays: nothing is ever pickled
+                        check_state(p.accs[name])
+                    except TypeError as exc:
+                        raise FramebagError(
+                            f"fold {fn.fold.name!r} of function {name!r} keeps an accumulator "
+                            f"that is not fold state: {exc}; it must be numpy arrays or numeric "
+                            "scalars, or tuples, lists and dicts (string keys) of them"
+                        ) from None
+                    schema.accs[name] = p.accs[name]
                     v = np.asarray(fn.fold.finalize(p.accs[name]))
                     if v.dtype.kind not in "biufc":
                         raise FramebagError(

@@ -17,6 +17,11 @@ as anything but the stacked values of one partition.
 
 The accumulator ``None`` means "no frame yet" for every built-in fold, so the
 value's shape and dtype come from the first frame and need not be declared.
+
+An accumulator is data, never code: numpy arrays and numeric scalars, in tuples,
+lists and dicts (string keys) nested as needed, or ``None`` as a whole. That is
+what the output's checkpoint stores as plain HDF5 arrays (:func:`check_state`
+says what is wrong with anything else), so resume never unpickles anything.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Fold", "stack", "histogram", "resolve", "BUILTIN"]
+__all__ = ["Fold", "stack", "histogram", "resolve", "BUILTIN", "check_state", "NUMERIC"]
+
+#: the numpy dtype kinds an accumulator's arrays and scalars may have
+NUMERIC = "biufc"
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,38 @@ class Fold:
         for v in values:
             acc = self.binop(acc, v)
         return acc
+
+
+def check_state(acc: Any, where: str = "accumulator") -> None:
+    """Raise :class:`TypeError` naming the part of ``acc`` that is not fold state.
+
+    Fold state is numpy arrays or numeric scalars (Python or numpy; dtype kinds
+    :data:`NUMERIC`), in tuples, lists and string-keyed dicts, nested as needed.
+    ``None`` is allowed only as the whole accumulator ("no frame yet").
+    """
+    if acc is None and where == "accumulator":
+        return
+    _check_part(acc, where)
+
+
+def _check_part(v: Any, where: str) -> None:
+    if type(v) in (tuple, list):  # exactly: a subclass would come back as its base
+        for i, item in enumerate(v):
+            _check_part(item, f"{where}[{i}]")
+    elif type(v) is dict:
+        for k, item in v.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} is a dict with a key of type {type(k).__name__} "
+                                "(keys must be strings)")
+            _check_part(item, f"{where}[{k!r}]")
+    elif isinstance(v, (bool, int, float, complex)):
+        if isinstance(v, int) and not -(2**63) <= v < 2**63:
+            raise TypeError(f"{where} is an int too large for int64")
+    elif isinstance(v, (np.ndarray, np.generic)):
+        if v.dtype.kind not in NUMERIC:
+            raise TypeError(f"{where} has dtype {v.dtype}, which is not numeric")
+    else:
+        raise TypeError(f"{where} is of type {type(v).__name__}")
 
 
 def _none() -> None:

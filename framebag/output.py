@@ -8,44 +8,78 @@ Layout (NeXus)::
                                 stacks, the finalized fold (e.g. frame-shaped) otherwise
         done                    uint8, scan-shaped: 1 where a frame is in every result
         errors                  (flat, function, message) of frames skipped by on_error
-        checkpoint/slot0,slot1  pickled fold accumulators + done mask (see below)
-        checkpoint/meta         int64 (2, 3): generation, nbytes, crc32 of each slot
+        checkpoint/slot0,slot1  two copies of the fold state, each:
+            meta                int64 (3,): generation, error count, CRC-32 of the slot
+            done                uint8: the done mask, bit-packed (np.packbits)
+            none                uint8, one per folded function (sorted): 1 = no frame yet
+            leaves              int64 (n, 34): per array leaf, how to give it back
+                                (kind code, ndim, shape)
+            accs/<function>     the accumulator as plain arrays: a group per tuple, list
+                                or dict (attribute ``kind``, dict ``keys``), one flat
+                                dataset per array or scalar (attribute ``leaf``: its row)
         fingerprint/            the input's identity, for resume (see framebag.fingerprint)
 
-All datasets are created before the file enters SWMR mode, so other processes
-can open it with ``swmr=True`` and watch results and ``done`` grow.
+Every chunked dataset carries HDF5's fletcher32 filter, so a damaged chunk fails
+on read, for framebag and for any h5py user alike; a scalar fold result is
+stored compact, inside its object header, which HDF5 checksums. Nothing read
+from the file is ever unpickled or evaluated: the accumulators' structure is
+laid out from the probe's first accumulator (see :func:`framebag.folds.check_state`)
+and only arrays of the dtypes laid out are read back.
+
+All datasets are created before the file enters SWMR mode (an SWMR writer may
+not create objects), so other processes can open it with ``swmr=True`` and watch
+results and ``done`` grow; leaves change size by resizing.
 
 Checkpointing, and why resume is exact. Each :meth:`OutputFile.commit`:
 
 1. writes the stacked values of the new frames, the current folded results and
    new error rows, and flushes;
-2. writes the accumulators, done mask and error count, pickled, into the older
-   of two slots, flushes, then stamps that slot's generation, size and CRC in
+2. writes the accumulators, done mask and error count into the older of the two
+   slots, flushes, then stamps that slot's generation, error count and CRC in its
    ``meta`` and flushes again;
 3. writes the public ``done`` mask and flushes.
 
 A crash between any two steps leaves the newest *valid* slot describing a state
 in which every done frame is in every accumulator exactly once (the slot is
-written whole before it is stamped, and a torn slot fails its CRC so the other
-slot is used). Stacked values are written before the slot that marks their
-frames done; a frame written but not yet marked is simply redone on resume,
-which overwrites it. ``--resume`` restores the accumulators and done mask from
-the slot and rewrites ``done`` and the folded results from them.
+written whole before it is stamped, and a torn or damaged slot fails its CRC or
+fletcher32 so the other slot is used). Stacked values are written before the
+slot that marks their frames done; a frame written but not yet marked is simply
+redone on resume, which overwrites it. ``--resume`` restores the accumulators and
+done mask from the slot and rewrites ``done`` and the folded results from them.
+A checkpoint with no valid slot left (or none at all) stops ``--resume`` with a
+sentence that offers ``--overwrite``: it never silently starts from zero.
+
+Opening an existing output is bounded in time. ``--resume`` first opens it with a
+plain (non-SWMR) read-only open, in which HDF5 reads each piece of metadata
+once and fails at once on a bad checksum, and reads every chunk of every result
+(fletcher32). Only a file left flagged "open for write" by a killed writer needs
+an SWMR read, and there HDF5 retries a metadata read with a bad checksum up to
+100 times with a growing sleep (which hung on damaged files for minutes). h5py
+does not expose ``H5Pset_metadata_read_attempts``, so :func:`open_existing`
+calls it through ctypes on the very libhdf5 h5py is linked against (looked up
+through h5py's own extension module, its version checked) and allows
+:data:`SWMR_READ_ATTEMPTS`. That bounds the open where the retries happen, in
+process; a child process with a timeout would also bound it, but costs a
+process start and a second open of the file in the driver, and a guessed
+timeout that a large healthy file might exceed.
 
 A writer killed in SWMR mode leaves the file flagged "open for write" (what
-``h5clear -s`` clears). Resume copies such a file, read with ``swmr=True``, into a
-fresh file and atomically replaces the old one, so the user never needs h5clear.
+``h5clear -s`` clears). Resume copies such a file, read with that bounded SWMR
+open, into a fresh file and atomically replaces the old one, so the user never
+needs h5clear.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import os
-import pickle
 import re
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -59,7 +93,8 @@ from .keys import DataInfo
 from .lock import OutputLock
 from .partitions import blocks, selection_shape
 
-__all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr"]
+__all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr",
+           "open_existing"]
 
 #: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>
 RESERVED = ("done", "errors", "checkpoint", fingerprint.GROUP)
@@ -78,7 +113,17 @@ def _now() -> str:
 
 
 class Schema(dict):
-    """Per function: ``(is_stack, shape, dtype)`` of its output dataset."""
+    """Per function: ``(is_stack, shape, dtype)`` of its output dataset.
+
+    ``accs`` holds the probe's accumulator of each folded function: the
+    checkpoint's structure is laid out from it.
+    """
+
+    accs: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.accs = {}
 
 
 class OutputFile:
@@ -92,6 +137,8 @@ class OutputFile:
         self.scan_shape = scan_shape
         self.done = np.zeros(int(np.prod(scan_shape, dtype=np.int64)), dtype=bool)
         self.generation = 0
+        self.slot = 0  # the checkpoint slot the next commit writes: the older one
+        self._slots: dict[int, _Slot] = {}
         self._value_shapes: dict[str, tuple[int, ...]] = {}
         self.n_errors = int(self.group["errors"].shape[0])
         # one handle on every dataset, held open: HDF5 flushes a dataset's chunk cache
@@ -163,11 +210,12 @@ class OutputFile:
         try:
             f = h5py.File(path, "r+", libver=LIBVER)
         except OSError:
-            _unflag(path)
+            with _damaged(path):
+                _unflag(path)
             f = h5py.File(path, "r+", libver=LIBVER)
         try:
             group = f[f"entry/{workflow}"]
-            state = _read_checkpoint(group["checkpoint"])
+            state = read_checkpoint(path, group)
             group.attrs["status"] = "running"
             group.attrs["resumed_time"] = _now()
         except BaseException:
@@ -179,6 +227,7 @@ class OutputFile:
         accs: dict[str, Any] = {}
         if state is not None:
             out.generation = state["generation"]
+            out.slot = 1 - state["slot"]
             out.done[:] = np.unpackbits(state["done"], count=out.done.size).astype(bool)
             accs = state["accs"]
             out.n_errors = state["n_errors"]
@@ -280,12 +329,15 @@ class OutputFile:
         self.f.flush()
         self.done[newly_done] = True
         self.generation += 1
-        _write_checkpoint(self.group["checkpoint"], self.f, {
+        if self.slot not in self._slots:
+            self._slots[self.slot] = _Slot(self.group["checkpoint"][f"slot{self.slot}"])
+        _write_checkpoint(self._slots[self.slot], self.f, {
             "generation": self.generation,
             "done": np.packbits(self.done),
             "accs": accs,
             "n_errors": self.n_errors,
         })
+        self.slot = 1 - self.slot
         self.group["done"][...] = self.done.reshape(self.scan_shape)
         self.f.flush()
 
@@ -475,22 +527,36 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
             ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=0,
-                                  maxshape=grow + full[1:],
+                                  maxshape=grow + full[1:], fletcher32=True,
                                   chunks=_chunks(chunk_scan + tuple(shape),
                                                  np.dtype(dtype).itemsize))
             ds.attrs["fold"] = "stack"
+        elif tuple(shape) == () or 0 in tuple(shape):
+            ds = _compact(g, name, tuple(shape), np.dtype(dtype))
         else:
-            ds = g.create_dataset(name, shape=shape, dtype=dtype)
+            ds = g.create_dataset(name, shape=shape, dtype=dtype, fletcher32=True,
+                                  chunks=_chunks(tuple(shape), np.dtype(dtype).itemsize))
         ds.attrs["function"] = name
-    g.create_dataset("done", shape=scan_shape, dtype=np.uint8, fillvalue=0,
+    g.create_dataset("done", shape=scan_shape, dtype=np.uint8, fillvalue=0, fletcher32=True,
                      maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
-    g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,))
+    g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,),
+                     fletcher32=True)
     if fingerprint.ATTR in provenance:
         fingerprint.layout(g, len(provenance["keys"]), int(np.prod(scan_shape, dtype=np.int64)))
-    ck = g.create_group("checkpoint")
-    for slot in ("slot0", "slot1"):
-        ck.create_dataset(slot, shape=(0,), maxshape=(None,), dtype=np.uint8, chunks=(1 << 16,))
-    ck.create_dataset("meta", data=np.zeros((2, 3), dtype=np.int64))
+    _layout_checkpoint(g, {name: schema.accs.get(name) for name, (is_stack, _, _)
+                           in schema.items() if not is_stack})
+
+
+def _compact(g: h5py.Group, name: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
+    """A dataset stored inside its object header, which HDF5 checksums.
+
+    For results that cannot be chunked (scalars) and so cannot carry fletcher32.
+    """
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.COMPACT)
+    space = h5py.h5s.create(h5py.h5s.SCALAR) if shape == () else h5py.h5s.create_simple(shape)
+    return h5py.Dataset(h5py.h5d.create(g.id, name.encode(), h5py.h5t.py_create(dtype),
+                                        space, dcpl=dcpl))
 
 
 def _chunks(shape: tuple[int, ...], itemsize: int, target: int = 1 << 20) -> tuple[int, ...] | None:
@@ -506,29 +572,416 @@ def _chunks(shape: tuple[int, ...], itemsize: int, target: int = 1 << 20) -> tup
     return tuple(chunks)
 
 
-def _write_checkpoint(ck: h5py.Group, f: h5py.File, state: dict[str, Any]) -> None:
-    blob = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-    meta = ck["meta"][...]
-    slot = int(np.argmin(meta[:, 0]))
-    ds = ck[f"slot{slot}"]
-    if ds.shape[0] < len(blob):
-        ds.resize((len(blob),))
-    ds[: len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+# the checkpoint -----------------------------------------------------------------
+
+#: how a leaf of an accumulator is given back (column 0 of a slot's ``leaves``)
+_NDARRAY, _NPSCALAR, _INT, _FLOAT, _COMPLEX, _BOOL = range(1, 7)
+_PYTHON = {_INT: int, _FLOAT: float, _COMPLEX: complex, _BOOL: bool}
+_MAXDIM = 32  # numpy's limit on ndim
+CHECKPOINT_FORMAT = 2  # 1 was a pickle, which is never read
+
+
+class _Unreadable(Exception):
+    """A checkpoint slot that is torn, damaged or not laid out by this framebag."""
+
+
+def _leaf(v: Any) -> tuple[int, np.ndarray]:
+    """``(kind code, array)`` of an accumulator's leaf (see :func:`folds.check_state`)."""
+    if isinstance(v, np.ndarray):
+        return _NDARRAY, v
+    if isinstance(v, np.generic):
+        return _NPSCALAR, np.asarray(v)
+    if isinstance(v, bool):
+        return _BOOL, np.asarray(v, dtype=np.bool_)
+    if isinstance(v, int):
+        return _INT, np.asarray(v, dtype=np.int64)
+    if isinstance(v, float):
+        return _FLOAT, np.asarray(v, dtype=np.float64)
+    if isinstance(v, complex):
+        return _COMPLEX, np.asarray(v, dtype=np.complex128)
+    raise TypeError(type(v).__name__)
+
+
+def _layout_checkpoint(g: h5py.Group, templates: dict[str, Any]) -> None:
+    """Lay out both slots, their trees shaped like each function's probed accumulator."""
+    ck = g.create_group("checkpoint")
+    ck.attrs["format"] = CHECKPOINT_FORMAT
+    names = sorted(templates)
+    for i in (0, 1):
+        slot = ck.create_group(f"slot{i}")
+        slot.create_dataset("meta", data=np.zeros(3, dtype=np.int64), chunks=(3,),
+                            fletcher32=True)
+        slot.create_dataset("done", shape=(0,), maxshape=(None,), dtype=np.uint8,
+                            chunks=(1 << 16,), fletcher32=True)
+        slot.create_dataset("none", data=np.ones(len(names), dtype=np.uint8),
+                            maxshape=(None,), chunks=(max(1, len(names)),), fletcher32=True)
+        accs = slot.create_group("accs")
+        count = [0]
+        for name in names:
+            _layout_tree(accs, name, templates[name], count)
+        slot.create_dataset("leaves", shape=(count[0], 2 + _MAXDIM), dtype=np.int64,
+                            maxshape=(None, 2 + _MAXDIM), chunks=(max(1, count[0]), 2 + _MAXDIM),
+                            fletcher32=True)
+
+
+def _layout_tree(parent: h5py.Group, key: str, v: Any, count: list[int]) -> None:
+    if v is None or type(v) in (tuple, list, dict):
+        g = parent.create_group(key)
+        g.attrs["kind"] = "none" if v is None else type(v).__name__
+        if isinstance(v, dict):
+            g.attrs["keys"] = list(v)
+        for i, item in enumerate(v.values() if isinstance(v, dict) else v or ()):
+            _layout_tree(g, str(i), item, count)
+        return
+    _, arr = _leaf(v)
+    ds = parent.create_dataset(key, shape=(arr.size,), maxshape=(None,), dtype=arr.dtype,
+                               chunks=_chunks((max(1, arr.size),), arr.dtype.itemsize),
+                               fletcher32=True)
+    ds.attrs["leaf"] = count[0]
+    count[0] += 1
+
+
+def _tree(node: h5py.Group | h5py.Dataset) -> tuple[Any, ...]:
+    """The in-memory shape of a laid-out accumulator: ``(kind, ...)``, leaves hold datasets."""
+    if isinstance(node, h5py.Dataset):
+        return ("leaf", node, int(node.attrs["leaf"]))
+    kind = node.attrs.get("kind")
+    kind = kind.decode() if isinstance(kind, bytes) else kind
+    if kind == "none":
+        return ("none",)
+    if kind not in ("tuple", "list", "dict"):
+        raise _Unreadable(f"{node.name} is not a laid-out accumulator")
+    children = [_tree(node[str(i)]) for i in range(len(node))]
+    if kind == "dict":
+        keys = [k.decode() if isinstance(k, bytes) else str(k) for k in node.attrs["keys"]]
+        if len(keys) != len(children):
+            raise _Unreadable(f"{node.name} has {len(children)} items for {len(keys)} keys")
+        return ("dict", keys, children)
+    return (kind, children)
+
+
+class _Slot:
+    """One checkpoint slot of an open output, with its accumulators' trees read once."""
+
+    def __init__(self, g: h5py.Group) -> None:
+        self.g = g
+        if not isinstance(g.get("accs", getlink=True), h5py.HardLink) \
+                or not isinstance(g.get("meta"), h5py.Dataset):
+            raise _Unreadable(f"{g.name} is not a checkpoint slot of this framebag")
+        accs = g["accs"]
+        self.names = sorted(accs)
+        self.trees = {name: _tree(accs[name]) for name in self.names}
+
+
+def _put(tree: tuple[Any, ...], v: Any, rows: np.ndarray, crc: int, where: str) -> int:
+    kind = tree[0]
+    if kind == "leaf":
+        _, ds, row = tree
+        try:
+            code, arr = _leaf(v)
+        except TypeError:
+            raise _Changed(f"{where} is of type {type(v).__name__}") from None
+        if arr.dtype != ds.dtype:
+            raise _Changed(f"{where} has dtype {arr.dtype}, not {ds.dtype}")
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        if ds.shape[0] != flat.size:
+            ds.resize((flat.size,))
+        if flat.size:
+            ds.write_direct(flat)
+        rows[row] = 0
+        rows[row, :2] = code, arr.ndim
+        rows[row, 2 : 2 + arr.ndim] = arr.shape
+        return _crc(flat, crc)
+    if kind == "none":
+        if v is not None:
+            raise _Changed(f"{where} is {type(v).__name__}, not None")
+        return crc
+    children = tree[-1]
+    if type(v).__name__ != kind:
+        raise _Changed(f"{where} is {type(v).__name__}, not {kind}")
+    if kind == "dict":
+        if list(v) != tree[1]:
+            raise _Changed(f"{where} has keys {list(v)}, not {tree[1]}")
+        items = list(zip(v.values(), [f"{where}[{k!r}]" for k in v]))
+    else:
+        if len(v) != len(children):
+            raise _Changed(f"{where} has {len(v)} items, not {len(children)}")
+        items = [(item, f"{where}[{i}]") for i, item in enumerate(v)]
+    for child, (item, at) in zip(children, items):
+        crc = _put(child, item, rows, crc, at)
+    return crc
+
+
+def _get(tree: tuple[Any, ...], rows: np.ndarray, crc: int) -> tuple[Any, int]:
+    kind = tree[0]
+    if kind == "leaf":
+        _, ds, row = tree
+        if not 0 <= row < len(rows):
+            raise _Unreadable(f"{ds.name} has no row in the leaves table")
+        code, ndim = (int(x) for x in rows[row, :2])
+        shape = tuple(int(x) for x in rows[row, 2 : 2 + ndim]) if 0 <= ndim <= _MAXDIM else None
+        if code not in (_NDARRAY, _NPSCALAR, *_PYTHON) or shape is None \
+                or min(shape, default=0) < 0 or ds.shape[0] != int(np.prod(shape, dtype=np.int64)) \
+                or (code != _NDARRAY and shape != ()):
+            raise _Unreadable(f"{ds.name} does not match its row in the leaves table")
+        flat = ds[()]
+        crc = _crc(flat, crc)
+        arr = flat.reshape(shape)
+        if code == _NDARRAY:
+            return arr, crc
+        if code == _NPSCALAR:
+            return arr[()], crc
+        return _PYTHON[code](arr[()]), crc
+    if kind == "none":
+        return None, crc
+    items = []
+    for child in tree[-1]:
+        item, crc = _get(child, rows, crc)
+        items.append(item)
+    if kind == "dict":
+        return dict(zip(tree[1], items)), crc
+    return (tuple(items) if kind == "tuple" else items), crc
+
+
+class _Changed(Exception):
+    """An accumulator that no longer fits the structure laid out from the first frame."""
+
+
+def _head_crc(generation: int, n_errors: int, done: np.ndarray, none: np.ndarray) -> int:
+    crc = _crc(np.array([generation, n_errors], dtype="<i8"), 0)
+    return _crc(np.asarray(none, dtype=np.uint8), _crc(np.asarray(done, dtype=np.uint8), crc))
+
+
+def _crc(a: np.ndarray, crc: int) -> int:
+    """CRC-32 of the bytes of ``a`` (as stored), continuing ``crc``."""
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data, crc)
+
+
+def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any]) -> None:
+    """Write ``state`` into ``slot``, flush, then stamp its ``meta`` (see the module doc)."""
+    g = slot.g
+    accs = state["accs"]
+    none = np.array([accs.get(name) is None for name in slot.names], dtype=np.uint8)
+    done = state["done"]
+    ds = g["done"]
+    if ds.shape[0] != done.size:
+        ds.resize((done.size,))
+    if done.size:
+        ds.write_direct(np.ascontiguousarray(done, dtype=np.uint8))
+    g["none"][...] = none
+    crc = _head_crc(state["generation"], state["n_errors"], done, none)
+    rows = np.zeros(g["leaves"].shape, dtype=np.int64)
+    for name, is_none in zip(slot.names, none):
+        if is_none:
+            continue
+        try:
+            crc = _put(slot.trees[name], accs[name], rows, crc, "accumulator")
+        except _Changed as exc:
+            raise FramebagError(
+                f"the fold of function {name!r} changed its accumulator since the first frame "
+                f"({exc}); an accumulator must keep the containers, keys and dtypes it had "
+                "(its arrays may change shape)"
+            ) from None
+    if rows.size:
+        g["leaves"][...] = rows
+    crc = _crc(rows.astype("<i8"), crc)
     f.flush()
-    ck["meta"][slot] = [state["generation"], len(blob), zlib.crc32(blob)]
+    g["meta"][...] = [state["generation"], state["n_errors"], crc]
     f.flush()
+
+
+def _read_slot(g: h5py.Group, generation: int, n_errors: int, crc: int) -> dict[str, Any]:
+    slot = _Slot(g)
+    done = g["done"][()]
+    none = g["none"][()]
+    rows = g["leaves"][()]
+    if len(none) != len(slot.names) or rows.ndim != 2 or rows.shape[1] != 2 + _MAXDIM:
+        raise _Unreadable(f"{g.name} is laid out for other functions")
+    have = _head_crc(generation, n_errors, done, none)
+    accs: dict[str, Any] = {}
+    for name, is_none in zip(slot.names, none):
+        if not is_none:
+            accs[name], have = _get(slot.trees[name], rows, have)
+    have = _crc(rows.astype("<i8"), have)
+    if have != crc:
+        raise _Unreadable(f"{g.name} fails its CRC (torn or damaged)")
+    return {"generation": generation, "done": done, "accs": accs, "n_errors": n_errors}
 
 
 def _read_checkpoint(ck: h5py.Group) -> dict[str, Any] | None:
-    meta = ck["meta"][...]
-    for slot in np.argsort(-meta[:, 0]):
-        gen, nbytes, crc = (int(x) for x in meta[slot])
-        if gen == 0:
+    """The newest valid slot's state, or None if nothing was ever committed.
+
+    Raises :class:`_Unreadable` when no slot is valid though one was committed,
+    or when the checkpoint is not one this framebag wrote.
+    """
+    if ck.attrs.get("format") != CHECKPOINT_FORMAT:
+        raise _Unreadable("it was written by an older framebag, in a format that is no longer "
+                          "read")
+    metas: list[tuple[int, int, int, int]] = []
+    reasons = []
+    for i in (0, 1):
+        try:
+            gen, n_errors, crc = (int(x) for x in ck[f"slot{i}/meta"][()])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            reasons.append(f"slot{i}: {_first_line(exc)}")
             continue
-        blob = ck[f"slot{slot}"][:nbytes].tobytes()
-        if len(blob) == nbytes and zlib.crc32(blob) == crc:
-            return pickle.loads(blob)
-    return None
+        metas.append((gen, i, n_errors, crc))
+    if not reasons and all(m[0] == 0 for m in metas):
+        return None  # laid out, never committed: nothing is done yet
+    for gen, i, n_errors, crc in sorted(metas, reverse=True):
+        if gen <= 0:
+            continue
+        try:
+            state = _read_slot(ck[f"slot{i}"], gen, n_errors, crc)
+        except (_Unreadable, OSError, KeyError, ValueError, TypeError) as exc:
+            reasons.append(f"slot{i}: {_first_line(exc)}")
+            continue
+        state["slot"] = i
+        return state
+    raise _Unreadable("; ".join(reasons) or "no slot is valid")
+
+
+def read_checkpoint(path: Path, group: h5py.Group) -> dict[str, Any] | None:
+    """The checkpoint of ``group`` (see :func:`_read_checkpoint`), or a FramebagError.
+
+    An unreadable checkpoint stops resume with a sentence that offers ``--overwrite``:
+    resuming from zero would silently redo (and, for folds, double) the work.
+    """
+    try:
+        ck = group["checkpoint"]
+        if not isinstance(ck, h5py.Group):
+            raise _Unreadable("it is not a group")
+        return _read_checkpoint(ck)
+    except (_Unreadable, OSError, KeyError) as exc:
+        raise FramebagError(
+            f"--resume: the checkpoint of {str(path)!r} ({group.name}/checkpoint) cannot be read "
+            f"({_first_line(exc)}); use --overwrite to start again"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().strip("'\"")
+    # HDF5's text may advise h5clear, which would corrupt a file another run writes
+    text = re.sub(r"\s*\(may use <h5clear file>[^)]*\)", "", text)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def verify(path: Path, group: h5py.Group) -> None:
+    """Check every object of a workflow's output group, so nothing damaged is written to.
+
+    Every object header and attribute is read; every result, ``done`` and
+    ``errors`` is read whole, so HDF5 checks every chunk (fletcher32); of the
+    checkpoint only the chunk indexes are read, since a damaged chunk there is
+    the other slot's business (:func:`read_checkpoint`) and is rewritten whole.
+    Damaged metadata must be found here, by a plain or bounded open: once the
+    file is in SWMR write mode, HDF5 retries a bad metadata read for minutes.
+    Fails with one sentence naming the output and the dataset.
+    """
+    _check_group(path, group, in_checkpoint=False)
+
+
+def _check_group(path: Path, group: h5py.Group, in_checkpoint: bool) -> None:
+    for name in sorted(group):
+        where = f"{group.name}/{name}"
+        try:
+            obj = group[name]
+            dict(obj.attrs)
+            if isinstance(obj, h5py.Group):
+                _check_group(path, obj, in_checkpoint or name == "checkpoint")
+            elif not in_checkpoint:
+                _read_whole(obj)
+            elif obj.chunks is not None:
+                for i in range(obj.id.get_num_chunks()):
+                    obj.id.get_chunk_info(i)
+        except FramebagError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
+            raise FramebagError(
+                f"--resume: {where} of output file {str(path)!r} is damaged "
+                f"({_first_line(exc)}); use --overwrite to start again"
+            ) from None
+
+
+@contextlib.contextmanager
+def _damaged(path: Path) -> Iterator[None]:
+    """Turn an h5py error on a damaged output into one sentence that offers --overwrite."""
+    try:
+        yield
+    except (OSError, KeyError, RuntimeError) as exc:
+        raise FramebagError(f"--resume: output file {str(path)!r} is damaged "
+                            f"({_first_line(exc)}); use --overwrite to start again") from None
+
+
+def _read_whole(ds: h5py.Dataset, budget: int = 64 << 20) -> None:
+    """Read ``ds`` in slabs of whole chunks along axis 0, about ``budget`` bytes each."""
+    if ds.shape == () or ds.chunks is None or ds.size == 0:
+        ds[()]
+        return
+    row = int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize
+    step = max(1, budget // max(1, row * ds.chunks[0])) * ds.chunks[0]
+    for start in range(0, ds.shape[0], step):
+        ds[start : start + step]
+
+
+def open_existing(path: Path) -> h5py.File:
+    """Open an existing output read-only, in bounded time, or say why not in one sentence.
+
+    A plain (non-SWMR) open first; only a file flagged "open for write" by a
+    killed writer is opened with SWMR read, its metadata retries bounded (see
+    the module docstring).
+    """
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        if "already open for write" not in str(exc):
+            raise FramebagError(f"--resume: cannot read output file {str(path)!r} "
+                                f"({_first_line(exc)}); use --overwrite to start again") from None
+    try:
+        return _open_swmr_read(path)
+    except OSError as exc:
+        raise FramebagError(f"--resume: cannot read output file {str(path)!r} "
+                            f"({_first_line(exc)}); use --overwrite to start again") from None
+
+
+#: metadata read attempts of an SWMR read of an output; HDF5's default of 100, with
+#: a sleep that doubles on each, hangs for minutes on a damaged file
+SWMR_READ_ATTEMPTS = 10
+
+
+def _open_swmr_read(path: Path) -> h5py.File:
+    """An SWMR read-only h5py.File of ``path`` whose metadata retries are bounded."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
+    setter = _metadata_read_attempts()
+    if setter is None or setter(fapl.id, SWMR_READ_ATTEMPTS) < 0:
+        raise OSError("this h5py's HDF5 cannot bound its SWMR metadata retries")
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
+                        fapl=fapl)
+    return h5py.File(fid)
+
+
+@functools.cache
+def _metadata_read_attempts() -> Any:
+    """``H5Pset_metadata_read_attempts`` of the libhdf5 h5py uses, or None.
+
+    Looked up through h5py's own extension module: the dynamic linker searches
+    the libraries it links, which is the very libhdf5 h5py calls. Its version
+    must be h5py's, so a stray copy of the library is never used.
+    """
+    try:
+        lib = ctypes.CDLL(h5py.h5p.__file__)
+        setter = lib.H5Pset_metadata_read_attempts
+        version = lib.H5get_libversion
+    except (OSError, AttributeError):
+        return None
+    parts = [ctypes.c_uint() for _ in range(3)]
+    version.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 3
+    if version(*[ctypes.byref(p) for p in parts]) < 0 or \
+            tuple(p.value for p in parts) != tuple(h5py.version.hdf5_version_tuple[:3]):
+        return None
+    setter.argtypes = [ctypes.c_int64, ctypes.c_uint]
+    setter.restype = ctypes.c_int
+    return setter
 
 
 def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
@@ -538,15 +991,9 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
     With ``data`` (the input's data dataset now), the input is also compared
     with the fingerprint the output recorded (:func:`framebag.fingerprint.check`).
     """
-    try:
-        f = h5py.File(path, "r", swmr=True)
-    except OSError as exc:
-        # HDF5's text may advise h5clear, which would corrupt a file another run writes
-        reason = re.sub(r"\s*\(may use <h5clear file>[^)]*\)", "", str(exc).splitlines()[0])
-        raise FramebagError(f"--resume: cannot read output file {str(path)!r}: {reason}") from None
-    with f:
+    with open_existing(path) as f, _damaged(path):
         group = f.get(f"entry/{workflow}")
-        if group is None or "checkpoint" not in group:
+        if group is None:
             found = ", ".join(f["entry"]) if "entry" in f else "none"
             raise FramebagError(
                 f"--resume: {str(path)!r} holds no framebag output of workflow {workflow!r} "
@@ -561,6 +1008,8 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
                 f"--resume: {str(path)!r} was made for scan shape {had}, but the input "
                 f"now has scan shape {tuple(scan_shape)}; use --overwrite to start again"
             )
+        verify(path, group)
+        read_checkpoint(path, group)
         if data is not None:
             fingerprint.check(str(path), group, data, list(provenance["keys"]), growing)
 
@@ -596,7 +1045,7 @@ def _unflag(path: Path) -> None:
     tmp = _temp_beside(path)
     dst = None
     try:
-        with h5py.File(path, "r", swmr=True) as src:
+        with _open_swmr_read(path) as src:
             dst = h5py.File(tmp, "w", libver=LIBVER)
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
