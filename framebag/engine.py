@@ -43,6 +43,7 @@ from .partitions import (
 )
 from .progress import LOGGER as PROGRESS_LOGGER
 from .reading import read_run
+from .tuning import tune_workers
 from .workflow import FrameError, Partial, Workflow
 
 __all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups"]
@@ -291,6 +292,7 @@ class _Job:
         from distributed.client import _wait
 
         t0 = time.monotonic()
+        tune_workers(client)  # malloc thresholds on every worker, whoever started it
         o = self.o
         follow = o["follow"]
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
