@@ -3,6 +3,9 @@
 ``Pool`` is a warm pool of worker processes (started, file opened, before any
 timing) that reads the scan in chunk-aligned slabs with ``read_direct`` into one
 reused buffer per process and applies a vectorised numpy job to each slab.
+Files are opened with the chunk cache off (``rdcc_nbytes=0``), as framebag
+opens them: with chunk-aligned slabs every chunk is read once, and HDF5 then
+reads it straight into the buffer.
 That is the bound framebag is measured against: no framework, no per-frame
 Python, no result file. ``serial`` is the plain loop on one core.
 """
@@ -27,7 +30,8 @@ def _dataset(path: str, name: str) -> h5py.Dataset:
             import hdf5plugin  # noqa: F401 - registers blosc/lz4 for compressed layouts
         except ImportError:
             pass
-        ds = _files[path] = h5py.File(path, "r")[name]
+        # no chunk cache, as framebag opens its input: chunk-aligned slabs read each chunk once
+        ds = _files[path] = h5py.File(path, "r", rdcc_nbytes=0)[name]
     return ds
 
 
