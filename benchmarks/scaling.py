@@ -264,7 +264,7 @@ def case_scaling(ctx) -> list:
                             "reference": _ref_runner(pool, path, spec, reference.job_sum),
                         }, lambda client=client: settle(client))
                         rows.append(_throughput_row(
-                            "8 scaling", f"{label} frame.sum(), {gb:.1f} GB "
+                            "8 scaling", f"{label} frame.sum(), {gb:.3g} GB "
                             f"({spec.nframes} frames), {n} workers vs {n} processes",
                             spec.nframes, t, target))
                         print(f"[scaling: {rows[-1].what}: {rows[-1].ratio:.2f}x]",
