@@ -13,6 +13,7 @@ Python, no result file. ``serial`` is the plain loop on one core.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -84,12 +85,23 @@ def slabs(nframes: int, chunk: int, frame_nbytes: int,
 
 
 class Pool:
-    """A warm pool of ``n`` processes running a vectorised job over slabs of one file."""
+    """A warm pool of ``n`` processes running a vectorised job over slabs of one file.
+
+    The processes start without the ``MALLOC_*`` variables that a dask nanny
+    leaves in this process's environment, and set the same malloc thresholds as
+    framebag's workers (:func:`framebag.tuning.tune_process`): neither side of a
+    ratio runs with a handicap the other does not have.
+    """
 
     def __init__(self, n: int = 2) -> None:
         self.n = n
-        self.ex = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-        list(self.ex.map(_sleep, [0.2] * n))  # start every process now, not in a timing
+        saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MALLOC_")}
+        try:
+            self.ex = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_tune)
+            list(self.ex.map(_sleep, [0.2] * n))  # start every process now, not in a timing
+        finally:
+            os.environ.update(saved)
 
     def warm(self, path: str, name: str) -> None:
         """Open the file in every process (and read it once) before timing."""
@@ -101,6 +113,12 @@ class Pool:
 
     def close(self) -> None:
         self.ex.shutdown()
+
+
+def _tune() -> None:
+    from framebag.tuning import tune_process
+
+    tune_process()
 
 
 def _sleep(t: float) -> None:
