@@ -20,7 +20,9 @@ client: the scheduler hands it to workers that join later, too. It is done by
 hand because neither dask nor distributed offers it (the nanny can only set the
 environment of the processes it spawns itself).
 
-Where glibc is absent (macOS, musl), tuning is a no-op with a debug log.
+A worker that runs in the driver's own process (``LocalCluster(processes=False)``)
+tunes that process. Where glibc is absent (macOS, musl), tuning is a no-op with a
+debug log.
 ``FRAMEBAG_WORKER_TUNING=0`` in the driver's environment turns it off.
 """
 
