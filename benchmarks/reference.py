@@ -3,6 +3,9 @@
 ``Pool`` is a warm pool of worker processes (started, file opened, before any
 timing) that reads the scan in chunk-aligned slabs with ``read_direct`` into one
 reused buffer per process and applies a vectorised numpy job to each slab.
+Files are opened with the chunk cache off (``rdcc_nbytes=0``), as framebag
+opens them: with chunk-aligned slabs every chunk is read once, and HDF5 then
+reads it straight into the buffer.
 That is the bound framebag is measured against: no framework, no per-frame
 Python, no result file. ``serial`` is the plain loop on one core.
 """
@@ -10,6 +13,7 @@ Python, no result file. ``serial`` is the plain loop on one core.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
@@ -27,7 +31,8 @@ def _dataset(path: str, name: str) -> h5py.Dataset:
             import hdf5plugin  # noqa: F401 - registers blosc/lz4 for compressed layouts
         except ImportError:
             pass
-        ds = _files[path] = h5py.File(path, "r")[name]
+        # no chunk cache, as framebag opens its input: chunk-aligned slabs read each chunk once
+        ds = _files[path] = h5py.File(path, "r", rdcc_nbytes=0)[name]
     return ds
 
 
@@ -80,12 +85,23 @@ def slabs(nframes: int, chunk: int, frame_nbytes: int,
 
 
 class Pool:
-    """A warm pool of ``n`` processes running a vectorised job over slabs of one file."""
+    """A warm pool of ``n`` processes running a vectorised job over slabs of one file.
+
+    The processes start without the ``MALLOC_*`` variables that a dask nanny
+    leaves in this process's environment, and set the same malloc thresholds as
+    framebag's workers (:func:`framebag.tuning.tune_process`): neither side of a
+    ratio runs with a handicap the other does not have.
+    """
 
     def __init__(self, n: int = 2) -> None:
         self.n = n
-        self.ex = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-        list(self.ex.map(_sleep, [0.2] * n))  # start every process now, not in a timing
+        saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("MALLOC_")}
+        try:
+            self.ex = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_tune)
+            list(self.ex.map(_sleep, [0.2] * n))  # start every process now, not in a timing
+        finally:
+            os.environ.update(saved)
 
     def warm(self, path: str, name: str) -> None:
         """Open the file in every process (and read it once) before timing."""
@@ -97,6 +113,12 @@ class Pool:
 
     def close(self) -> None:
         self.ex.shutdown()
+
+
+def _tune() -> None:
+    from framebag.tuning import tune_process
+
+    tune_process()
 
 
 def _sleep(t: float) -> None:

@@ -45,11 +45,14 @@ import numpy as np
 
 from . import jobs, reference, scans
 from .peers import case_peers  # noqa: F401 - run as a case by name (--peers)
+from .scaling import case_driver, case_fft, case_scaling  # noqa: F401 - cases, by name
 from .scans import DATA, ScanSpec
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead")
-OPTIONAL = ("peers",)  # run only when asked for: --peers, or by name in --cases
+CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead", "fft", "driver", "scaling",
+         "peers")
+# run only when asked for: --peers, or by name in --cases (scaling is long)
+OPTIONAL = ("scaling", "peers")
 
 
 @dataclass
@@ -90,29 +93,18 @@ def _scheduler_tasks(dask_scheduler=None) -> int:
 def start_cluster(dask_malloc: bool = False, **options):
     """A LocalCluster of 2 single-threaded worker processes and its client, warm.
 
-    Unless ``dask_malloc``, the workers start with the environment of framebag's
-    local profile (:func:`framebag.profiles.local_worker_environ`: glibc malloc
-    thresholds in place of dask's ``MALLOC_TRIM_THRESHOLD_=65536``, which makes
-    every array over 128 KiB a fresh mmap and a page fault per 4 KiB).
+    It is a user's plain LocalCluster: framebag tunes its workers' malloc when a
+    run starts (:mod:`framebag.tuning`). With ``dask_malloc`` that tuning is off
+    (``FRAMEBAG_WORKER_TUNING=0``) for the whole benchmark, and the workers keep
+    dask's ``MALLOC_TRIM_THRESHOLD_=65536``, which makes every array over 128 KiB
+    a fresh mmap and a page fault per 4 KiB.
     """
-    import dask
     from distributed import Client, LocalCluster
 
-    from framebag.profiles import local_worker_environ
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
-    if not dask_malloc:
-        environ = local_worker_environ()
-    # a nanny lets this process's environment override the setting, and writes the
-    # setting into it when it spawns: make the environment say the same
-    for key in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
-        if key in environ:
-            os.environ[key] = str(environ[key])
-        else:
-            os.environ.pop(key, None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=":0", **options)
+    if dask_malloc:
+        os.environ["FRAMEBAG_WORKER_TUNING"] = "0"
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=":0", **options)
     client = Client(cluster)
     client.wait_for_workers(2)
     return cluster, client
@@ -222,6 +214,7 @@ def case_cpu(ctx: Context) -> list[Row]:
                 "reference": loop,
             }, lambda: settle(client))
         finally:
+            os.environ.pop("FRAMEBAG_WORKER_TUNING", None)
             client.close()
             cluster.close()
         rows.append(_throughput_row("2 cpu", "the same on workers with dask's default "
@@ -404,6 +397,9 @@ class Context:
         self.out = self.dir / "out.h5"
         self._cluster = self._client = self._pool = self._serial = None
         self._warm: set[Path] = set()
+        self.workers = [int(w) for w in args.workers.split(",")]
+        self.sizes = [float(g) for g in args.sizes.split(",")]
+        self.notes: list[str] = []  # printed under the table
 
     def scan(self, spec: ScanSpec) -> Path:
         path = scans.make(self.dir, spec)
@@ -467,8 +463,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="smaller files and 3 repeats: about a minute")
     parser.add_argument("--repeat", type=int, default=0,
                         help="timed runs of each side (default 7, or 3 with --quick)")
-    parser.add_argument("--cases", default=",".join(CASES),
-                        help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--cases", default=",".join(c for c in CASES if c not in OPTIONAL),
+                        help=f"comma-separated subset of {','.join(CASES)} (default: all "
+                        f"but {','.join(OPTIONAL)})")
+    parser.add_argument("--workers", default="1,2,4,8,16",
+                        help="scaling case: the worker counts (default 1,2,4,8,16)")
+    parser.add_argument("--sizes", default="2,10",
+                        help="scaling case: the file sizes in GB (default 2,10)")
     parser.add_argument("--dir",
                         default=os.environ.get("FRAMEBAG_BENCH_DIR", "/tmp/framebag-bench"),
                         help="where the input files are written and kept (default "
@@ -484,16 +485,16 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
     if args.peers:
         chosen.append("peers")
-    unknown = sorted(set(chosen) - set(CASES + OPTIONAL))
+    unknown = sorted(set(chosen) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {', '.join(unknown)}; cases are "
-                     f"{', '.join(CASES + OPTIONAL)}")
+                     f"{', '.join(CASES)}")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     ctx = Context(args)
     rows: list[Row] = []
     t0 = time.monotonic()
     try:
-        for name in CASES + OPTIONAL:
+        for name in CASES:
             if name in chosen:
                 t = time.monotonic()
                 new = globals()[f"case_{name}"](ctx)
@@ -504,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"framebag benchmarks: {os.cpu_count()} cores, median of {ctx.repeat} runs "
           f"({'quick' if ctx.quick else 'full'}), {time.monotonic() - t0:.0f} s in all")
     print(table(rows))
+    for line in ctx.notes:
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps([r.__dict__ for r in rows], indent=1))
     return 0 if all(r.ok is not False for r in rows) else 1

@@ -503,59 +503,6 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
         ) from exc
 
 
-#: glibc malloc thresholds for local workers, in place of dask's MALLOC_TRIM_THRESHOLD_
-LOCAL_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(16 << 20), "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}
-
-
-def local_worker_environ() -> dict[str, str]:
-    """The environment local worker processes start with (dask's, malloc tuned).
-
-    dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536``, which pins glibc's mmap
-    threshold at 128 KiB: every larger array -- a read slab, an FFT temporary --
-    is a fresh mmap, paid for with a page fault per 4 KiB and given back at once.
-    Here arrays up to 16 MiB come from the heap, and at most 32 MiB of free heap
-    is kept, so per-frame numpy temporaries are reused instead. On the 2-core
-    test VM the FFT case ran at 384 frames/s this way against 272 with only
-    dask's setting removed (docs/benchmarks.md). Slab buffers are bigger and are
-    recycled by :mod:`framebag.reading` itself.
-    """
-    import dask
-
-    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
-    environ.update(LOCAL_MALLOC)
-    return {k: str(v) for k, v in environ.items()}
-
-
-@contextmanager
-def _local_malloc(prof: Profile) -> Iterator[None]:
-    """While entered, local workers (re)started by a nanny get :func:`local_worker_environ`.
-
-    The nanny lets the driver's own environment override the dask setting, and
-    writes that setting into the driver's environment for good when it spawns
-    (so one earlier cluster's ``MALLOC_TRIM_THRESHOLD_`` would stick): both are
-    set here, and the environment is put back on exit. An ``env`` in the
-    profile's options is applied after the worker starts, too late for malloc.
-    """
-    import dask
-
-    if prof.cluster != "local":
-        yield
-        return
-    environ = local_worker_environ()
-    saved = {k: os.environ.get(k) for k in LOCAL_MALLOC}
-    os.environ.update(LOCAL_MALLOC)
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def job_script(profile: str | os.PathLike | Profile) -> str:
     """The batch script dask-jobqueue would submit for ``profile`` (``cluster.job_script()``).
 
@@ -835,8 +782,7 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
         return
 
     ledger = _Ledger()
-    # for the cluster's whole life: a nanny reads the setting whenever it (re)starts a worker
-    with _sigterm_interrupts(), _local_malloc(prof):
+    with _sigterm_interrupts():
         cluster = make_cluster(prof, ledger)
         client = None
         try:

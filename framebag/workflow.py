@@ -265,8 +265,11 @@ class Workflow:
             calls = [(f.name, f.func, kwargs[f.name], f.wants_index, f.fold) for f in per_frame]
             outs: dict[str, Any] = {f.name: None for f in per_frame if f.fold.is_stack}
             first: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+            # a numpy scalar of the first value's type has its shape and dtype: no check
+            same: dict[str, type] = {}
+            alive = done.tolist()  # frames a batched function failed on are skipped
             for i in range(n):
-                if not done[i]:
+                if not alive[i]:
                     continue
                 frame = frames[i]
                 row = []
@@ -283,9 +286,13 @@ class Workflow:
                         if fold.is_stack:
                             out = outs[fname]
                             if out is None:
+                                if isinstance(v, np.generic):
+                                    same[fname] = type(v)
                                 v = np.asarray(v)
                                 first[fname] = (v.shape, v.dtype)
                                 out = outs[fname] = np.zeros((n, *v.shape), dtype=v.dtype)
+                            elif type(v) is same.get(fname):
+                                pass
                             elif np.shape(v) != first[fname][0] or \
                                     getattr(v, "dtype", first[fname][1]) != first[fname][1]:
                                 _shape_error(fname, start + i, scan_shape, first[fname], v)

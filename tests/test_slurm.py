@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 import framebag
+from framebag import tuning
 from framebag.errors import FramebagError
 from framebag.profiles import start_client
 
@@ -94,7 +95,12 @@ def test_frame_sum_runs_inside_two_slurm_jobs(tmp_path, make_scan, unchanged):
         client.wait_for_workers(2, timeout=60)
         job_of_worker = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
         host_of_worker = client.run(lambda: os.environ.get("SLURMD_NODENAME"))
+        # the jobs' workers start with dask's MALLOC_TRIM_THRESHOLD_; the run tunes them
+        untuned = client.run(tuning.mmapped, 1 << 20)
         res = wf.run(inp, tmp_path / "out.h5", client=client, partition_bytes=4096)
+        tuned = client.run(tuning.mmapped, 1 << 20)
+    assert list(untuned.values()) == [True, True], untuned
+    assert list(tuned.values()) == [False, False], tuned
     ids = set(job_of_worker.values())
     assert len(job_of_worker) == 2 and None not in ids and len(ids) == 2, job_of_worker
     assert set(host_of_worker.values()) <= {"fb1", "fb2"}, host_of_worker

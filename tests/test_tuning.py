@@ -1,0 +1,63 @@
+"""Worker tuning (framebag.tuning): glibc's malloc thresholds reach every worker a run uses.
+
+The read-back is behavioural: whether a 1 MiB ``malloc`` in the worker is served by
+mmap (``mallinfo2``'s count of mmapped blocks). dask's nanny starts workers with
+``MALLOC_TRIM_THRESHOLD_=65536``, under which it is; once framebag has tuned the
+worker, it comes from the heap.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import framebag
+from framebag import tuning
+
+from .conftest import DATA, KEY
+
+pytestmark = pytest.mark.skipif(tuning.mmapped(1 << 20) is None,
+                                reason="needs glibc >= 2.33 (mallinfo2)")
+
+
+def _sum_workflow() -> framebag.Workflow:
+    wf = framebag.Workflow("tuning_sum", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    return wf
+
+
+def test_mallopt_overrides_the_nanny_environment():
+    """In a process started with dask's MALLOC_TRIM_THRESHOLD_, tune_process() takes over."""
+    import subprocess
+    import sys
+
+    code = ("from framebag import tuning; a = tuning.mmapped(1 << 20); "
+            "ok = tuning.tune_process(); print(a, ok, tuning.mmapped(1 << 20))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"})
+    assert out.stdout.split() == ["True", "True", "False"], out.stdout + out.stderr
+
+
+def test_a_users_plain_local_cluster_is_tuned_by_the_run(tmp_path, make_scan):
+    """A default LocalCluster passed as ``client=``: its workers, and one that joins after
+    the run started, get the thresholds; the results are unchanged."""
+    from distributed import Client, LocalCluster
+
+    inp, data = make_scan((6, 5), (16, 16))
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        before = client.run(tuning.mmapped, 1 << 20)
+        assert list(before.values()) == [True, True], before  # dask's environment, untuned
+        res = _sum_workflow().run(inp, tmp_path / "out.h5", client=client, progress=None)
+        np.testing.assert_array_equal(res["total"], data.sum(axis=(-2, -1)))
+        assert list(client.run(tuning.mmapped, 1 << 20).values()) == [False, False]
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=60)
+        late = client.run(tuning.mmapped, 1 << 20)
+        assert list(late.values()) == [False, False, False], late
