@@ -13,6 +13,12 @@ costs a page fault per 4 KiB (about as much as the read itself for cheap
 frames). A buffer is reused only when nothing else refers to it any more: a
 frame, a view or a result that a function kept keeps its buffer out of reuse.
 At most ``_SPARE`` buffers are kept per process.
+
+A read HDF5 refuses (a chunk failing its fletcher32 checksum or its filter, a
+filter plugin that is not installed) is a :class:`ReadError` naming the
+dataset and the frames; HDF5 says only that a read failed, so the frames are
+found by reading the failed slab again a frame at a time, on that error path
+only. It is never retried and never leaves zeros behind.
 """
 
 from __future__ import annotations
