@@ -51,9 +51,9 @@ from .partitions import (
     task_size,
 )
 from .progress import LOGGER as PROGRESS_LOGGER
-from .reading import read_run
+from .reading import ReadError, read_run
 from .tuning import tune_workers
-from .workflow import FrameError, Partial, Workflow
+from .workflow import FrameError, Kinds, Partial, ValueKindError, Workflow
 
 __all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups"]
 
@@ -70,35 +70,58 @@ class RunSpec:
     on_error: str
     live: bool
     read_frames: int
+    #: every function's dtype and value shape, from the probe: each task's values must match
+    kinds: Kinds | None = None
 
 
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
     """Runs on a worker: read each run in slabs of ``spec.read_frames``, apply, fold.
 
-    The slabs of one run are folded into one Partial. A function's error stops
-    the task: it is returned (after the partials done before it), not raised,
-    since a retry would fail the same way.
+    The slabs of one run are folded into one Partial. A function's error or a
+    read that fails stops the task: it is returned as a failed Partial (after
+    the partials done before it), not raised, since a retry would fail the same
+    way. Each slab's values are checked against the probe's kinds (or, without
+    them, the first slab's), so a function's dtype cannot change between tasks.
     """
     d, wf = spec.data, spec.workflow
     out = []
     refresh = spec.live
+    expect = spec.kinds
     for start, stop in runs:
-        parts = []
+        parts: list[Partial] = []
         edges = [*range(start, stop, spec.read_frames), stop]
         for a, b in zip(edges[:-1], edges[1:]):
-            frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
-                              refresh=refresh)
-            refresh = False
             try:
-                parts.append(wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error))
-            except FrameError as exc:
+                frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
+                                  refresh=refresh)
+                refresh = False
+                parts.append(wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error,
+                                      expect))
+            except (FrameError, ReadError) as exc:
                 if parts:
                     out.append(wf.merge(parts))
-                out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=str(exc)))
+                out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=_stopped(exc)))
                 return out
+            expect = expect or parts[-1].kinds
             del frames  # frees the slab buffer for the next read
         out.append(wf.merge(parts))
     return out
+
+
+def _stopped(exc: FramebagError) -> str:
+    """The sentence a task's deterministic failure stops the run with, and what helps."""
+    if isinstance(exc, ReadError):
+        return f"{exc}; the frames done so far are kept"
+    text = str(exc)
+    if isinstance(exc, ValueKindError) or "needs one shape" in text or "which gave shape" in text:
+        fix = ("make the function return one fixed shape for every frame (pad or cut its "
+               "value to one length), then rerun with --overwrite; --on-error skip does "
+               "not help here")
+    else:
+        fix = ("fix the function and rerun with --overwrite (a changed workflow cannot "
+               "--resume an output it did not make), or leave the function as it is and "
+               "rerun with --resume --on-error skip to skip such frames")
+    return f"{text}; the frames done so far are kept: {fix}"
 
 
 def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[Partial]:
@@ -260,6 +283,7 @@ class _Job:
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
         self._pending: list[Partial] = []
+        self._kinds: Kinds | None = None  # from the probe: every task's values must match
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -282,6 +306,7 @@ class _Job:
             try:
                 t = time.perf_counter()
                 p = self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
+                self._kinds = p.kinds
                 self.frame_seconds = time.perf_counter() - t
                 if self.frame_seconds < 0.01:  # the first call pays for warming up: again
                     t = time.perf_counter()
@@ -418,6 +443,10 @@ class _Job:
                     time.sleep(o["poll_interval"])
             if not follow:
                 self.ended_by = "single_pass"
+            elif self.follower.ahead:
+                log.warning("%d frames have their keys set but no data in %s yet; they are left "
+                            "not done (rerun with --resume once the data are written)",
+                            self.follower.ahead, self.info.path)
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -448,7 +477,7 @@ class _Job:
         if self._spec is None:  # pure=False: fresh keys, never a previous run's results
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
                                               self.o["on_error"], self.o["follow"],
-                                              self._read_frames), pure=False)
+                                              self._read_frames, self._kinds), pure=False)
         bag = db.from_sequence(groups, partition_size=1).map_partitions(
             process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}")
         futures = client.compute(bag.to_delayed())
@@ -473,7 +502,10 @@ class _Job:
         """Combine and commit every successful partial; then raise for a failed one.
 
         Successful partials of the same batch are committed first, so a failure
-        never loses work that had already arrived.
+        never loses work that had already arrived. A task that failed on bad
+        input (a function's error, a read that fails, any FramebagError) stops
+        the run at once, since it would fail the same way again; one that failed
+        otherwise (a dead worker: KilledWorker) is retried up to ``retries`` times.
         """
         ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
@@ -487,19 +519,13 @@ class _Job:
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
         if failure:
-            if "needs one shape" in failure or "which gave shape" in failure:
-                advice = ("make the function return one fixed shape for every frame (pad or "
-                          "cut its value to one length), then rerun with --overwrite; "
-                          "--on-error skip would skip every frame that differs")
-            else:
-                advice = ("fix the function and rerun with --overwrite (a changed workflow "
-                          "cannot --resume an output it did not make), or leave the function "
-                          "as it is and rerun with --resume --on-error skip to skip such frames")
-            raise FramebagError(f"{failure}; the frames done so far are kept: {advice}")
+            raise FramebagError(failure)
         for f in failed:
             group = inflight.pop(f)
             exc = f.exception() if f.status == "error" else None
             start, stop = group[0][0], group[-1][1]
+            if isinstance(exc, FramebagError):  # bad input, the same on every try
+                raise FramebagError(f"{exc}; the frames done so far are kept") from exc
             attempts = self._attempts[start] = self._attempts.get(start, 0) + 1
             if attempts <= self.o["retries"]:
                 log.warning("partition of frames %d..%d failed (%s: %s); retrying", start,

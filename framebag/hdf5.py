@@ -10,11 +10,19 @@ never opened for writing.
 A file replaced at the same path (new inode) is reopened, not served stale.
 A file that is missing, empty, or held by a writer that has not entered SWMR
 mode yet raises :class:`InputNotReady`, which a followed run waits out.
+
+A SWMR open skips two of HDF5's checks: that the file is as long as the end of
+file stored in its superblock (past it, a truncated file reads as zeros), and
+that metadata checksums hold at the first try (it retries a damaged block for
+minutes, since a live writer may be halfway through it). So a finished input is
+first checked by :func:`check_finished` with a plain read-only open, which
+makes both; only a followed file may still be growing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from typing import Any
 
@@ -54,6 +62,15 @@ def open_readonly(path: str | os.PathLike, what: str = "input file", **kwargs: A
     plain :class:`FramebagError`. ``kwargs`` go to :class:`h5py.File`.
     """
     name = os.fspath(path)
+    _check_path(name, what)
+    try:
+        return h5py.File(name, "r", swmr=True, **kwargs)
+    except OSError as exc:
+        raise InputNotReady(f"cannot open {what} {name!r}: {exc}") from exc
+
+
+def _check_path(name: str, what: str) -> None:
+    """Raise if ``name`` is not a readable HDF5 file (see :func:`open_readonly`)."""
     if not os.path.exists(name):
         raise InputNotReady(f"{what} {name!r} does not exist")
     if os.path.isdir(name):
@@ -64,10 +81,66 @@ def open_readonly(path: str | os.PathLike, what: str = "input file", **kwargs: A
         if os.path.getsize(name) == 0:
             raise InputNotReady(f"{what} {name!r} is empty")
         raise FramebagError(f"{what} {name!r} is not an HDF5 file")
+
+
+def check_finished(path: str | os.PathLike, data: str, keys: list[str]) -> None:
+    """Refuse, in one sentence naming the file, a finished input that is truncated or damaged.
+
+    The file is opened without SWMR, as HDF5 checks it then: its size against
+    the end of file stored in its superblock, and every metadata checksum on the
+    first read. The ``data`` dataset is opened there and the ``keys`` read, so
+    damage to them fails at once. A file left flagged "open
+    for write" by a crashed SWMR writer refuses that open whatever its state; it
+    is checked by comparing its stored end of file with its size instead. The
+    input is only read.
+    """
+    name = os.path.abspath(os.fspath(path))
+    _check_path(name, "input file")
     try:
-        return h5py.File(name, "r", swmr=True, **kwargs)
+        plain = h5py.File(name, "r")
     except OSError as exc:
-        raise InputNotReady(f"cannot open {what} {name!r}: {exc}") from exc
+        reason = hdf5_reason(exc)
+        if "truncated file" in reason:
+            stored = re.search(r"stored_eof\s*=\s*(\d+)", reason)
+            raise _truncated(name, os.path.getsize(name),
+                             int(stored.group(1)) if stored else None) from None
+        if "open for write" not in reason and "open for SWMR" not in reason:
+            raise FramebagError(f"HDF5 refuses to open input file {name!r} ({reason})") from None
+        plain = None  # a crashed SWMR writer's flags: check its end of file below
+    if plain is not None:
+        with plain:
+            for n in [data, *keys]:
+                try:
+                    obj = plain[n]  # not .get(): it would hide the error as "not there"
+                    if n != data and isinstance(obj, h5py.Dataset):
+                        obj[()]
+                except (OSError, KeyError, RuntimeError) as exc:
+                    reason = hdf5_reason(exc)
+                    if isinstance(exc, KeyError) and ("doesn't exist" in reason
+                                                      or "not found" in reason):
+                        continue  # not there: dataset() names what is
+                    raise FramebagError(f"dataset {n!r} in input file {name!r} is damaged: "
+                                        f"HDF5 cannot read it ({reason})") from None
+    stored = open_file(name).id.get_filesize()  # the larger of the stored end and the size
+    size = os.path.getsize(name)
+    if size < stored:
+        raise _truncated(name, size, stored)
+
+
+def _truncated(name: str, size: int, stored: int | None) -> FramebagError:
+    whole = f" of the {stored} its HDF5 superblock records" if stored else ""
+    return FramebagError(
+        f"input file {name!r} is truncated: it holds {size} bytes{whole} (an interrupted copy "
+        "or write?); only a file followed with --follow may still be growing"
+    )
+
+
+def hdf5_reason(exc: BaseException) -> str:
+    """HDF5's own words from an h5py error, without its "Unable to ... (...)" wrapper."""
+    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc).strip()
+    if text.endswith(")") and "(" in text:
+        text = text[text.index("(") + 1 : -1]
+    return text
 
 
 def open_file(path: str) -> h5py.File:
@@ -94,7 +167,11 @@ def dataset(path: str, name: str) -> h5py.Dataset:
         ds = _datasets.get((path, name))
         if ds is not None and ds.id.valid:
             return ds
-        obj = f.get(name)
+        try:
+            obj = f.get(name)
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise FramebagError(f"dataset {name!r} in input file {path!r} is damaged: HDF5 "
+                                f"cannot open it ({hdf5_reason(exc)})") from None
         if obj is None:
             raise FramebagError(
                 f"dataset {name!r} is not in input file {path!r} "

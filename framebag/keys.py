@@ -13,6 +13,13 @@ it is read at its current extent and a change of it during a run is an error.
 
 Every poll is one vectorised read of each whole key dataset (after
 ``refresh()`` when following a live file); there is no Python loop per index.
+
+A frame is complete only where the data dataset already holds it. A live
+writer may extend and set a key before it extends the data; those frames are
+held back (not complete, but ``seen``) until the data reach them, so no read
+goes past the data's extent. In a finished file such keys are an error.
+A finished file is checked first (:func:`framebag.hdf5.check_finished`):
+a truncated or damaged input is refused before anything reads it.
 """
 
 from __future__ import annotations
@@ -84,6 +91,10 @@ class KeyFollower:
             raise FramebagError("no data dataset given: set data= on the Workflow or pass --data")
         self.path = os.path.abspath(os.fspath(path))
         self.live = live
+        #: frames whose keys are set but whose data the data dataset does not hold yet
+        self.ahead = 0
+        if not live:  # only a followed file may still be growing
+            hdf5.check_finished(self.path, data, list(keys))
         self._keys = [hdf5.dataset(self.path, k) for k in keys]
         self._key_names = list(keys)
         if finished and not finished_required and finished not in hdf5.open_file(self.path):
@@ -115,7 +126,7 @@ class KeyFollower:
         self.scan_shape = self.data.scan_shape
 
     def _describe_data(self, name: str) -> DataInfo:
-        d = hdf5.dataset(self.path, name)
+        d = self._data = hdf5.dataset(self.path, name)
         key_scan = extent(self._keys[0], self.scan_rank)
         if d.ndim < self.scan_rank:
             raise FramebagError(
@@ -123,8 +134,9 @@ class KeyFollower:
                 f"scan rank {self.scan_rank} of key dataset {self._key_names[0]!r}"
             )
         data_scan = extent(d, self.scan_rank)
-        # a growing writer extends the data before the keys: only the fixed dims must agree
-        skip = 1 if self.growing else 0
+        # in a growing scan, or a live one whose data grow along the first dim, the data's
+        # first dim may be ahead of or behind the keys: only the fixed dims must agree
+        skip = 1 if self.growing or (self.live and (d.maxshape or d.shape)[0] is None) else 0
         if data_scan[skip:] != key_scan[skip:]:
             raise FramebagError(
                 f"key dataset {self._key_names[0]!r} has scan shape {key_scan} but data dataset "
@@ -164,7 +176,34 @@ class KeyFollower:
                 partly |= ok
         #: frames with at least one key set (complete ones included)
         self.seen = int(mask.sum() if partly is None else partly.sum())
-        return mask
+        return self._with_data(mask)
+
+    def _with_data(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` less the frames beyond the data's current extent (keys ahead of data).
+
+        Sets :attr:`ahead` to how many frames that holds back. Reads nothing but
+        the data's shape (refreshed when live, only while it is short of the scan).
+        """
+        self.ahead = 0
+        have = self._data.shape[: self.scan_rank]
+        if all(h >= s for h, s in zip(have, self.scan_shape)):
+            return mask
+        if self.live:
+            self._data.refresh()
+            have = self._data.shape[: self.scan_rank]
+        region = tuple(slice(0, min(h, s)) for h, s in zip(have, self.scan_shape))
+        held = np.zeros_like(mask)
+        held[region] = mask[region]
+        self.ahead = int(mask.sum()) - int(held.sum())
+        if self.ahead and not self.live:
+            first = tuple(int(i) for i in np.argwhere(mask & ~held)[0])
+            raise FramebagError(
+                f"key datasets {', '.join(self._key_names)} in {self.path!r} mark "
+                f"{self.ahead} frames complete (the first {first}) that data dataset "
+                f"{self.data.name!r} does not hold: its scan dims are {tuple(have)}, the "
+                f"keys' {self.scan_shape}"
+            )
+        return held
 
     def _grow(self, arrays: list[np.ndarray]) -> None:
         current = tuple(max(a.shape[d] for a in arrays) for d in range(self.scan_rank))

@@ -46,13 +46,26 @@ from .errors import FramebagError
 from .output import RESERVED
 from .partitions import scan_index
 
-__all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
+__all__ = ["Workflow", "FrameFunction", "FrameError", "ValueKindError", "Partial",
+           "load_workflow"]
 
 _INDEX = "index"
+
+#: numpy dtype kinds a function may return: bool, integers, floats, complex
+NUMERIC = "biufc"
+
+#: a function's values: ``name -> (dtype, value shape, flat index of the frame that showed it)``
+Kinds = dict[str, tuple[np.dtype, tuple[int, ...], int]]
 
 
 class FrameError(FramebagError):
     """A registered function raised on a frame (names function, scan index and cause)."""
+
+
+class ValueKindError(FrameError):
+    """A function returned a value that is not numeric, or not of its first value's dtype
+    (or shape, for a stack). Never skipped by ``on_error="skip"``: it is a bug in the
+    function, not a bad frame."""
 
 
 @dataclass
@@ -139,6 +152,8 @@ class Partial:
     accs: dict[str, Any] = field(default_factory=dict)
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     failure: str = ""
+    #: every function's dtype and value shape, as its first value in this partial showed
+    kinds: Kinds = field(default_factory=dict)
 
 
 class Workflow:
@@ -223,11 +238,19 @@ class Workflow:
     # the hot path ------------------------------------------------------------
 
     def apply(self, frames: np.ndarray, start: int, scan_shape: tuple[int, ...],
-              params: Mapping[str, Any], on_error: str = "raise") -> Partial:
+              params: Mapping[str, Any], on_error: str = "raise",
+              expect: Kinds | None = None) -> Partial:
         """Run every function over ``frames`` (the run ``start .. start+len``) and fold.
 
         Each frame is computed by all functions before it is folded, so a frame
         that fails in any function (with ``on_error="skip"``) is left out of all.
+
+        Every value must be numeric and of one dtype per function (and one shape,
+        for a stack): the first value of each function is checked against
+        ``expect`` (the kinds an earlier partial showed, see :attr:`Partial.kinds`),
+        every later one against the first, by its type and dtype only -- a value
+        is converted only when its type differs. A value that breaks this raises
+        :class:`ValueKindError`, whatever ``on_error`` says.
         """
         n = len(frames)
         done = np.ones(n, dtype=bool)
@@ -235,6 +258,8 @@ class Workflow:
         per_frame = [f for f in self.functions.values() if not f.batched]
         batched = [f for f in self.functions.values() if f.batched]
         kwargs = {f.name: f.bind(params) for f in self.functions.values()}
+        expect = expect or {}
+        kinds: Kinds = {}
         index = None
         if any(f.wants_index for f in self.functions.values()):
             index = np.stack(np.unravel_index(np.arange(start, start + n), scan_shape), axis=1)
@@ -257,6 +282,9 @@ class Workflow:
                     values[f.name] = self._batched_one_by_one(
                         f, frames, kw, start, scan_shape, errors, done, index
                     )
+            if values[f.name] is not None:
+                kinds[f.name] = _batched_kind(f.name, values[f.name], start, scan_shape,
+                                              f.fold.is_stack, expect.get(f.name))
 
         stacks: dict[str, np.ndarray] = {}
         accs: dict[str, Any] = {f.name: f.fold.initial() for f in self.functions.values()
@@ -264,9 +292,9 @@ class Workflow:
         if per_frame:
             calls = [(f.name, f.func, kwargs[f.name], f.wants_index, f.fold) for f in per_frame]
             outs: dict[str, Any] = {f.name: None for f in per_frame if f.fold.is_stack}
-            first: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-            # a numpy scalar of the first value's type has its shape and dtype: no check
-            same: dict[str, type] = {}
+            # per function, of its first value here: (type, dtype, shape, whether the type is
+            # an array, whose dtype and shape vary by instance); the hot path's check
+            first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool]] = {}
             alive = done.tolist()  # frames a batched function failed on are skipped
             for i in range(n):
                 if not alive[i]:
@@ -283,19 +311,18 @@ class Workflow:
                     row.append(v)
                 else:
                     for (fname, _, _, _, fold), v in zip(calls, row):
+                        k = first.get(fname)
+                        t = type(v)
+                        if k is None or t is not k[0] or (k[3] and (
+                                (v.dtype is not k[1] and v.dtype != k[1])
+                                or (fold.is_stack and v.shape != k[2]))):
+                            k = first[fname] = _value_kind(
+                                fname, v, start + i, scan_shape, fold.is_stack,
+                                kinds.get(fname) or expect.get(fname), kinds)
                         if fold.is_stack:
                             out = outs[fname]
                             if out is None:
-                                if isinstance(v, np.generic):
-                                    same[fname] = type(v)
-                                v = np.asarray(v)
-                                first[fname] = (v.shape, v.dtype)
-                                out = outs[fname] = np.zeros((n, *v.shape), dtype=v.dtype)
-                            elif type(v) is same.get(fname):
-                                pass
-                            elif np.shape(v) != first[fname][0] or \
-                                    getattr(v, "dtype", first[fname][1]) != first[fname][1]:
-                                _shape_error(fname, start + i, scan_shape, first[fname], v)
+                                out = outs[fname] = np.zeros((n, *k[2]), dtype=k[1])
                             out[i] = v
                         else:
                             try:
@@ -318,7 +345,7 @@ class Workflow:
                 stacks[f.name] = vals
             else:
                 accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
-        return Partial(start, start + n, done, stacks, accs, errors)
+        return Partial(start, start + n, done, stacks, accs, errors, kinds=kinds)
 
     def merge(self, parts: list[Partial]) -> Partial:
         """One Partial for the partials of consecutive runs, in order."""
@@ -441,14 +468,76 @@ def _convert(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _shape_error(fname: str, flat: int, scan_shape: tuple[int, ...],
-                 first: tuple[tuple[int, ...], np.dtype], v: Any) -> None:
-    v = np.asarray(v)
-    raise FrameError(
-        f"function {fname!r} returned shape {v.shape} dtype {v.dtype} on frame "
-        f"{scan_index(flat, scan_shape)}, but shape {first[0]} dtype {first[1]} on an earlier "
-        "frame; a stacked result needs one shape and dtype"
-    )
+def _what(v: Any) -> str:
+    """A returned value described for a message: its type, and its dtype and shape if any."""
+    if v is None:
+        return "None"
+    name = type(v).__name__
+    try:
+        a = np.asarray(v)
+    except Exception:  # noqa: BLE001 - an object numpy cannot even look at
+        return name
+    if a.dtype.kind not in NUMERIC:
+        return f"{name} of dtype {a.dtype}" if isinstance(v, (np.ndarray, np.generic)) else name
+    return f"{name} of shape {a.shape} dtype {a.dtype}"
+
+
+def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_stack: bool,
+                ref: tuple[np.dtype, tuple[int, ...], int] | None,
+                kinds: Kinds) -> tuple[type, np.dtype, tuple[int, ...], bool]:
+    """Check a value whose type differs from the function's first value here (or the first).
+
+    Returns its ``(type, dtype, shape, is_array)`` for the hot path's check and, for
+    a function's first value, records ``(dtype, shape, flat)`` in ``kinds``. Raises
+    :class:`ValueKindError` for a value that is not numeric, or whose dtype (or shape,
+    for a stack) differs from ``ref``.
+    """
+    try:
+        a = np.asarray(v)
+    except Exception:  # noqa: BLE001 - e.g. a ragged list numpy refuses
+        a = np.asarray(None)
+    where = scan_index(flat, scan_shape)
+    if a.dtype.kind not in NUMERIC:
+        raise ValueKindError(
+            f"function {fname!r} returned {_what(v)} on frame {where}; a function must return "
+            "a number or a numeric array"
+        )
+    if ref is not None and (a.dtype != ref[0] or (is_stack and a.shape != ref[1])):
+        earlier = f"shape {ref[1]} dtype {ref[0]}" if is_stack else f"dtype {ref[0]}"
+        raise ValueKindError(
+            f"function {fname!r} returned {_what(v)} on frame {where}, but {earlier} on frame "
+            f"{scan_index(ref[2], scan_shape)}; "
+            + ("a stacked result needs one shape and dtype" if is_stack
+               else "every value of a function needs one dtype")
+        )
+    kinds.setdefault(fname, (a.dtype, a.shape, flat))
+    return type(v), a.dtype, a.shape, isinstance(v, np.ndarray)
+
+
+def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],
+                  is_stack: bool, ref: tuple[np.dtype, tuple[int, ...], int] | None,
+                  ) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Check a batched function's values (one per frame) as :func:`_value_kind` does."""
+    if values.dtype.kind not in NUMERIC:
+        bad = next((i for i, v in enumerate(values)
+                    if np.asarray(v).dtype.kind not in NUMERIC), 0) if values.ndim else 0
+        v = values[bad] if values.ndim else values
+        raise ValueKindError(
+            f"batched function {fname!r} returned {_what(v)} for frame "
+            f"{scan_index(start + bad, scan_shape)} (in an array of dtype {values.dtype}); "
+            "a function must return numbers or numeric arrays"
+        )
+    shape = values.shape[1:]
+    if ref is not None and (values.dtype != ref[0] or (is_stack and shape != ref[1])):
+        earlier = f"shape {ref[1]} dtype {ref[0]}" if is_stack else f"dtype {ref[0]}"
+        raise ValueKindError(
+            f"batched function {fname!r} returned values of shape {shape} dtype "
+            f"{values.dtype} for frames from {scan_index(start, scan_shape)}, but {earlier} "
+            f"for frame {scan_index(ref[2], scan_shape)}; "
+            + ("a stacked result needs one shape and dtype" if is_stack
+               else "every value of a function needs one dtype")
+        )
+    return values.dtype, shape, start
 
 
 def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
