@@ -23,16 +23,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.bag as db
 import numpy as np
 
-from . import __version__, hdf5
-from .errors import FramebagError
+from . import hdf5
+from ._version import __version__
+from .errors import FramebagError, FrameError
 from .keys import DataInfo, KeyFollower
 from .output import OutputFile, Schema, check_resumable, default_output_path
+from .partials import Partial
 from .partitions import (
     DEFAULT_PARTITION_BYTES,
     Dispatcher,
@@ -41,13 +43,16 @@ from .partitions import (
     scan_index,
     task_size,
 )
-from .progress import LOGGER as PROGRESS_LOGGER
 from .reading import read_run
-from .workflow import FrameError, Partial, Workflow
+
+if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
+    from .workflow import Workflow
 
 __all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups"]
 
 log = logging.getLogger("framebag")
+#: the logger framebag.progress configures and --quiet silences (a name, not an import of it)
+progress_log = logging.getLogger("framebag.progress")
 
 
 @dataclass(frozen=True)
@@ -190,7 +195,7 @@ def _follower(path: Path, data: str, keys: list[str], finished: str | None, foll
             now = time.monotonic()
             if deadline is None:
                 deadline = now + timeout
-                logging.getLogger(PROGRESS_LOGGER).info(
+                progress_log.info(
                     "--follow: waiting up to %g s for the input (%s)", timeout, exc)
             elif now >= deadline:
                 raise FramebagError(f"{exc}, after waiting {timeout:g} s for it "

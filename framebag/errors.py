@@ -11,3 +11,7 @@ class FramebagError(Exception):
     """
 
     exit_code = 2
+
+
+class FrameError(FramebagError):
+    """A registered function raised on a frame (names function, scan index and cause)."""

@@ -53,12 +53,11 @@ import h5py
 import numpy as np
 
 from .errors import FramebagError
+from .layout import RESERVED
 from .partitions import blocks, selection_shape
 
 __all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr"]
 
-#: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>
-RESERVED = ("done", "errors", "checkpoint")
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
 

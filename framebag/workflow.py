@@ -34,24 +34,21 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import folds as _folds
-from .errors import FramebagError
-from .output import RESERVED
+from .errors import FramebagError, FrameError
+from .layout import RESERVED
+from .partials import Partial
 from .partitions import scan_index
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
 
 _INDEX = "index"
-
-
-class FrameError(FramebagError):
-    """A registered function raised on a frame (names function, scan index and cause)."""
 
 
 @dataclass
@@ -67,24 +64,6 @@ class FrameFunction:
 
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {k: params.get(k, v) for k, v in self.defaults.items()}
-
-
-@dataclass
-class Partial:
-    """What one partition sends back: its run, its done frames, one entry per function.
-
-    ``stacks`` holds, for each ``stack`` function, the values of the run's frames
-    (frames not done hold zeros); ``accs`` holds the accumulator of every other
-    function; ``errors`` lists ``(flat_index, function, message)`` of skipped frames.
-    """
-
-    start: int
-    stop: int
-    done: np.ndarray
-    stacks: dict[str, np.ndarray] = field(default_factory=dict)
-    accs: dict[str, Any] = field(default_factory=dict)
-    errors: list[tuple[int, str, str]] = field(default_factory=list)
-    failure: str = ""
 
 
 class Workflow:
