@@ -44,6 +44,7 @@ from .partitions import (
     task_size,
 )
 from .reading import read_run
+from .scan_order import ScanOrder, first_frame
 
 if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
     from .workflow import Workflow
@@ -70,29 +71,29 @@ class RunSpec:
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
     """Runs on a worker: read each run in slabs of ``spec.read_frames``, apply, fold.
 
-    The slabs of one run are folded into one Partial. A function's error stops
+    Each slab is folded into one Partial; slabs lie on the grid of multiples of
+    ``read_frames``. A function's error stops
     the task: it is returned (after the partials done before it), not raised,
     since a retry would fail the same way.
     """
     d, wf = spec.data, spec.workflow
     out = []
     refresh = spec.live
+    r = spec.read_frames
     for start, stop in runs:
-        parts = []
-        edges = [*range(start, stop, spec.read_frames), stop]
+        # slabs on the fixed grid of reads, one Partial each (not merged here): the driver
+        # folds them in scan order, so the sum is the same whatever the tasks were
+        edges = [start, *range((start // r + 1) * r, stop, r), stop]
         for a, b in zip(edges[:-1], edges[1:]):
             frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
                               refresh=refresh)
             refresh = False
             try:
-                parts.append(wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error))
+                out.append(wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error))
             except FrameError as exc:
-                if parts:
-                    out.append(wf.merge(parts))
                 out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=str(exc)))
                 return out
             del frames  # frees the slab buffer for the next read
-        out.append(wf.merge(parts))
     return out
 
 
@@ -227,7 +228,8 @@ class _Job:
         self.ended_by = ""
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
-        self._pending: list[Partial] = []
+        self._pending: list[Partial] = []  # released in scan order, not yet committed
+        self._order = ScanOrder()  # arrived, waiting for the partials before them
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -292,8 +294,9 @@ class _Job:
     # the loop ----------------------------------------------------------------------
 
     def run(self, client: Any) -> Results:
-        # distributed.wait() would use the *default* client; this one may not be it
-        from distributed.client import _wait
+        # distributed.wait() waits on the *current* client's loop: as_current() makes that
+        # this run's client, which need not be the default one
+        from distributed import wait
 
         t0 = time.monotonic()
         o = self.o
@@ -361,8 +364,9 @@ class _Job:
                     complete = fresh
                 if inflight and not finished_now:
                     try:
-                        client.sync(_wait, list(inflight), timeout=o["poll_interval"],
-                                    return_when="FIRST_COMPLETED")
+                        with client.as_current():
+                            wait(list(inflight), timeout=o["poll_interval"],
+                                 return_when="FIRST_COMPLETED")
                     except TimeoutError:
                         pass
                 elif not inflight and follow and not final_poll:
@@ -377,7 +381,7 @@ class _Job:
             for f in inflight:
                 f.cancel()
             try:
-                self._flush()  # keep what arrived, also on Ctrl-C
+                self._flush(everything=True)  # keep what arrived, also on Ctrl-C
             except Exception:  # noqa: BLE001 - the error that got us here is the one to show
                 log.debug("could not commit the last partials", exc_info=True)
             self._cleanup(client, status)
@@ -433,7 +437,8 @@ class _Job:
         partials = [p for p in partials if not p.failure]
         for f in ok:
             del inflight[f]
-        self._pending.extend(partials)
+        self._order.add(partials)  # failed tasks stay in flight (retried) and hold back the rest
+        self._pending.extend(self._order.release(first_frame(inflight.values())))
         count = sum(int(p.done.sum()) for p in partials)
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
@@ -457,8 +462,11 @@ class _Job:
             ) from exc
         return count
 
-    def _flush(self) -> None:
-        """Combine and commit the partials gathered since the last commit."""
+    def _flush(self, everything: bool = False) -> None:
+        """Combine and commit the partials released since the last commit; with
+        ``everything`` (the run ends, also by an error), the held-back ones too."""
+        if everything:
+            self._pending.extend(self._order.release())
         if self._pending and self.out is not None and not self._broken:
             pending, self._pending = self._pending, []
             self._commit(pending)

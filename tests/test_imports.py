@@ -68,29 +68,29 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, known: set[str]) ->
     return out
 
 
+def _visit(node: ast.AST, kind: str, module: str, known: set[str],
+           edges: dict[str, set[str]]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.Import, ast.ImportFrom)):
+            edges[kind].update(t for t in _targets(child, module, known) if t != module)
+        elif isinstance(child, ast.If) and _is_type_checking(child.test):
+            for stmt in child.body:
+                _visit(ast.Module(body=[stmt], type_ignores=[]), "type", module, known, edges)
+            for stmt in child.orelse:
+                _visit(ast.Module(body=[stmt], type_ignores=[]), kind, module, known, edges)
+        elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            _visit(child, "lazy", module, known, edges)
+        else:
+            _visit(child, kind, module, known, edges)
+
+
 def import_graph(package: Path = PACKAGE) -> dict[str, dict[str, set[str]]]:
     """``{module: {"eager": {...}, "lazy": {...}, "type": {...}}}`` over framebag's modules."""
     mods = _modules(package)
-    known = set(mods)
     graph: dict[str, dict[str, set[str]]] = {}
     for name, path in mods.items():
         edges: dict[str, set[str]] = {"eager": set(), "lazy": set(), "type": set()}
-
-        def visit(node: ast.AST, kind: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.Import, ast.ImportFrom)):
-                    edges[kind].update(t for t in _targets(child, name, known) if t != name)
-                elif isinstance(child, ast.If) and _is_type_checking(child.test):
-                    for stmt in child.body:
-                        visit(ast.Module(body=[stmt], type_ignores=[]), "type")
-                    for stmt in child.orelse:
-                        visit(ast.Module(body=[stmt], type_ignores=[]), kind)
-                elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                    visit(child, "lazy")
-                else:
-                    visit(child, kind)
-
-        visit(ast.parse(path.read_text(), str(path)), "eager")
+        _visit(ast.parse(path.read_text(), str(path)), "eager", name, set(mods), edges)
         graph[name] = edges
     return graph
 
