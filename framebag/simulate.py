@@ -193,9 +193,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     dropped = np.asarray(drop, dtype=np.int64)
     if dropped.size and (dropped.min() < 0 or dropped.max() >= order.size):
         raise FramebagError(f"--drop {list(drop)}: frames are numbered 0 to {order.size - 1}")
-    if gate_after is not None and (gate is None or not 0 <= gate_after <= order.size):
-        raise FramebagError(f"--gate-after {gate_after} needs --gate and a number of frames "
-                            f"from 0 to {order.size}")
+    held = _Gate(gate, gate_after, order.size)
     inner = int(np.prod(scan[1:], dtype=np.int64))
     def layout(f: h5py.File) -> None:
         _create(f, scan, frame, dt, growing, finished_shape, chunk_frames, compression)
@@ -206,9 +204,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             layout(f)
             f.flush()
             time.sleep(arm_for)
-            if gate is not None:
-                _wait_for(gate)
-                gate = None
+            held.wait()
             f.swmr_mode = True
         data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
         # the writer's own copy of the keys: a batch's keys go out as one write of the
@@ -221,11 +217,8 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         written = 0
         rows = 0
         n = order.size
-        gate_at = n if gate_after is None else gate_after
         while written < n:
-            if gate is not None and written >= gate_at:
-                _wait_for(gate)
-                gate = None
+            if held.wait(written):
                 t0 = time.monotonic() - written / rate
             if stall_after is not None and written >= stall_after:
                 _stall(stall_for)
@@ -234,8 +227,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             due = min(n, int((time.monotonic() - t0) * rate) + 1)
             if stall_after is not None:
                 due = min(due, stall_after)
-            if gate is not None:
-                due = min(due, gate_at)
+            due = held.cap(due)
             batch = order[written:due]
             if batch.size == 0:  # woke up a hair early: nothing is due yet
                 time.sleep(0.5 / rate)
@@ -262,8 +254,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
                 delay = t0 + written / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-        if gate is not None:
-            _wait_for(gate)
+        held.wait()
         if finished_shape != "none":
             flag = f[FINISHED]
             flag[()] = 1
@@ -273,10 +264,28 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         f.close()
 
 
-def _wait_for(gate: str | os.PathLike) -> None:
-    """Hold the file open, writing nothing, until the file ``gate`` exists."""
-    while not os.path.exists(gate):
-        time.sleep(0.005)
+class _Gate:
+    """The writer's one wait for a file (``--gate``): before frame ``after``, or when asked."""
+
+    def __init__(self, path: str | os.PathLike | None, after: int | None, n: int) -> None:
+        if after is not None and (path is None or not 0 <= after <= n):
+            raise FramebagError(f"--gate-after {after} needs --gate and a number of frames "
+                                f"from 0 to {n}")
+        self.path, self.after = path, n if after is None else after
+
+    def cap(self, due: int) -> int:
+        """How many frames may be written by now: none past the gate while it is shut."""
+        return due if self.path is None else min(due, self.after)
+
+    def wait(self, written: int | None = None) -> bool:
+        """Hold the file open, writing nothing, until the gate file exists, if the gate is
+        due (at ``written`` frames, or now); True if it was."""
+        if self.path is None or (written is not None and written < self.after):
+            return False
+        while not os.path.exists(self.path):
+            time.sleep(0.005)
+        self.path = None
+        return True
 
 
 def _stall(seconds: float) -> None:
