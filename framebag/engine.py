@@ -394,7 +394,7 @@ class _Job:
 
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
-        """Send groups of runs out as one dask bag, one partition per group.
+        """Send groups of runs out as dask bags of one partition each, first frames first.
 
         Retries are done here rather than with dask's ``retries=``, because those
         do not cover a worker that dies (KilledWorker); ``attempt`` gives a retry
@@ -404,9 +404,16 @@ class _Job:
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
                                               self.o["on_error"], self.o["follow"],
                                               self._read_frames), pure=False)
-        bag = db.from_sequence(groups, partition_size=1).map_partitions(
-            process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}")
-        futures = client.compute(bag.to_delayed())
+        # a bag of one partition per task, ranked by its first frame: in one bag of them all
+        # the scheduler runs the tasks in the order of their keys as strings (9, 8, ..., 2,
+        # 15, ..., 10, 1, 0), and partials combined in scan order would wait for the last
+        parts = []
+        for group in groups:
+            with dask.annotate(priority=-group[0][0]):
+                parts += db.from_sequence([group], partition_size=1).map_partitions(
+                    process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}"
+                ).to_delayed()
+        futures = client.compute(parts)
         inflight.update(zip(futures, groups))
 
     def _should_end(self, complete: np.ndarray, last_new: float) -> str:

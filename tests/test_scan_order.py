@@ -126,3 +126,18 @@ def test_slabs_lie_on_the_grid_of_reads(make_scan, start, stop, read, want) -> N
     assert [(p.start, p.stop) for p in parts] == want
     for p in parts:
         np.testing.assert_array_equal(p.accs["s"], data[p.start:p.stop].sum(axis=0))
+
+
+def test_tasks_start_in_scan_order(make_scan, tmp_path) -> None:
+    """The scheduler runs tasks first frames first, so partials rarely wait for a predecessor
+    (combined in scan order, a first task run last would hold back every result)."""
+    path, _ = make_scan((256,), (4, 4))
+    wf = Workflow("when", data=DATA, keys=[KEY])
+    wf.frame(lambda frame: time.monotonic_ns(), name="started")  # one clock for all processes
+    task, read = task_size(32, 32, 1, 256, 1)
+    assert read == 1 and 256 // task >= 8
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as c:
+        res = wf.run(path, tmp_path / "o.h5", client=c, partition_bytes=32)
+    firsts = res["started"][::task]
+    assert (np.diff(firsts) > 0).all(), np.argsort(firsts)
