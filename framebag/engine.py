@@ -4,14 +4,15 @@ One loop serves finished and live files alike::
 
     poll keys -> Dispatcher.due() -> runs -> dask.bag (one partition per run)
       -> map_partitions(process_partition) on the workers -> futures
-      -> as they complete: combine into the accumulators -> OutputFile.commit()
+      -> as they complete: ScanOrder (scan order) -> combine -> OutputFile.commit()
 
 A finished file is polled once and every run is flushed at once; a live file
 is polled every ``poll_interval`` until the finished flag, a full scan or the
 inactivity ``timeout``. Futures are gathered as they complete (never one
 blocking ``compute``), so results reach the output while the rest runs, and a
 partition's partial is combined exactly once (distributed may recompute a lost
-partition, but its future resolves once).
+partition, but its future resolves once). Partials are combined in scan order
+(:mod:`framebag.scan_order`), so float folds do not depend on arrival order.
 """
 
 from __future__ import annotations
