@@ -17,9 +17,9 @@ __all__ = ["Partial"]
 
 @dataclass
 class Partial:
-    """What one partition sends back: its run, its done frames, one entry per function.
+    """What a task sends back for one read: its frames, those done, one entry per function.
 
-    ``stacks`` holds, for each ``stack`` function, the values of the run's frames
+    ``stacks`` holds, for each ``stack`` function, the values of the read's frames
     (frames not done hold zeros); ``accs`` holds the accumulator of every other
     function; ``errors`` lists ``(flat_index, function, message)`` of skipped frames.
     """
