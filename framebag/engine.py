@@ -73,9 +73,8 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     """Runs on a worker: read each run in slabs of ``spec.read_frames``, apply, fold.
 
     Each slab is folded into one Partial; slabs lie on the grid of multiples of
-    ``read_frames``. A function's error stops
-    the task: it is returned (after the partials done before it), not raised,
-    since a retry would fail the same way.
+    ``read_frames``. A function's error stops the task: it is returned (after the
+    partials done before it), not raised, since a retry would fail the same way.
     """
     d, wf = spec.data, spec.workflow
     out = []
