@@ -135,7 +135,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         raise FramebagError(f"--partition-bytes must be positive, got {partition_bytes}")
     resolved = workflow.resolve_params(params)
     input_path = Path(input).resolve()
-    data = data or workflow.data
+    data = data or workflow.data or ""  # none given: KeyFollower says so
     keys = list(keys or workflow.keys)
     finished_required = bool(finished)
     finished = (finished or workflow.finished) if follow else None
@@ -495,6 +495,7 @@ class _Job:
             raise
 
     def _check(self, p: Partial) -> None:
+        assert self.out is not None  # partials are combined only once the output is open
         for name, values in p.stacks.items():
             want = self.out.value_shape(name)
             if values.shape[1:] != want:
@@ -509,6 +510,7 @@ class _Job:
                 self._mismatch(name, p, f"shape {have}, not {want}")
 
     def _combine_into_output(self, partials: list[Partial]) -> None:
+        assert self.out is not None
         newly = []
         for p in partials:
             for name, values in p.stacks.items():

@@ -36,7 +36,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from .errors import FramebagError, FrameError
 from .layout import RESERVED
 from .partials import Partial
 from .partitions import scan_index
+
+if TYPE_CHECKING:  # a type only; run() imports the engine when it is called
+    from .engine import Results
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
 
@@ -160,7 +163,7 @@ class Workflow:
         per_frame = [f for f in self.functions.values() if not f.batched]
         batched = [f for f in self.functions.values() if f.batched]
         kwargs = {f.name: f.bind(params) for f in self.functions.values()}
-        index = None
+        index: Any = None  # the scan indices, made only when a function asks for them
         if any(f.wants_index for f in self.functions.values()):
             index = np.stack(np.unravel_index(np.arange(start, start + n), scan_shape), axis=1)
 
@@ -261,7 +264,7 @@ class Workflow:
 
     def _batched_one_by_one(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
                             start: int, scan_shape: tuple[int, ...], errors: list,
-                            done: np.ndarray, index: np.ndarray | None) -> np.ndarray | None:
+                            done: np.ndarray, index: Any) -> np.ndarray | None:
         """After a batched call failed under on_error='skip', find the failing frames."""
         rows: list[Any] = []
         for i in range(len(frames)):
@@ -292,7 +295,7 @@ class Workflow:
 
     def run(self, input: str | Path, output: str | Path | None = None, *,  # noqa: A002
             client: Any = None, profile: str | None = None,
-            params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, np.ndarray]:
+            params: Mapping[str, Any] | None = None, **options: Any) -> Results:
         """Run the workflow over ``input`` and return the results keyed by function name.
 
         With ``client`` (a ``distributed.Client``) no cluster is started; otherwise the
