@@ -101,7 +101,7 @@ def test_a_read_is_on_the_chunk_grid_and_within_the_budget(frame, budget, chunk)
        workers=st.integers(1, 16),
        frame_seconds=st.sampled_from([0.0, 1e-6, 1e-4, 1e-2, 1.0]))
 @settings(max_examples=300)
-def test_tasks_are_whole_reads_on_the_chunk_grid(frame, budget, chunk, nframes, workers,
+def test_tasks_stay_on_the_chunk_grid_within_the_read_budget(frame, budget, chunk, nframes, workers,
                                                  frame_seconds):
     task, read = task_size(frame, budget, chunk, nframes, workers, frame_seconds)
     full_read = partition_size(frame, budget, chunk)
