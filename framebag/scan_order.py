@@ -4,9 +4,10 @@ Float folds (``mean``, ``var``, ``std``, a float ``sum``) are not associative to
 the last bit, so combining partials as they arrive would make a result's bits
 depend on which worker finished first. The engine hands every arriving partial
 to :class:`ScanOrder` and combines only what it releases: the partials before
-the first task still in flight, in scan order. Together with partials cut on the
-fixed read grid (see :func:`framebag.engine.process_partition`) the fold is the
-same sequence of ``combine`` calls on 1 worker or 20.
+the first task still in flight, in scan order. With one partial per read, cut on
+the fixed grid of reads (see :func:`framebag.engine.process_partition`), the fold
+is the same sequence of ``combine`` calls whichever worker finishes first, and on
+any number of workers whose tasks lie on that grid.
 
 In a live run a task dispatched late may hold frames before ones already
 combined (frames complete out of order); those are combined when they arrive,
