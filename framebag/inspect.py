@@ -102,10 +102,10 @@ def guess_layout(f: h5py.File) -> tuple[str | None, list[str], str | None]:
         if not keys:
             continue
         rank = min(r for r, _ in keys)  # the shortest scan leaves the most frame dims
-        keys = [k for r, k in keys if r == rank]
+        shortest = [k for r, k in keys if r == rank]
         size = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
         if best is None or size > best[0]:
-            best = (size, name, keys)
+            best = (size, name, shortest)
     finished = next((n for n, d in dsets if "finish" in n.rsplit("/", 1)[-1].lower()
                      and d.size == 1), None)
     if best is None:
