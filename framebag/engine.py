@@ -239,7 +239,7 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         return job.run(own_client)
 
 
-def _follower(path: Path, data: str, keys: list[str], finished: str | None, follow: bool,
+def _follower(path: Path, data: str | None, keys: list[str], finished: str | None, follow: bool,
               finished_required: bool, timeout: float, poll_interval: float) -> KeyFollower:
     """The run's key follower; a followed run first waits up to ``timeout`` for the input.
 

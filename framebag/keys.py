@@ -82,7 +82,7 @@ class KeyFollower:
     ``live=True`` refreshes every dataset before each read (SWMR following).
     """
 
-    def __init__(self, path: str | os.PathLike, data: str, keys: list[str],
+    def __init__(self, path: str | os.PathLike, data: str | None, keys: list[str],
                  finished: str | None = None, *, live: bool = False,
                  finished_required: bool = True) -> None:
         if not keys:
