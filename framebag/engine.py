@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -54,7 +55,7 @@ from .partitions import (
     task_size,
 )
 from .reading import ReadError, read_run
-from .scan_order import ScanOrder, first_frame
+from .scan_order import ScanOrder, first_frame, order_matters
 from .tuning import tune_workers
 
 if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
@@ -291,6 +292,7 @@ class _Job:
         self._attempts: dict[int, int] = {}
         self._pending: list[Partial] = []  # released in scan order, not yet committed
         self._order = ScanOrder()  # arrived, waiting for the partials before them
+        self._ordered = True  # float fold state: combine in scan order (set by the probe)
         self._kinds: Kinds | None = None  # from the probe: every task's values must match
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
@@ -347,6 +349,7 @@ class _Job:
                             f"{type(v).__name__} of dtype {v.dtype}; it must give a numeric array"
                         )
                     schema[name] = (False, v.shape, v.dtype)
+            self._ordered = order_matters(schema.accs.values())
             return schema
         raise FramebagError(f"every frame tried failed; the last: {last}")
 
@@ -531,7 +534,8 @@ class _Job:
         for f in ok:
             del inflight[f]
         self._order.add(partials)  # failed tasks stay in flight (retried) and hold back the rest
-        self._pending.extend(self._order.release(first_frame(inflight.values())))
+        self._pending.extend(self._order.release(
+            first_frame(inflight.values()) if self._ordered else math.inf))
         count = sum(int(p.done.sum()) for p in partials)
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
