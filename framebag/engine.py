@@ -223,6 +223,9 @@ class _Job:
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
         self._pending: list[Partial] = []
+        self._pending_bytes = 0  # stacked results in _pending: flushed past the read budget
+        self._backlog: list[list[tuple[int, int]]] = []  # groups of runs not yet submitted
+        self.result_nbytes = 0  # stacked result bytes per frame, from the probe
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -259,6 +262,7 @@ class _Job:
                 if fn.fold.is_stack:
                     v = p.stacks[name]
                     schema[name] = (True, v.shape[1:], v.dtype)
+                    self.result_nbytes += v[0].nbytes
                 else:
                     v = np.asarray(fn.fold.finalize(p.accs[name]))
                     if v.dtype.kind not in "biufc":
@@ -298,12 +302,11 @@ class _Job:
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
             self._open_output(complete)
-        size, self._read_frames = task_size(
-            self.info.frame_nbytes, o["partition_bytes"],
-            chunk_run(self.info.scan_shape, self.info.chunks),
-            None if follow else int(complete.sum()), nworkers, self.frame_seconds,
-        )
-        dispatcher = Dispatcher(complete.size, size, o["latency"], self.follower.growing)
+        # at most two tasks per worker are out at a time (one running, one queued), so
+        # partials that the driver has not gathered yet cannot pile up on the workers
+        max_inflight = 2 * nworkers
+        dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
+                                o["latency"], self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
         opened = False
@@ -322,6 +325,7 @@ class _Job:
                         self.out.grow(self.info.scan_shape)
                 if self.out is None and complete.any():
                     self._open_output(complete)
+                    dispatcher.size = self._task_size(complete, nworkers)  # nothing went out yet
                 if self.out is not None and not opened:
                     opened = True
                     if self.follower.growing:
@@ -333,7 +337,11 @@ class _Job:
                     if runs:
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
-                        self._submit(client, by_block(runs, dispatcher.size), inflight)
+                        self._backlog.extend(by_block(runs, dispatcher.size))
+                    room = max_inflight - len(inflight)
+                    if self._backlog and room > 0:
+                        self._submit(client, self._backlog[:room], inflight)
+                        del self._backlog[:room]
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
@@ -341,7 +349,8 @@ class _Job:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": complete.size,
                                    "inflight": len(inflight)})
-                if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
+                if final_poll and not inflight and not self._backlog \
+                        and not (complete & ~dispatcher.dispatched).any():
                     self._flush()
                     break
                 if follow and not final_poll:
@@ -383,6 +392,20 @@ class _Job:
             )
         return self._results(time.monotonic() - t0, processed - resumed, resumed)
 
+    def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
+        """Frames per task, and (``_read_frames``) per read: see :func:`task_size`.
+
+        Sized by the probe (frame cost, stacked result bytes) once the output is open;
+        a live scan is sized per read, not by the frames complete so far.
+        """
+        size, self._read_frames = task_size(
+            self.info.frame_nbytes, self.o["partition_bytes"],
+            chunk_run(self.info.scan_shape, self.info.chunks),
+            None if self.o["follow"] else int(complete.sum()), nworkers, self.frame_seconds,
+            self.result_nbytes,
+        )
+        return size
+
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
         """Send groups of runs out as one dask bag, one partition per group.
@@ -419,17 +442,28 @@ class _Job:
         """Combine and commit every successful partial; then raise for a failed one.
 
         Successful partials of the same batch are committed first, so a failure
-        never loses work that had already arrived.
+        never loses work that had already arrived. Partials are gathered one task at
+        a time and committed before their stacked results pass the read budget, so
+        the driver never holds more than that (plus one task's) of them.
         """
         ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
-        partials: list[Partial] = [p for batch in client.gather(ok) for p in batch] if ok else []
-        failure = next((p.failure for p in partials if p.failure), None)
-        partials = [p for p in partials if not p.failure]
+        failure = None
+        count = 0
         for f in ok:
+            batch: list[Partial] = client.gather(f)
             del inflight[f]
-        self._pending.extend(partials)
-        count = sum(int(p.done.sum()) for p in partials)
+            for p in batch:
+                if p.failure:
+                    failure = failure or p.failure
+                    continue
+                nbytes = sum(v.nbytes for v in p.stacks.values())
+                if self._pending and self._pending_bytes + nbytes > self.o["partition_bytes"]:
+                    self._flush()
+                self._pending.append(p)
+                self._pending_bytes += nbytes
+                count += int(p.done.sum())
+            del batch
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
         if failure:
@@ -456,6 +490,7 @@ class _Job:
         """Combine and commit the partials gathered since the last commit."""
         if self._pending and self.out is not None and not self._broken:
             pending, self._pending = self._pending, []
+            self._pending_bytes = 0
             self._commit(pending)
         self._last_commit = time.monotonic()
 
