@@ -453,8 +453,8 @@ def cluster_options(prof: Profile) -> dict[str, Any]:
         opts.setdefault("n_workers", os.cpu_count() or 1)
         opts.setdefault("threads_per_worker", 1)
         opts.setdefault("processes", True)
-        if not opts.get("interface"):
-            opts.setdefault("host", LOOPBACK)
+        if not opts.get("interface") and (opts["processes"] or opts.get("protocol")):
+            opts.setdefault("host", LOOPBACK)  # (no processes: in-process comms, no socket)
         host = str(opts.get("host") or "").split("://")[-1]
         opts["dashboard_address"] = _with_host(opts.get("dashboard_address", ":8787"),
                                                host or LOOPBACK)
