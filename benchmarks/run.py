@@ -18,6 +18,8 @@ medians, because a shared 2-core VM is too noisy for absolute times.
             the default local profile, cluster start included, against a plain
             h5py script in a fresh interpreter.
 6. overhead a no-op function; microseconds per frame over the reference's read.
+7. stack_memory  a frame-returning stack over 1 GiB and 4 GiB: peak RSS of the driver and
+            of each worker beside one plain h5py process (see benchmarks/memory.py).
 
 The clusters are ``distributed.LocalCluster`` of 2 single-threaded worker
 processes, started before timing and passed as ``workflow.run(client=...)``.
@@ -42,10 +44,11 @@ from pathlib import Path
 import numpy as np
 
 from . import jobs, reference, scans
+from .memory import case_stack_memory  # noqa: F401 - a case, found by name
 from .scans import DATA, ScanSpec
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead")
+CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead", "stack_memory")
 
 
 @dataclass

@@ -96,13 +96,57 @@ def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[P
     return process_partition([run for group in groups for run in group], spec)
 
 
+_UNREAD = object()
+
+
 class Results(dict):
-    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``."""
+    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``.
+
+    A result is read from the output file when it is first looked up, and kept: a
+    stack of whole frames is as large as the input, and ``framebag run`` never looks
+    at it, so the driver's memory does not grow with the scan. Looking a result up
+    after the output file was changed (rewritten by another run) is an error, never
+    the other run's values.
+    """
 
     done: np.ndarray
     output: Path
     errors: list[tuple[tuple[int, ...], str, str]]
     stats: dict[str, Any]
+    _group = ""
+    _stamp: tuple[int, int, int] = (0, 0, 0)
+
+    def _load(self, name: str) -> Any:
+        value = dict.__getitem__(self, name)
+        if value is _UNREAD:
+            import h5py
+
+            st = os.stat(self.output)
+            if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != self._stamp:
+                raise FramebagError(f"output file {str(self.output)!r} changed after the run "
+                                    f"ended; read result {name!r} from it directly")
+            with h5py.File(self.output, "r") as f:
+                value = f[f"{self._group}/{name}"][()]
+            dict.__setitem__(self, name, value)
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._load(name)
+
+    def __iter__(self) -> Any:  # not dict's own: dict(res) and {**res} then use __getitem__
+        return iter(list(dict.keys(self)))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._load(name) if name in self else default
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return [self._load(k) for k in self]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [(k, self._load(k)) for k in self]
+
+    def __repr__(self) -> str:
+        return f"Results({', '.join(self)}; output {str(self.output)!r})"
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
@@ -571,10 +615,13 @@ class _Job:
         with h5py.File(self.out_path, "r") as f:
             g = f[f"entry/{self.wf.name}"]
             for name in self.wf.functions:
-                res[name] = g[name][()]
+                dict.__setitem__(res, name, _UNREAD)
+            res._group = g.name
             res.done = g["done"][()].astype(bool)
             errs = g["errors"][()]
         res.output = self.out_path
+        st = os.stat(self.out_path)
+        res._stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
         res.errors = [
             (scan_index(e["flat"], self.info.scan_shape), e["function"].decode(),
              e["message"].decode("utf-8", "replace")) for e in errs

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framebag import Workflow
+from framebag import FramebagError, Workflow
 from framebag.partitions import TASK_SECONDS, task_size
 
 
@@ -110,3 +110,18 @@ def test_no_task_or_commit_holds_more_than_the_read_budget(make_scan, client, tm
     assert sum(tasks) == data.size * 8
     assert max(tasks) <= budget, "a task held more stacked results than the read budget"
     assert max(sum(c) for c in commits) <= budget, "a commit held more than the read budget"
+
+
+def test_results_are_read_from_the_output_when_looked_up(make_scan, client, tmp_path):
+    path, data = make_scan((4, 5), (8, 8))
+    out = tmp_path / "out.h5"
+    res = STACKS.run(path, out, client=client)
+    assert not isinstance(dict.__getitem__(res, "image"), np.ndarray)  # not read yet
+    assert sorted(res) == ["image", "ones"] and len(res) == 2
+    np.testing.assert_array_equal(dict(res)["image"], data.astype(np.float64))
+    assert [k for k, _ in res.items()] == ["image", "ones"] and int(res.get("ones")) == 20
+    stale = STACKS.run(path, out, client=client, overwrite=True)
+    STACKS.run(path, out, client=client, overwrite=True)  # another run rewrites the output
+    with pytest.raises(FramebagError, match="changed after the run ended"):
+        stale["image"]
+    np.testing.assert_array_equal(res["image"], data.astype(np.float64))  # read before: kept
