@@ -102,8 +102,8 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
       more than about ``TASK_SECONDS`` of work, so that progress, checkpoints and
       the work lost with a worker or a killed driver stay fine-grained;
     - memory: with ``result_nbytes`` (the bytes one frame adds to the stacked
-      results), no more than ``target_bytes`` of stacked results, so a worker's
-      partial and the driver's commit stay within the read budget.
+      results), no more than half of ``target_bytes`` of stacked results, so a
+      worker's partials and the driver's commit stay within the read budget.
 
     Only a single frame may exceed a cap (one frame is the smallest task). Both
     sizes are a multiple of ``chunk`` or a divisor of it, and ``read <= task``.
@@ -130,12 +130,12 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
 
 def task_cap(target_bytes: int, frame_seconds: float = 0.0, result_nbytes: int = 0) -> int:
     """The most frames one task may hold: about ``TASK_SECONDS`` of work and no more than
-    ``target_bytes`` of stacked results (at least one frame)."""
+    half of ``target_bytes`` of stacked results (at least one frame)."""
     cap = MAX_PARTITION_FRAMES
     if frame_seconds > 0:
         cap = min(cap, int(TASK_SECONDS / frame_seconds * (1 + 1e-9)))
-    if result_nbytes > 0:
-        cap = min(cap, target_bytes // result_nbytes)
+    if result_nbytes > 0:  # half: a worker may hold a finished task's results beside the next's
+        cap = min(cap, target_bytes // (2 * result_nbytes))
     return max(1, cap)
 
 

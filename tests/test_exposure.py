@@ -31,7 +31,10 @@ def test_the_local_clusters_scheduler_and_dashboard_listen_on_loopback_only():
                if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert ips == {"127.0.0.1": port}, f"the dashboard listens on {ips}"
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
-        assert _listening(os.getpid()) == {"127.0.0.1"}
+        sched_port = int(client.scheduler.address.rsplit(":", 1)[1])
+        assert {c.laddr.ip for c in psutil.Process().net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == sched_port} == \
+            {"127.0.0.1"}
         for pid in client.run(os.getpid).values():
             assert _listening(pid) <= {"127.0.0.1"}
 
