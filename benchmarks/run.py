@@ -1,6 +1,6 @@
 """The benchmark suite: framebag beside its plain h5py + numpy reference, in one run.
 
-``python -m benchmarks`` (from the repository root) runs six cases and prints
+``python -m benchmarks`` (from the repository root) runs seven cases and prints
 one table. Every framebag figure is timed alternately with its reference in
 the same process, the same minute and on the same files, ``--repeat`` times
 after one untimed warm-up; the table shows medians and the ratio of the
