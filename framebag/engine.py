@@ -270,6 +270,8 @@ class _Job:
         self._pending_bytes = 0  # stacked results in _pending: flushed past the read budget
         self._backlog: list[list[tuple[int, int]]] = []  # groups of runs not yet submitted
         self.result_nbytes = 0  # stacked result bytes per frame, from the probe
+        self._nworkers = 1
+        self._workers_at = -1e9  # when _nworkers was read from the scheduler
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -346,9 +348,6 @@ class _Job:
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
             self._open_output(complete)
-        # at most two tasks per worker are out at a time (one running, one queued), so
-        # partials that the driver has not gathered yet cannot pile up on the workers
-        max_inflight = 2 * nworkers
         dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
                                 o["latency"], self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
@@ -382,7 +381,7 @@ class _Job:
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
                         self._backlog.extend(by_block(runs, dispatcher.size))
-                    room = max_inflight - len(inflight)
+                    room = self._max_inflight(client, dispatcher.size) - len(inflight)
                     if self._backlog and room > 0:
                         self._submit(client, self._backlog[:room], inflight)
                         del self._backlog[:room]
@@ -435,6 +434,24 @@ class _Job:
                 f"({self.ended_by}); no output was written"
             )
         return self._results(time.monotonic() - t0, processed - resumed, resumed)
+
+    def _max_inflight(self, client: Any, size: int) -> int:
+        """How many tasks may be out at a time: their stacked results within one read
+        budget per worker (at least two tasks per worker: one running, one queued).
+
+        Partials the driver has not gathered yet wait on the workers; with large stacked
+        results this keeps them from piling up there. Small results do not limit it, so
+        an adaptive cluster still sees the whole backlog. The worker count is read
+        again every second: batch jobs join after the run has started.
+        """
+        now = time.monotonic()
+        if now - self._workers_at > 1.0:
+            self._workers_at = now
+            self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        per_task = size * self.result_nbytes
+        if not per_task:
+            return 1 << 30
+        return self._nworkers * max(2, self.o["partition_bytes"] // per_task)
 
     def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
         """Frames per task, and (``_read_frames``) per read: see :func:`task_size`.
