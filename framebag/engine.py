@@ -437,7 +437,8 @@ class _Job:
 
     def _max_inflight(self, client: Any, size: int) -> int:
         """How many tasks may be out at a time: their stacked results within one read
-        budget per worker (at least two tasks per worker: one running, one queued).
+        budget per worker, or 32 MiB if that is more (and at least two tasks per worker:
+        one running, one queued).
 
         Partials the driver has not gathered yet wait on the workers; with large stacked
         results this keeps them from piling up there. Small results do not limit it, so
@@ -451,7 +452,8 @@ class _Job:
         per_task = size * self.result_nbytes
         if not per_task:
             return 1 << 30
-        return self._nworkers * max(2, self.o["partition_bytes"] // per_task)
+        waiting = max(self.o["partition_bytes"], DEFAULT_PARTITION_BYTES)
+        return self._nworkers * max(2, waiting // per_task)
 
     def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
         """Frames per task, and (``_read_frames``) per read: see :func:`task_size`.

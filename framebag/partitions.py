@@ -37,10 +37,7 @@ __all__ = [
 DEFAULT_PARTITION_BYTES = 32 * 2**20
 MAX_PARTITION_FRAMES = 65536
 MAX_READS_PER_TASK = 16
-#: about a second of work per task: a crash or a dead worker loses little, and dask's
-#: adaptive scaling still sees the work queued (with 0.25 s tasks of costly frames it
-#: asked for no second job: tests/test_slurm.py::test_adaptive_profile_through_workflow_run)
-TASK_SECONDS = 1.0
+TASK_SECONDS = 0.25
 
 Run = tuple[int, int]
 

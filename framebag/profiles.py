@@ -556,8 +556,17 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
         opts["security"] = _security(opts["security"])
     if prof.is_batch and ledger is not None:
         opts["job_cls"] = _recording(cls.job_cls, ledger)
+    import dask
+
+    # An adaptive cluster scales on the work it sees; with the scheduler's queuing
+    # (worker-saturation), the tasks it holds back are the bag's from_sequence roots,
+    # which take no time, so short tasks looked like no work and adapt asked for no
+    # second job. Without queuing every task counts.
+    saturation = {"distributed.scheduler.worker-saturation": float("inf")} \
+        if prof.adapt is not None else {}
     try:
-        return cls(**opts)
+        with dask.config.set(saturation):
+            return cls(**opts)
     except FramebagError:
         raise
     except Exception as exc:
