@@ -137,13 +137,57 @@ def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[P
     return process_partition([run for group in groups for run in group], spec)
 
 
+_UNREAD = object()
+
+
 class Results(dict):
-    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``."""
+    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``.
+
+    A result is read from the output file when it is first looked up, and kept: a
+    stack of whole frames is as large as the input, and ``framebag run`` never looks
+    at it, so the driver's memory does not grow with the scan. Looking a result up
+    after the output file was changed (rewritten by another run) is an error, never
+    the other run's values.
+    """
 
     done: np.ndarray
     output: Path
     errors: list[tuple[tuple[int, ...], str, str]]
     stats: dict[str, Any]
+    _group = ""
+    _stamp: tuple[int, int, int] = (0, 0, 0)
+
+    def _load(self, name: str) -> Any:
+        value = dict.__getitem__(self, name)
+        if value is _UNREAD:
+            import h5py
+
+            st = os.stat(self.output)
+            if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != self._stamp:
+                raise FramebagError(f"output file {str(self.output)!r} changed after the run "
+                                    f"ended; read result {name!r} from it directly")
+            with h5py.File(self.output, "r") as f:
+                value = f[f"{self._group}/{name}"][()]
+            dict.__setitem__(self, name, value)
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._load(name)
+
+    def __iter__(self) -> Any:  # not dict's own: dict(res) and {**res} then use __getitem__
+        return iter(list(dict.keys(self)))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._load(name) if name in self else default
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return [self._load(k) for k in self]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [(k, self._load(k)) for k in self]
+
+    def __repr__(self) -> str:
+        return f"Results({', '.join(self)}; output {str(self.output)!r})"
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
@@ -291,9 +335,14 @@ class _Job:
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
         self._pending: list[Partial] = []  # released in scan order, not yet committed
+        self._pending_bytes = 0  # stacked results in _pending: flushed past the read budget
         self._order = ScanOrder()  # arrived, waiting for the partials before them
         self._ordered = True  # float fold state: combine in scan order (set by the probe)
         self._kinds: Kinds | None = None  # from the probe: every task's values must match
+        self._backlog: list[list[tuple[int, int]]] = []  # groups of runs not yet submitted
+        self.result_nbytes = 0  # stacked result bytes per frame, from the probe
+        self._nworkers = 1
+        self._workers_at = -1e9  # when _nworkers was read from the scheduler
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -332,6 +381,7 @@ class _Job:
                 if fn.fold.is_stack:
                     v = p.stacks[name]
                     schema[name] = (True, v.shape[1:], v.dtype)
+                    self.result_nbytes += v[0].nbytes
                 else:
                     try:  # the checkpoint stores it as plain arrays: nothing is ever pickled
                         check_state(p.accs[name])
@@ -385,12 +435,8 @@ class _Job:
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
             self._open_output(complete)
-        size, self._read_frames = task_size(
-            self.info.frame_nbytes, o["partition_bytes"],
-            chunk_run(self.info.scan_shape, self.info.chunks),
-            None if follow else int(complete.sum()), nworkers, self.frame_seconds,
-        )
-        dispatcher = Dispatcher(complete.size, size, o["latency"], self.follower.growing)
+        dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
+                                o["latency"], self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
         opened = False
@@ -409,6 +455,7 @@ class _Job:
                         self.out.grow(self.info.scan_shape)
                 if self.out is None and complete.any():
                     self._open_output(complete)
+                    dispatcher.size = self._task_size(complete, nworkers)  # nothing went out yet
                 if self.out is not None and not opened:
                     opened = True
                     if self.follower.growing:
@@ -420,7 +467,11 @@ class _Job:
                     if runs:
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
-                        self._submit(client, by_block(runs, dispatcher.size), inflight)
+                        self._backlog.extend(by_block(runs, dispatcher.size))
+                    room = self._max_inflight(client, dispatcher.size) - len(inflight)
+                    if self._backlog and room > 0:
+                        self._submit(client, self._backlog[:room], inflight)
+                        del self._backlog[:room]
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
@@ -428,7 +479,8 @@ class _Job:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": complete.size,
                                    "inflight": len(inflight)})
-                if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
+                if final_poll and not inflight and not self._backlog \
+                        and not (complete & ~dispatcher.dispatched).any():
                     self._flush()
                     break
                 if follow and not final_poll:
@@ -478,6 +530,40 @@ class _Job:
             )
         return self._results(time.monotonic() - t0, processed - resumed, resumed)
 
+    def _max_inflight(self, client: Any, size: int) -> int:
+        """How many tasks may be out at a time: their stacked results within one read
+        budget per worker, or 32 MiB if that is more (and at least two tasks per worker:
+        one running, one queued).
+
+        Partials the driver has not gathered yet wait on the workers; with large stacked
+        results this keeps them from piling up there. Small results do not limit it, so
+        an adaptive cluster still sees the whole backlog. The worker count is read
+        again every second: batch jobs join after the run has started.
+        """
+        now = time.monotonic()
+        if now - self._workers_at > 1.0:
+            self._workers_at = now
+            self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        per_task = size * self.result_nbytes
+        if not per_task:
+            return 1 << 30
+        waiting = max(self.o["partition_bytes"], DEFAULT_PARTITION_BYTES)
+        return self._nworkers * max(2, waiting // per_task)
+
+    def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
+        """Frames per task, and (``_read_frames``) per read: see :func:`task_size`.
+
+        Sized by the probe (frame cost, stacked result bytes) once the output is open;
+        a live scan is sized per read, not by the frames complete so far.
+        """
+        size, self._read_frames = task_size(
+            self.info.frame_nbytes, self.o["partition_bytes"],
+            chunk_run(self.info.scan_shape, self.info.chunks),
+            None if self.o["follow"] else int(complete.sum()), nworkers, self.frame_seconds,
+            self.result_nbytes,
+        )
+        return size
+
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
         """Send groups of runs out as dask bags of one partition each, first frames first.
@@ -525,18 +611,28 @@ class _Job:
         input (a function's error, a read that fails, any FramebagError) stops
         the run at once, since it would fail the same way again; one that failed
         otherwise (a dead worker: KilledWorker) is retried up to ``retries`` times.
+        Partials are gathered one task at a time and committed before their stacked
+        results pass the read budget, so the driver never holds more than that (plus
+        one task's, and those held back for scan order) of them.
         """
         ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
-        partials: list[Partial] = [p for batch in client.gather(ok) for p in batch] if ok else []
-        failure = next((p.failure for p in partials if p.failure), None)
-        partials = [p for p in partials if not p.failure]
+        failure = None
+        count = 0
         for f in ok:
+            batch: list[Partial] = client.gather(f)
             del inflight[f]
-        self._order.add(partials)  # failed tasks stay in flight (retried) and hold back the rest
-        self._pending.extend(self._order.release(
-            first_frame(inflight.values()) if self._ordered else math.inf))
-        count = sum(int(p.done.sum()) for p in partials)
+            good = []
+            for p in batch:
+                if p.failure:
+                    failure = failure or p.failure
+                    continue
+                good.append(p)
+                count += int(p.done.sum())
+            del batch
+            self._order.add(good)  # failed tasks stay in flight (retried) and hold back the rest
+            self._queue(self._order.release(
+                first_frame(inflight.values()) if self._ordered else math.inf))
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
         if failure:
@@ -560,13 +656,24 @@ class _Job:
             ) from exc
         return count
 
+    def _queue(self, partials: list[Partial]) -> None:
+        """Add released partials to the next commit, committing first whenever their
+        stacked results would pass the read budget."""
+        for p in partials:
+            nbytes = sum(v.nbytes for v in p.stacks.values())
+            if self._pending and self._pending_bytes + nbytes > self.o["partition_bytes"]:
+                self._flush()
+            self._pending.append(p)
+            self._pending_bytes += nbytes
+
     def _flush(self, everything: bool = False) -> None:
         """Combine and commit the partials released since the last commit; with
         ``everything`` (the run ends, also by an error), the held-back ones too."""
         if everything:
-            self._pending.extend(self._order.release())
+            self._queue(self._order.release())
         if self._pending and self.out is not None and not self._broken:
             pending, self._pending = self._pending, []
+            self._pending_bytes = 0
             self._commit(pending)
         self._last_commit = time.monotonic()
 
@@ -675,10 +782,13 @@ class _Job:
         with f:
             g = f[f"entry/{self.wf.name}"]
             for name in self.wf.functions:
-                res[name] = g[name][()]
+                dict.__setitem__(res, name, _UNREAD)
+            res._group = g.name
             res.done = g["done"][()].astype(bool)
             errs = g["errors"][()]
         res.output = self.out_path
+        st = os.stat(self.out_path)
+        res._stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
         res.errors = [
             (scan_index(e["flat"], self.info.scan_shape), e["function"].decode(),
              e["message"].decode("utf-8", "replace")) for e in errs
