@@ -563,6 +563,10 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
     opts = cluster_options(prof)
     if "security" in opts:
         opts["security"] = _security(opts["security"])
+        if opts["security"] is True and opts.get("shared_temp_directory"):
+            # dask-jobqueue writes the workers' certificates there but does not create it
+            shared = Path(os.path.expanduser(str(opts["shared_temp_directory"])))
+            shared.mkdir(mode=0o700, parents=True, exist_ok=True)
     if prof.is_batch and ledger is not None:
         opts["job_cls"] = _recording(cls.job_cls, ledger)
     import dask
