@@ -332,3 +332,61 @@ def test_a_reserved_suffix_is_refused_at_registration():
         @wf.frame(units=3)
         def g(frame):
             return 0
+
+
+# live ---------------------------------------------------------------------------------
+
+
+def _watch_axis(out: str, seconds: float, final: int, queue) -> None:
+    """A separate SWMR reader: ``(len(scan_0), len(total), silx valid)`` as the scan grows."""
+    import time
+
+    from silx.io.nxdata import NXdata
+
+    deadline = time.monotonic() + seconds  # a hang guard only: it stops on what it sees
+    while not os.path.exists(out) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    seen: list[tuple[int, int, bool]] = []
+    with h5py.File(out, "r", swmr=True) as f:
+        nx = f["entry/live/total" + NXDATA_SUFFIX]
+        axis, total = nx["scan_0"], nx["total"]
+        while time.monotonic() < deadline:
+            axis.refresh()
+            total.refresh()
+            state = (axis.shape[0], total.shape[0])
+            if not seen or seen[-1][:2] != state:
+                seen.append((*state, NXdata(nx).is_valid if state[0] == state[1] else False))
+            if state[0] >= final or len({s[0] for s in seen}) >= 3:
+                break
+            time.sleep(0.005)
+    queue.put(seen)
+
+
+def test_a_growing_scans_axis_grows_and_stays_valid_for_a_live_reader(tmp_path, client):
+    import multiprocessing as mp
+
+    from .test_live import follow, start_writer, stop
+
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (12, 15)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    reader = ctx.Process(target=_watch_axis, args=(str(out), 60.0, scan[0], queue))
+    reader.start()
+    proc = start_writer(path, scan, rate=150, growing=True)
+    try:
+        res = follow(path, out, client, scan, latency=0.1)
+        seen = queue.get(timeout=90)
+    finally:
+        stop(proc)
+        reader.join(timeout=10)
+    assert res.done.all()
+    lengths = [s[0] for s in seen]
+    assert len(set(lengths)) >= 2 and lengths == sorted(lengths), seen
+    assert all(valid for a, t, valid in seen if a == t), seen
+    with h5py.File(out, "r") as f:
+        nx = f["entry/live/total" + NXDATA_SUFFIX]
+        np.testing.assert_array_equal(nx["scan_0"][()], np.arange(scan[0]))
+        assert nx["scan_0"].maxshape == (None,)
+        assert silx_nxdata.get_default(f).is_valid
+    assert res.to_xarray()["total"].sizes == {"scan_0": scan[0], "scan_1": scan[1]}
