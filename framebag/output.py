@@ -2,10 +2,18 @@
 
 Layout (NeXus)::
 
+    /                           default=entry
     /entry                      NXentry, default=<workflow>
-    /entry/<workflow>           NXprocess; provenance in its attributes
+    /entry/<workflow>           NXprocess; provenance in its attributes;
+                                default=<first function>_nxdata
         <function>              one dataset per function: scan_shape + value_shape for
-                                stacks, the finalized fold (e.g. frame-shaped) otherwise
+                                stacks, the finalized fold (e.g. frame-shaped) otherwise;
+                                attributes fold, units (when declared), function
+        <function>_nxdata/      NXdata: signal, axes, <axis>_indices; a hard link to
+                                <function>, and its axes: scan_<k> indices or the input's
+                                positions (--axes), made once and hard-linked into every
+                                stack's group; frame_y/frame_x pixels; bin_centres and
+                                bin_edges of a histogram (see :func:`_layout_nxdata`)
         done                    uint8, scan-shaped: 1 where a frame is in every result
         errors                  (flat, function, message) of frames skipped by on_error
         checkpoint/slot0,slot1  two copies of the fold state, each:
@@ -28,7 +36,9 @@ and only arrays of the dtypes laid out are read back.
 
 All datasets are created before the file enters SWMR mode (an SWMR writer may
 not create objects), so other processes can open it with ``swmr=True`` and watch
-results and ``done`` grow; leaves change size by resizing.
+results and ``done`` grow; leaves change size by resizing, and a growing scan's
+first scan axis grows with its stacks (:meth:`OutputFile.grow`). The NXdata
+groups hold hard links, not copies, so no result is written twice.
 
 Checkpointing, and why resume is exact. Each :meth:`OutputFile.commit`:
 
