@@ -224,7 +224,7 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
             lines.append(f"  done: {n}/{total} frames ({100.0 * n / total if total else 0:.1f}%)"
                          f" of scan shape {done.shape}")
         folds = _json(a.get("folds"))
-        rows = [["result", "fold", "units", "shape", "dtype", "axes (NXdata)"]]
+        rows = [["result", "shape", "dtype", "fold", "units", "axes (NXdata)"]]
         for name, d in results(g):
             found = folds.get(name)
             info: dict[str, Any] = found if isinstance(found, dict) else {}
@@ -236,7 +236,7 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
             axes = ", ".join(attr_text(x) for x in np.atleast_1d(nx.attrs.get("axes", [])))\
                 if nx is not None else ""
             group = f"{name}{NXDATA_SUFFIX}: {axes or 'scalar'}" if nx is not None else "none"
-            rows.append([name, fold, units or "-", str(d.shape), str(d.dtype), group])
+            rows.append([name, str(d.shape), str(d.dtype), fold, units or "-", group])
         lines += ["  results:", *table(rows, "    ")]
         if attr_text(g.attrs.get("default")):
             lines.append(f"  default plot: /entry/{wname}/{attr_text(g.attrs.get('default'))}")

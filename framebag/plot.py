@@ -306,8 +306,12 @@ def _scan_map(fig: Any, ax: Any, values: np.ma.MaskedArray, label: str,
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     ax.set_xlabel(axes[1][0] if axes[1] is not None and rank == 2 else xlabel)
     ax.set_ylabel(axes[0][0] if axes[0] is not None and rank == 2 else ylabel)
-    if extent is None:
-        _integer_ticks(ax)
+    from matplotlib.ticker import MaxNLocator
+
+    if xs is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ys is None:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _image(fig: Any, ax: Any, image: np.ndarray, label: str,

@@ -9,6 +9,7 @@ groups hold hard links to the result datasets, so nothing is written twice.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -277,11 +278,17 @@ def test_inspect_shows_fold_units_shape_and_axes(tmp_path, client, make_scan):
     out = tmp_path / "out.h5"
     run_wf(make_workflow(), path, out, client)
     text = inspect_file(out)
-    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("    ")}
-    assert rows["total"].split()[1:3] == ["stack", "counts"] and "(4, 5)" in rows["total"]
-    assert rows["spread"].split()[1:3] == ["var", "counts^2"] and "(6, 7)" in rows["spread"]
-    assert "counts (bins)" in rows["hist"] and "bin_centres" in rows["hist"]
-    assert "brightest_nxdata: frame_y, frame_x" in rows["brightest"]
+    rows = {cells[0]: cells for cells in (re.split(r"\s{2,}", line.strip())
+                                          for line in text.splitlines()
+                                          if line.startswith("    ") and "  " in line.strip())}
+    assert rows["result"] == ["result", "shape", "dtype", "fold", "units", "axes (NXdata)"]
+    assert rows["total"] == ["total", "(4, 5)", "uint64", "stack", "counts",
+                             "total_nxdata: scan_0, scan_1"]
+    assert rows["spread"] == ["spread", "(6, 7)", "float64", "var", "counts^2",
+                              "spread_nxdata: frame_y, frame_x"]
+    assert rows["hist"] == ["hist", "(8,)", "int64", "histogram", "counts (bins)",
+                            "hist_nxdata: bin_centres"]
+    assert rows["mean_total"][3:] == ["mean", "counts", "mean_total_nxdata: scalar"]
     assert "default plot: /entry/nx/total_nxdata" in text
 
 
@@ -336,57 +343,99 @@ def test_a_reserved_suffix_is_refused_at_registration():
 
 # live ---------------------------------------------------------------------------------
 
+LIVE_SCAN, LIVE_FRAME = (6, 5), (4, 4)
 
-def _watch_axis(out: str, seconds: float, final: int, queue) -> None:
+
+def _gated_writer(path: str, seen, ready) -> None:
+    """A growing SWMR writer that writes scan row ``r`` only once the reader saw ``r`` rows.
+
+    So the reader sees every size of the output's scan, on any machine load.
+    """
+    import time
+
+    ny, nx = LIVE_SCAN
+    with h5py.File(path, "w", libver="latest") as f:
+        data = f.create_dataset(DATA, shape=(1, nx, *LIVE_FRAME), dtype="uint16",
+                                maxshape=(None, nx, *LIVE_FRAME), chunks=(1, 1, *LIVE_FRAME))
+        keys = f.create_dataset(KEY, shape=(1, nx), maxshape=(None, nx), dtype="i4",
+                                chunks=(1, nx))
+        flag = f.create_dataset("entry/finished", data=0)
+        f.swmr_mode = True
+        ready.set()
+        for r in range(ny):
+            if r:
+                deadline = time.monotonic() + 60  # a hang guard only
+                while seen.value < r and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                data.resize(r + 1, axis=0)
+                keys.resize(r + 1, axis=0)
+            data[r] = r + 1
+            data.flush()
+            keys[r] = 1
+            keys.flush()
+        flag[()] = 1
+        flag.flush()
+
+
+def _watch_axis(out: str, seen, queue) -> None:
     """A separate SWMR reader: ``(len(scan_0), len(total), silx valid)`` as the scan grows."""
     import time
 
     from silx.io.nxdata import NXdata
 
-    deadline = time.monotonic() + seconds  # a hang guard only: it stops on what it sees
+    deadline = time.monotonic() + 120  # a hang guard only: it stops on what it sees
+    states: list[tuple[int, int, bool]] = []
     while not os.path.exists(out) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    seen: list[tuple[int, int, bool]] = []
+        time.sleep(0.002)
     with h5py.File(out, "r", swmr=True) as f:
-        nx = f["entry/live/total" + NXDATA_SUFFIX]
+        nx = f["entry/growing/total" + NXDATA_SUFFIX]
         axis, total = nx["scan_0"], nx["total"]
         while time.monotonic() < deadline:
             axis.refresh()
             total.refresh()
             state = (axis.shape[0], total.shape[0])
-            if not seen or seen[-1][:2] != state:
-                seen.append((*state, NXdata(nx).is_valid if state[0] == state[1] else False))
-            if state[0] >= final or len({s[0] for s in seen}) >= 3:
+            if not states or states[-1][:2] != state:
+                valid = state[0] == state[1] and NXdata(nx).is_valid
+                states.append((*state, valid))
+                if valid:
+                    seen.value = state[0]
+            if state[0] >= LIVE_SCAN[0]:
                 break
-            time.sleep(0.005)
-    queue.put(seen)
+            time.sleep(0.002)
+    queue.put(states)
 
 
 def test_a_growing_scans_axis_grows_and_stays_valid_for_a_live_reader(tmp_path, client):
     import multiprocessing as mp
 
-    from .test_live import follow, start_writer, stop
-
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
-    scan = (12, 15)
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    reader = ctx.Process(target=_watch_axis, args=(str(out), 60.0, scan[0], queue))
+    seen, ready, queue = ctx.Value("i", 0), ctx.Event(), ctx.Queue()
+    reader = ctx.Process(target=_watch_axis, args=(str(out), seen, queue))
+    writer = ctx.Process(target=_gated_writer, args=(str(path), seen, ready))
     reader.start()
-    proc = start_writer(path, scan, rate=150, growing=True)
+    writer.start()
+    wf = Workflow("growing", data=DATA, keys=[KEY], finished="entry/finished")
+
+    @wf.frame
+    def total(frame):
+        return int(frame.sum())
+
     try:
-        res = follow(path, out, client, scan, latency=0.1)
-        seen = queue.get(timeout=90)
+        assert ready.wait(60)
+        res = wf.run(path, out, client=client, follow=True, timeout=60, latency=0.05)
+        states = queue.get(timeout=60)
     finally:
-        stop(proc)
-        reader.join(timeout=10)
-    assert res.done.all()
-    lengths = [s[0] for s in seen]
-    assert len(set(lengths)) >= 2 and lengths == sorted(lengths), seen
-    assert all(valid for a, t, valid in seen if a == t), seen
+        writer.join(timeout=30)
+        reader.join(timeout=30)
+    ny, nx = LIVE_SCAN
+    assert res.done.all() and res.done.shape == LIVE_SCAN
+    np.testing.assert_array_equal(res["total"], (np.arange(ny)[:, None] + 1) * 16 * np.ones(nx))
+    lengths = [a for a, t, valid in states if valid]
+    assert lengths == list(range(1, ny + 1)), states  # every size, each valid for silx
     with h5py.File(out, "r") as f:
-        nx = f["entry/live/total" + NXDATA_SUFFIX]
-        np.testing.assert_array_equal(nx["scan_0"][()], np.arange(scan[0]))
-        assert nx["scan_0"].maxshape == (None,)
+        nx_group = f["entry/growing/total" + NXDATA_SUFFIX]
+        np.testing.assert_array_equal(nx_group["scan_0"][()], np.arange(ny))
+        assert nx_group["scan_0"].maxshape == (None,)
         assert silx_nxdata.get_default(f).is_valid
-    assert res.to_xarray()["total"].sizes == {"scan_0": scan[0], "scan_1": scan[1]}
+    assert res.to_xarray()["total"].sizes == {"scan_0": ny, "scan_1": nx}
