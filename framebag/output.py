@@ -111,6 +111,8 @@ __all__ = ["OutputFile", "Schema", "ScanAxis", "default_output_path", "RESERVED"
 RESERVED = ("done", "errors", "checkpoint", fingerprint.GROUP)
 #: result ``<name>`` is plotted from the NXdata group ``<name>_nxdata`` beside it
 NXDATA_SUFFIX = "_nxdata"
+#: the axis datasets the NXdata groups hold beside a result's link: no result may be named so
+AXIS_NAMES = re.compile(r"scan_\d+|frame_(?:x|y|\d+)|bin_(?:centres|edges)")
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
 

@@ -43,7 +43,7 @@ import numpy as np
 
 from . import folds as _folds
 from .errors import FramebagError
-from .output import NXDATA_SUFFIX, RESERVED
+from .output import AXIS_NAMES, NXDATA_SUFFIX, RESERVED
 from .partitions import scan_index
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
@@ -199,9 +199,10 @@ class Workflow:
                 raise ValueError(f"workflow {self.name!r} already has a function {fname!r}")
             if fname in RESERVED:
                 raise ValueError(f"{fname!r} is reserved for the output layout; rename it")
-            if fname.endswith(NXDATA_SUFFIX):
-                raise ValueError(f"{fname!r}: names ending in {NXDATA_SUFFIX!r} are the output's "
-                                 "NXdata groups; rename it")
+            if fname.endswith(NXDATA_SUFFIX) or AXIS_NAMES.fullmatch(fname):
+                raise ValueError(f"{fname!r} is reserved for the output's NXdata groups (names "
+                                 f"ending in {NXDATA_SUFFIX!r}, and scan_0, frame_y, frame_x, "
+                                 "bin_centres, bin_edges ...); rename it")
             self.functions[fname] = FrameFunction(
                 fname, f, _folds.resolve(fold, **fold_options), batched, *_signature(f),
                 units=units,

@@ -331,10 +331,10 @@ def test_a_killed_writers_output_keeps_its_nxdata_links_through_repair(tmp_path,
 
 def test_a_reserved_suffix_is_refused_at_registration():
     wf = Workflow("w")
-    with pytest.raises(ValueError, match="NXdata"):
-        @wf.frame(name="total" + NXDATA_SUFFIX)
-        def f(frame):
-            return 0
+    for name in ("total" + NXDATA_SUFFIX, "scan_0", "frame_x", "bin_edges"):
+        with pytest.raises(ValueError, match="reserved for the output's NXdata"):
+            wf.frame(name=name)(lambda frame: 0)
+    wf.frame(name="frame_total")(lambda frame: 0)  # only the axis names themselves
     with pytest.raises(TypeError, match="units"):
         @wf.frame(units=3)
         def g(frame):
