@@ -160,7 +160,7 @@ class Workflow:
         data: str | None = None,
         keys: list[str] | str | None = None,
         finished: str | None = None,
-        axes: list[str] | None = None,
+        axes: list[str] | str | None = None,
     ) -> None:
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"workflow name {name!r} must be letters, digits, '_' or '-'")
@@ -168,7 +168,7 @@ class Workflow:
         self.data = data
         self.keys = [keys] if isinstance(keys, str) else list(keys or [])
         self.finished = finished
-        self.axes = list(axes) if axes else []
+        self.axes = [axes] if isinstance(axes, str) else list(axes or [])
         self.functions: dict[str, FrameFunction] = {}
         self.source: str = ""
 
