@@ -40,6 +40,7 @@ from .lock import OutputLock
 from .output import (
     OutputFile,
     OutputWriteError,
+    ScanAxis,
     Schema,
     check_resumable,
     default_output_path,
@@ -148,12 +149,25 @@ class Results(dict):
     at it, so the driver's memory does not grow with the scan. Looking a result up
     after the output file was changed (rewritten by another run) is an error, never
     the other run's values.
+
+    ``folds`` and ``units`` give each result's fold name and units (``""`` if
+    none were declared); ``dims`` names each result's dims and ``coords`` holds
+    the 1-d values of the named dims (scan axes, pixel indices, bin centres),
+    as the output's NXdata groups record them; ``aux_coords`` holds scan-shaped
+    positions as ``(dims, values)``. Its repr is a short summary;
+    :meth:`to_xarray` gives an ``xarray.Dataset``.
     """
 
     done: np.ndarray
     output: Path
     errors: list[tuple[tuple[int, ...], str, str]]
     stats: dict[str, Any]
+    folds: dict[str, str]
+    units: dict[str, str]
+    dims: dict[str, tuple[str, ...]]
+    coords: dict[str, np.ndarray]
+    aux_coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
+
     _group = ""
     _stamp: tuple[int, int, int] = (0, 0, 0)
 
@@ -186,8 +200,83 @@ class Results(dict):
     def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
         return [(k, self._load(k)) for k in self]
 
+
+    def _meta(self, name: str) -> tuple[Any, Any]:
+        """A result's shape and dtype, without reading its values when they are not read yet."""
+        value = dict.__getitem__(self, name)
+        if value is not _UNREAD:
+            return np.shape(value), getattr(value, "dtype", type(value).__name__)
+        try:
+            import h5py
+
+            with h5py.File(self.output, "r") as f:
+                ds = f[f"{self._group}/{name}"]
+                return ds.shape, ds.dtype
+        except (OSError, KeyError):
+            return "?", "?"
+
     def __repr__(self) -> str:
-        return f"Results({', '.join(self)}; output {str(self.output)!r})"
+        done = getattr(self, "done", None)
+        head = "Results("
+        if getattr(self, "output", None) is not None:
+            head += f"{str(self.output)!r}, "
+        if done is not None:
+            n, total = int(np.count_nonzero(done)), int(np.size(done))
+            head += f"{n}/{total} frames done ({100.0 * n / total if total else 0:.1f}%), "
+        errors = getattr(self, "errors", None) or []
+        head += f"{len(errors)} skipped" if errors else "none skipped"
+        folds = getattr(self, "folds", {})
+        units = getattr(self, "units", {})
+        lines = [head + ")"]
+        for name in self:
+            shape, dtype = self._meta(name)
+            line = f"  {name}: {folds.get(name, '?')}, shape {shape}, {dtype}"
+            if units.get(name):
+                line += f", units {units[name]}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython and Jupyter
+        p.text(repr(self))
+
+    def to_xarray(self) -> Any:
+        """The results as an ``xarray.Dataset``, dims named, coordinates filled in.
+
+        Scan dims are named after the scan axes (``--axes``: the positions are
+        their coordinates; else ``scan_0``, ``scan_1`` ... with indices), frame
+        dims ``frame_y``, ``frame_x``, a histogram's dim ``<name>_bin`` with the
+        bin centres. ``done`` is a variable; a variable's attributes hold its
+        ``fold`` and ``units``. Needs xarray (``pip install 'framebag[xarray]'``).
+        """
+        try:
+            import xarray
+        except ImportError:
+            raise ImportError("Results.to_xarray() needs xarray, which is not installed: "
+                              "pip install 'framebag[xarray]'") from None
+        dims = getattr(self, "dims", {})
+        coords: dict[str, Any] = dict(getattr(self, "coords", {}))
+        for name, (cdims, values) in getattr(self, "aux_coords", {}).items():
+            coords[name] = (cdims, values)
+        data_vars: dict[str, Any] = {}
+        scan_dims: tuple[str, ...] = ()
+        for name, value in self.items():
+            value = np.asarray(value)
+            names = dims.get(name) or tuple(f"{name}_dim_{k}" for k in range(value.ndim))
+            attrs = {"fold": self.folds.get(name, "")} if hasattr(self, "folds") else {}
+            if getattr(self, "units", {}).get(name):
+                attrs["units"] = self.units[name]
+            data_vars[name] = (names, value, attrs)
+            if attrs.get("fold") == "stack":
+                scan_dims = names[: np.ndim(self.done)] if hasattr(self, "done") else ()
+        if hasattr(self, "done"):
+            if not scan_dims:
+                scan_dims = tuple(f"scan_{k}" for k in range(np.ndim(self.done)))
+            data_vars["done"] = (scan_dims, np.asarray(self.done))
+        used = {d for v in data_vars.values() for d in v[0]}
+        coords = {k: v for k, v in coords.items()
+                  if (k in used) or (isinstance(v, tuple) and set(v[0]) <= used)}
+        attrs = {"output": str(getattr(self, "output", ""))}
+        return xarray.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
@@ -199,7 +288,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         resume: bool = False, on_error: str = "raise", retries: int = 2,
         progress: Callable[[dict[str, Any]], None] | None = None,
         report: str | os.PathLike | None = None, announce: bool = True,
-        commit_interval: float | None = None) -> Results:
+        commit_interval: float | None = None, axes: list[str] | None = None) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
 
     Validates everything it can (parameters, datasets, output path) before any
@@ -207,6 +296,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     a ``distributed.performance_report`` of the run; ``announce`` prints the
     dashboard link of a cluster started here. ``commit_interval`` is the seconds
     between checkpoints of the output (default 0.1 when following, else 0.5).
+    ``axes`` are the input's datasets of motor positions, one per scan dim
+    (default: the workflow's), copied into the output as the scan axes.
     """
     if on_error not in ("raise", "skip"):
         raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -216,6 +307,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     input_path = Path(input).resolve()
     data = data or workflow.data or ""  # none given: KeyFollower says so
     keys = list(keys or workflow.keys)
+    axes = list(axes or workflow.axes)
     finished_required = bool(finished)
     finished = (finished or workflow.finished) if follow else None
     out_path = Path(output) if output else default_output_path(input_path, workflow.name)
@@ -229,7 +321,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
                            partition_bytes=partition_bytes, overwrite=overwrite,
                            resume=resume, on_error=on_error, retries=retries,
                            progress=progress, report=report, announce=announce,
-                           commit_interval=commit_interval)
+                           commit_interval=commit_interval, axes=axes)
     finally:
         lock.release()
 
@@ -241,10 +333,12 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                 resume: bool, on_error: str, retries: int,
                 progress: Callable[[dict[str, Any]], None] | None,
                 report: str | os.PathLike | None, announce: bool,
-                commit_interval: float | None) -> Results:
+                commit_interval: float | None, axes: list[str]) -> Results:
     """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, data, keys, finished, follow, finished_required,
                          timeout, poll_interval)
+    scan_axes = read_axes(str(input_path), axes, follower.data.scan_shape, follower.growing,
+                          workflow, refresh=False)
     first = follower.poll().ravel()
     if not follow and not first.any():
         raise FramebagError(
@@ -262,7 +356,10 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         "finished": finished or "",
         fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
         # each function's fold, for readers of the output (framebag plot); not checked on resume
-        "folds": {n: {"fold": f.fold.name, **f.fold.attrs} for n, f in workflow.functions.items()},
+        "folds": {n: {"fold": f.fold.name, **f.fold.attrs, **({"units": f.units} if f.units
+                                                               else {})}
+                  for n, f in workflow.functions.items()},
+        "scan_axes": axes,
     }
     if resume and not out_path.exists():
         log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
@@ -274,7 +371,7 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
                on_error=on_error, retries=retries, progress=progress,
-               commit_interval=commit_interval)
+               commit_interval=commit_interval, axes=axes, scan_axes=scan_axes)
     if client is not None:
         with _performance_report(report):
             return job.run(client)
@@ -282,6 +379,54 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
 
     with start_client(profile, announce=announce) as own_client, _performance_report(report):
         return job.run(own_client)
+
+
+def read_axes(path: str, names: list[str], scan_shape: tuple[int, ...], growing: bool,
+              workflow: Workflow, refresh: bool) -> list[ScanAxis]:
+    """The input's motor positions ``names`` (``--axes``), one per scan dim, checked.
+
+    Each is numeric and 1-d of its scan dim's length, or scan-shaped (trailing
+    length-1 dims are dropped, as for keys). In a growing scan the first scan
+    dim may differ in length: positions are copied as far as they go. A
+    mismatch is one sentence naming the dataset, its shape and the scan's.
+    """
+    if not names:
+        return []
+    rank = len(scan_shape)
+    if len(names) != rank:
+        raise FramebagError(
+            f"--axes: {len(names)} dataset(s) given ({', '.join(names)}) for a scan of rank "
+            f"{rank} (scan shape {tuple(scan_shape)}); give one per scan dim, slowest first")
+    out: list[ScanAxis] = []
+    taken = {*workflow.functions, "done", "errors"}
+    for k, name in enumerate(names):
+        try:
+            ds = hdf5.dataset(path, name)
+        except FramebagError as exc:
+            raise FramebagError(f"--axes {name}: {exc}") from None
+        if refresh:
+            ds.refresh()
+        shape = tuple(ds.shape)
+        while len(shape) > 1 and shape[-1] == 1 and len(shape) > rank:
+            shape = shape[:-1]
+        skip = 1 if growing else 0
+        one_d = len(shape) == 1 and (shape[0] == scan_shape[k] or (growing and k == 0))
+        full = len(shape) == rank and shape[skip:] == tuple(scan_shape[skip:])
+        if ds.dtype.kind not in "biuf":
+            raise FramebagError(f"--axes {name}: dataset of dtype {ds.dtype} in input file "
+                                f"{path!r} is not numeric; positions must be numbers")
+        if not (one_d or full) or (rank == 1 and len(shape) != 1):
+            raise FramebagError(
+                f"--axes {name}: dataset of shape {tuple(ds.shape)} in input file {path!r} does "
+                f"not fit scan dim {k} of scan shape {tuple(scan_shape)}: give a 1-d dataset "
+                f"of length {scan_shape[k]} or a scan-shaped one")
+        values = np.asarray(ds[()]).reshape(shape)
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        label = base if base not in taken and not base.startswith(("scan_", "frame_", "bin_")) \
+            else name.strip("/").replace("/", "_")
+        taken.add(label)
+        out.append(ScanAxis(label, name, values, hdf5.attr_text(ds.attrs.get("units"))))
+    return out
 
 
 def _follower(path: Path, data: str | None, keys: list[str], finished: str | None, follow: bool,
@@ -377,7 +522,10 @@ class _Job:
                 last = exc
                 continue
             schema = Schema()
+            schema.frame_shape = tuple(d.frame_shape)
+            schema.scan_axes = self.o.get("scan_axes") or []
             for name, fn in self.wf.functions.items():
+                schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs}
                 if fn.fold.is_stack:
                     v = p.stacks[name]
                     schema[name] = (True, v.shape[1:], v.dtype)
@@ -453,6 +601,7 @@ class _Job:
                     self._spec = None
                     if self.out is not None:
                         self.out.grow(self.info.scan_shape)
+                        self._copy_axes()
                 if self.out is None and complete.any():
                     self._open_output(complete)
                     dispatcher.size = self._task_size(complete, nworkers)  # nothing went out yet
@@ -460,6 +609,7 @@ class _Job:
                     opened = True
                     if self.follower.growing:
                         self.out.grow(self.info.scan_shape)
+                        self._copy_axes()
                     dispatcher.mark(np.flatnonzero(self.out.done))
                     processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
@@ -563,6 +713,13 @@ class _Job:
             self.result_nbytes,
         )
         return size
+
+    def _copy_axes(self) -> None:
+        """Copy a growing scan's positions (``--axes``) that the input holds now."""
+        names = self.o.get("axes") or []
+        if names and self.out is not None:
+            self.out.write_axes(read_axes(self.info.path, names, self.info.scan_shape, True,
+                                          self.wf, refresh=True))
 
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
@@ -757,6 +914,11 @@ class _Job:
             client.run(hdf5.close, self.info.path)
         except Exception:  # noqa: BLE001 - workers may be gone already
             log.debug("could not close input handles on the workers", exc_info=True)
+        if self.follower.growing and self.out is not None and not self._write_failed:
+            try:
+                self._copy_axes()  # the positions written last
+            except Exception:  # noqa: BLE001 - the run's own outcome is the one to report
+                log.debug("could not copy the last scan positions", exc_info=True)
         hdf5.close(self.info.path)
         if self.out is not None and not self._write_failed:
             try:
@@ -781,10 +943,8 @@ class _Job:
                                 f"end of the run: {str(exc).splitlines()[0]}") from None
         with f:
             g = f[f"entry/{self.wf.name}"]
-            for name in self.wf.functions:
-                dict.__setitem__(res, name, _UNREAD)
+            _read_results(res, g, list(self.wf.functions), len(self.info.scan_shape))
             res._group = g.name
-            res.done = g["done"][()].astype(bool)
             errs = g["errors"][()]
         res.output = self.out_path
         st = os.stat(self.out_path)
@@ -798,3 +958,40 @@ class _Job:
                      "done": int(res.done.sum()), "ended_by": self.ended_by}
         return res
 
+
+
+def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> None:
+    """Fill ``res`` from a workflow's output group: values, done, folds, units, dims, coords.
+
+    Dims are named from each result's NXdata ``@axes`` (see :meth:`Results.to_xarray`).
+    """
+    from .hdf5 import attr_text
+    from .output import nxdata_of
+
+    res.done = g["done"][()].astype(bool)
+    res.folds, res.units, res.dims, res.coords, res.aux_coords = {}, {}, {}, {}, {}
+    scan_dims = tuple(f"scan_{k}" for k in range(scan_rank))
+    for name in names:
+        ds = g[name]
+        dict.__setitem__(res, name, _UNREAD)  # read when looked up (see Results)
+        res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
+        res.units[name] = attr_text(ds.attrs.get("units"))
+        nx = nxdata_of(g, name)
+        axes = [attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))] \
+            if nx is not None else []
+        if len(axes) != ds.ndim:
+            axes = ["."] * ds.ndim
+        dims = []
+        for k, axis in enumerate(axes):
+            if nx is None or axis == "." or axis not in nx:
+                dims.append(scan_dims[k] if res.folds[name] == "stack" and k < scan_rank
+                            else f"{name}_dim_{k}")
+                continue
+            dim = f"{name}_bin" if axis == "bin_centres" else axis
+            dims.append(dim)
+            res.coords.setdefault(dim, nx[axis][()])
+        res.dims[name] = tuple(dims)
+        if res.folds[name] == "stack" and nx is not None:
+            for key, obj in nx.items():
+                if getattr(obj, "ndim", 0) > 1 and int(obj.attrs.get("scan_dim", 0)) == -1:
+                    res.aux_coords.setdefault(key, (tuple(dims[:scan_rank]), obj[()]))
