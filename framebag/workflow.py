@@ -34,10 +34,10 @@ import importlib.util
 import inspect
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,6 +45,9 @@ from . import folds as _folds
 from .errors import FramebagError
 from .output import RESERVED
 from .partitions import scan_index
+
+if TYPE_CHECKING:
+    from .engine import ManyResults
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "Partial", "load_workflow"]
 
@@ -387,6 +390,23 @@ class Workflow:
 
         return run(self, input, output, client=client, profile=profile, params=params,
                    **options)
+
+    def run_many(self, inputs: Iterable[str | Path], out_dir: str | Path | None = None, *,
+                 client: Any = None, profile: str | None = None,
+                 params: Mapping[str, Any] | None = None, **options: Any) -> ManyResults:
+        """Run the workflow over each of ``inputs`` on one cluster; one output per input.
+
+        Outputs get the default names, next to each input or in ``out_dir`` (an
+        existing directory). A scan that fails does not stop the others: the result
+        maps each input path to its results (as :meth:`run` returns them) or to the
+        exception that stopped it; ``.failed`` and ``.succeeded`` split it. ``options``
+        are :meth:`run`'s and apply to each output on its own (``resume``,
+        ``overwrite``).
+        """
+        from .engine import run_many
+
+        return run_many(self, list(inputs), out_dir, client=client, profile=profile,
+                        params=params, **options)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, functions={list(self.functions)})"
