@@ -32,7 +32,7 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 log = logging.getLogger("framebag")
 
 #: modules that add a subcommand each: ``add_parser(subparsers)``
-COMMANDS: list[str] = [".simulate", ".inspect", ".plot", ".catalog", ".profiles_cli"]
+COMMANDS: list[str] = [".simulate", ".inspect", ".plot", ".catalog", ".profiles_cli", ".submit"]
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, str]:
@@ -258,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)
-        if rest and (args.command != "run" or any(r.startswith("-") for r in rest)):
+        if rest and (args.command not in ("run", "submit")
+                     or any(r.startswith("-") for r in rest)):
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" and exit 2
         if rest:
             args.extra = [*args.extra, *rest]
