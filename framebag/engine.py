@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -686,7 +686,7 @@ def many_outputs(workflow_name: str, inputs: list[Path],
     return outputs
 
 
-def run_many(workflow: Workflow, inputs: list[str | os.PathLike],
+def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
              out_dir: str | os.PathLike | None = None, *, client: Any = None,
              profile: str | None = None, params: Mapping[str, Any] | None = None,
              announce: bool = True, report: str | os.PathLike | None = None,

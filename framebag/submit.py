@@ -102,7 +102,7 @@ def run_command(args: argparse.Namespace, inputs: list[str], python: str,
             cmd += [flag, str(profile_path)]
             continue
         default = action.default
-        if isinstance(default, str) and action.type is not None:
+        if isinstance(default, str) and callable(action.type):
             default = action.type(default)
         if value is None or value == default:
             continue
@@ -128,7 +128,8 @@ def _job(prof: profiles.Profile, cores: int, memory: str, walltime: str | None) 
         raise FramebagError(f"--driver-memory {memory!r} is not a size like 4GiB") from None
     if cores < 1:
         raise FramebagError(f"--driver-cores must be at least 1, not {cores}")
-    job_cls = profiles.cluster_class(prof.cluster).job_cls
+    cluster_cls: Any = profiles.cluster_class(prof.cluster)
+    job_cls = cluster_cls.job_cls
     accepted: set[str] = set()
     for cls in job_cls.__mro__:
         if "__init__" in vars(cls):
