@@ -175,6 +175,12 @@ def run_inputs(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(inputs))
 
 
+def several_inputs(args: argparse.Namespace) -> bool:
+    """Whether ``run`` was given several INPUTs or a glob: then ``-o`` names a directory."""
+    given = [*args.input, *(getattr(args, "extra", None) or [])]
+    return len(given) > 1 or any(_is_glob(g) for g in given)
+
+
 def _check_run_arguments(args: argparse.Namespace) -> list[str]:
     """Catch the usual slips in ``run``'s arguments before anything is opened or started.
 
@@ -205,7 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     inputs = _check_run_arguments(args)
     shown = dict(quiet=args.quiet, plot=args.plot, report=args.report,
                  log_interval=args.log_interval)
-    if len(inputs) == 1 and not (args.output and os.path.isdir(args.output)):
+    if not several_inputs(args):
         run_reported(args.workflow, inputs[0], args.output, **shown, **run_options(args))
     else:
         run_many_reported(args.workflow, inputs, args.output, **shown, **run_options(args))

@@ -173,12 +173,13 @@ def log_files(kind: str, log_directory: str, job_id: str = "JOBID") -> list[str]
 
 
 def _outputs(args: argparse.Namespace, inputs: list[str]) -> list[Path]:
+    from .cli import several_inputs
     from .engine import many_outputs
     from .output import default_output_path
     from .workflow import load_workflow
 
     wf = load_workflow(args.workflow)
-    if len(inputs) == 1 and not (args.output and os.path.isdir(args.output)):
+    if not several_inputs(args):
         out = Path(args.output) if args.output else default_output_path(inputs[0], wf.name)
         outs = [out.resolve()]
     else:
