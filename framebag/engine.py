@@ -686,13 +686,29 @@ def many_outputs(workflow_name: str, inputs: list[Path],
     return outputs
 
 
+def own_outputs_left_out(workflow_name: str, inputs: Sequence[str | os.PathLike],
+                         out_dir: str | os.PathLike | None) -> tuple[list[Path], list[Path]]:
+    """``inputs`` without duplicates and without those that are another input's output.
+
+    A glob over a directory that already holds this workflow's outputs (a second run,
+    outputs next to the inputs) matches them too; they are not scans. Returns the
+    inputs kept and those left out.
+    """
+    paths = list(dict.fromkeys(Path(p) for p in inputs))
+    made = {(Path(out_dir) / default_output_path(p, workflow_name).name if out_dir is not None
+             else default_output_path(p, workflow_name)).resolve() for p in paths}
+    left = [p for p in paths if p.resolve() in made]
+    return [p for p in paths if p not in left], left
+
+
 def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
              out_dir: str | os.PathLike | None = None, *, client: Any = None,
              profile: str | None = None, params: Mapping[str, Any] | None = None,
              announce: bool = True, report: str | os.PathLike | None = None,
              progress_for: Callable[[Path], Callable[[dict[str, Any]], None] | None]
              | None = None,
-             each: Callable[[int, Path, Path, Results | BaseException], None] | None = None,
+             each: Callable[[int, int, Path, Path, Results | BaseException], None]
+             | None = None,
              **options: Any) -> ManyResults:
     """Run ``workflow`` over each of ``inputs`` in turn, on one cluster, into one output each.
 
@@ -702,13 +718,19 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     next one starts: the returned :class:`ManyResults` maps each input to its
     :class:`Results` or to the exception that stopped it. ``options`` are
     :func:`run`'s and apply per output (``resume``, ``overwrite``: each output on its
-    own). ``progress_for(input)`` gives each run its ``progress`` callback; ``each``
-    is called after every scan with ``(position, input, output, result or error)``.
+    own). An input that is another input's output (a glob that matches the outputs of
+    an earlier run) is left out. ``progress_for(input)`` gives each run its
+    ``progress`` callback; ``each`` is called after every scan with ``(position,
+    number of scans, input, output, result or error)``.
     ``report`` is one performance report over all the scans. Options that every scan
     shares (parameters, the output directory, duplicate outputs) are checked before
     the cluster starts, and a bad one raises :class:`FramebagError` for the lot.
     """
-    paths = list(dict.fromkeys(Path(p) for p in inputs))
+    paths, outputs_given = own_outputs_left_out(workflow.name, inputs, out_dir)
+    if outputs_given:
+        logging.getLogger(PROGRESS_LOGGER).info(
+            "left out %d input(s) that are the outputs of the others: %s", len(outputs_given),
+            ", ".join(str(p) for p in outputs_given))
     if not paths:
         raise FramebagError("run_many needs at least one input")
     workflow.resolve_params(params)  # a bad --set fails once, not once per scan
@@ -732,7 +754,7 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
                 result = exc
             done[inp] = result
             if each is not None:
-                each(i, inp, out, result)
+                each(i, len(paths), inp, out, result)
 
     if client is not None:
         with _performance_report(report):

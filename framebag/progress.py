@@ -330,7 +330,6 @@ def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = No
         )
     configure(quiet)
     wf = load_workflow(workflow)
-    n = len(inputs)
     current: list[Progress] = []
     started: list[Path] = []
 
@@ -340,7 +339,7 @@ def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = No
         started.append(inp)
         return p
 
-    def each(i: int, inp: Path, out: Path, res: Any) -> None:
+    def each(i: int, n: int, inp: Path, out: Path, res: Any) -> None:
         p = current.pop() if current else None
         if isinstance(res, BaseException):
             if p is not None:
@@ -374,7 +373,7 @@ def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = No
                     else Path(out_dir) / default_output_path(i, wf.name).name for i in started]
             exc.output_written = any(o.exists() for o in outs)  # type: ignore[attr-defined]
             raise
-    failed = res.failed
+    failed, n = res.failed, len(res)
     if failed:
         listing = "".join(f"\n  {p}: {_reason(e)}" for p, e in failed.items())
         raise FramebagError(f"{len(failed)} of {n} scans failed ({n - len(failed)} done, in "

@@ -174,7 +174,7 @@ def log_files(kind: str, log_directory: str, job_id: str = "JOBID") -> list[str]
 
 def _outputs(args: argparse.Namespace, inputs: list[str]) -> list[Path]:
     from .cli import several_inputs
-    from .engine import many_outputs
+    from .engine import many_outputs, own_outputs_left_out
     from .output import default_output_path
     from .workflow import load_workflow
 
@@ -183,8 +183,8 @@ def _outputs(args: argparse.Namespace, inputs: list[str]) -> list[Path]:
         out = Path(args.output) if args.output else default_output_path(inputs[0], wf.name)
         outs = [out.resolve()]
     else:
-        outs = [p.resolve() for p in many_outputs(wf.name, [Path(i) for i in inputs],
-                                                  args.output).values()]
+        kept, _ = own_outputs_left_out(wf.name, inputs, args.output)
+        outs = [p.resolve() for p in many_outputs(wf.name, kept, args.output).values()]
     if not (args.overwrite or args.resume):
         there = [o for o in outs if o.exists()]
         if there:
