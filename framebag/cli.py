@@ -11,6 +11,7 @@ the subcommand.
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
 import logging
 import os
@@ -31,7 +32,7 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 log = logging.getLogger("framebag")
 
 #: modules that add a subcommand each: ``add_parser(subparsers)``
-COMMANDS: list[str] = [".simulate", ".inspect", ".plot", ".catalog", ".profiles_cli"]
+COMMANDS: list[str] = [".simulate", ".inspect", ".plot", ".catalog", ".profiles_cli", ".submit"]
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, str]:
@@ -80,13 +81,24 @@ class _Once(argparse.Action):
 
 
 def add_run_parser(sub: Any) -> None:
-    p = sub.add_parser("run", help="run a workflow over an HDF5 file",
-                       description="Run WORKFLOW (a .py file or dotted module) over INPUT.",
+    p = sub.add_parser("run", help="run a workflow over HDF5 files",
+                       description="Run WORKFLOW (a .py file or dotted module) over INPUT, or "
+                                   "over several INPUTs in turn on one cluster, each into its "
+                                   "own output.",
                        formatter_class=_DefaultsShown)
     p.add_argument("workflow", help="workflow file (.py) or importable module name")
-    p.add_argument("input", help="input HDF5 file (never written to)")
+    add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The INPUTs and every option of ``run`` (``submit`` takes the same, to pass them on)."""
+    p.add_argument("input", nargs="+", metavar="INPUT",
+                   help="input HDF5 file, never written to; several files or quoted globs "
+                        "('scans/*.h5') are run in turn, each into its own output")
     p.add_argument("-o", "--output", action=_Once,
-                   help="output HDF5 file (default: <input stem>_<workflow>.h5)")
+                   help="output HDF5 file (default: <input stem>_<workflow>.h5 next to the "
+                        "input); with several inputs, an existing directory for the outputs")
     p.add_argument("--profile", metavar="NAME|FILE",
                    help="cluster profile name or YAML file (default: local)")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
@@ -117,46 +129,77 @@ def add_run_parser(sub: Any) -> None:
                         "--follow)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)
+    p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)  # INPUTs after an option
     p.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                    help="seconds between progress lines when stderr is not a terminal")
     p.add_argument("--plot", action="store_true",
                    help="write quick-look PNGs of the results (needs matplotlib: [plot] extra)")
     p.add_argument("--report", metavar="FILE",
                    help="write a dask performance report (HTML) of the run to FILE")
-    p.set_defaults(func=cmd_run)
 
 
 def _looks_hdf5(path: str) -> bool:
     return path.lower().endswith(HDF5_SUFFIXES)
 
 
-def _check_run_arguments(args: argparse.Namespace) -> None:
-    """Catch the usual slips in ``run``'s arguments before anything is opened or started."""
-    extra = getattr(args, "extra", None) or []
-    if extra:
-        out = extra[0]
-        if _looks_hdf5(out) and len(extra) == 1:
-            raise FramebagError(f"run takes one INPUT; to name the output file, use -o {out}")
-        raise FramebagError(f"unexpected argument(s) {' '.join(extra)}: run takes WORKFLOW "
-                            "INPUT (see framebag run --help)")
-    if _looks_hdf5(args.workflow) and not _looks_hdf5(args.input):
+def _is_glob(text: str) -> bool:
+    return glob.has_magic(text)
+
+
+def run_inputs(args: argparse.Namespace) -> list[str]:
+    """The input files of ``run`` (or ``submit``): quoted globs expanded, the usual slips caught.
+
+    One plain INPUT is taken as it is (with ``--follow`` it may not exist yet). With
+    several, each must exist, and each glob must match at least one file; a last
+    argument that does not exist and looks like an HDF5 file was meant as the output.
+    """
+    given = [*args.input, *(getattr(args, "extra", None) or [])]
+    if _looks_hdf5(args.workflow) and not _looks_hdf5(given[0]):
         raise FramebagError(
             f"the arguments are swapped: the WORKFLOW comes first, then the INPUT file: "
-            f"framebag run {args.input} {args.workflow}")
+            f"framebag {args.command} {given[0]} {args.workflow}")
+    stray = [g for g in given[1:] if not _is_glob(g) and not os.path.exists(g)]
+    if stray:
+        last = given[-1]
+        if len(given) == 2 and _looks_hdf5(last):
+            raise FramebagError(f"there is no input file {last}: to name the output file, "
+                                f"use -o {last} (several INPUTs must all exist)")
+        raise FramebagError(f"input file {stray[0]!r} does not exist (with several INPUTs, "
+                            "each must exist)")
+    inputs: list[str] = []
+    for item in given:
+        if not _is_glob(item):
+            inputs.append(item)
+            continue
+        hits = sorted(glob.glob(os.path.expanduser(item)))
+        if not hits:
+            raise FramebagError(f"INPUT pattern {item!r} matches no file")
+        inputs += hits
+    return list(dict.fromkeys(inputs))
+
+
+def several_inputs(args: argparse.Namespace) -> bool:
+    """Whether ``run`` was given several INPUTs or a glob: then ``-o`` names a directory."""
+    given = [*args.input, *(getattr(args, "extra", None) or [])]
+    return len(given) > 1 or any(_is_glob(g) for g in given)
+
+
+def _check_run_arguments(args: argparse.Namespace) -> list[str]:
+    """Catch the usual slips in ``run``'s arguments before anything is opened or started.
+
+    Returns the input files (see :func:`run_inputs`).
+    """
+    inputs = run_inputs(args)
     if args.profile:
         from .profiles import find
 
         find(args.profile)  # an unknown profile is named before the output is checked
+    return inputs
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .progress import run_reported
-
-    _check_run_arguments(args)
-    run_reported(
-        args.workflow, args.input, args.output, quiet=args.quiet, plot=args.plot,
-        report=args.report, log_interval=args.log_interval,
+def run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine's run options from ``run``'s parsed arguments."""
+    return dict(
         profile=args.profile, params=_parse_set(args.params),
         data=args.data, keys=args.keys, finished=args.finished, axes=args.axes,
         follow=args.follow,
@@ -164,6 +207,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
         retries=args.retries, commit_interval=args.commit_interval,
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .progress import run_many_reported, run_reported
+
+    inputs = _check_run_arguments(args)
+    shown = dict(quiet=args.quiet, plot=args.plot, report=args.report,
+                 log_interval=args.log_interval)
+    if not several_inputs(args):
+        run_reported(args.workflow, inputs[0], args.output, **shown, **run_options(args))
+    else:
+        run_many_reported(args.workflow, inputs, args.output, **shown, **run_options(args))
     return 0
 
 
@@ -213,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args, rest = parser.parse_known_args(argv)
-        if rest and (args.command != "run" or any(r.startswith("-") for r in rest)):
+        if rest and (args.command not in ("run", "submit")
+                     or any(r.startswith("-") for r in rest)):
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" and exit 2
         if rest:
             args.extra = [*args.extra, *rest]

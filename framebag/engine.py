@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +62,8 @@ from .tuning import tune_workers
 if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
     from .workflow import Workflow
 
-__all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups"]
+__all__ = ["run", "run_many", "Results", "ManyResults", "RunSpec", "process_partition",
+           "process_groups"]
 
 log = logging.getLogger("framebag")
 #: the logger framebag.progress configures and --quiet silences (a name, not an import of it)
@@ -995,3 +996,132 @@ def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> Non
             for key, obj in nx.items():
                 if getattr(obj, "ndim", 0) > 1 and int(obj.attrs.get("scan_dim", 0)) == -1:
                     res.aux_coords.setdefault(key, (tuple(dims[:scan_rank]), obj[()]))
+
+
+class ManyResults(dict):
+    """What :func:`run_many` gives back: per input path, its :class:`Results` or its error.
+
+    ``failed`` and ``succeeded`` split it; ``outputs`` maps every input to the output
+    path it was given (written, partly written, or not at all for a failed scan).
+    """
+
+    outputs: dict[Path, Path]
+    wall: float
+
+    @property
+    def failed(self) -> dict[Path, BaseException]:
+        """The inputs whose scan failed, with the error that stopped it."""
+        return {k: v for k, v in self.items() if isinstance(v, BaseException)}
+
+    @property
+    def succeeded(self) -> dict[Path, Results]:
+        """The inputs whose scan ran to its end, with their results."""
+        return {k: v for k, v in self.items() if not isinstance(v, BaseException)}
+
+
+def many_outputs(workflow_name: str, inputs: list[Path],
+                 out_dir: str | os.PathLike | None) -> dict[Path, Path]:
+    """The output of each input: the default name, next to the input or in ``out_dir``.
+
+    ``out_dir`` must be an existing directory. Two inputs that would share an output
+    (the same file stem in two directories) are refused before anything runs.
+    """
+    if out_dir is not None and not Path(out_dir).is_dir():
+        what = "is not a directory" if Path(out_dir).exists() else "does not exist"
+        raise FramebagError(f"output directory {str(out_dir)!r} {what}; with several inputs "
+                            "-o names a directory, which must exist (mkdir it first)")
+    outputs: dict[Path, Path] = {}
+    owner: dict[Path, Path] = {}
+    for inp in inputs:
+        out = default_output_path(inp, workflow_name)
+        if out_dir is not None:
+            out = Path(out_dir) / out.name
+        key = out.resolve()
+        if key in owner:
+            raise FramebagError(f"inputs {str(owner[key])!r} and {str(inp)!r} would both write "
+                                f"{str(out)!r}; give them separate runs or rename one")
+        owner[key] = inp
+        outputs[inp] = out
+    return outputs
+
+
+def own_outputs_left_out(workflow_name: str, inputs: Sequence[str | os.PathLike],
+                         out_dir: str | os.PathLike | None) -> tuple[list[Path], list[Path]]:
+    """``inputs`` without duplicates and without those that are another input's output.
+
+    A glob over a directory that already holds this workflow's outputs (a second run,
+    outputs next to the inputs) matches them too; they are not scans. Returns the
+    inputs kept and those left out.
+    """
+    paths = list(dict.fromkeys(Path(p) for p in inputs))
+    made = {(Path(out_dir) / default_output_path(p, workflow_name).name if out_dir is not None
+             else default_output_path(p, workflow_name)).resolve() for p in paths}
+    left = [p for p in paths if p.resolve() in made]
+    return [p for p in paths if p not in left], left
+
+
+def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
+             out_dir: str | os.PathLike | None = None, *, client: Any = None,
+             profile: str | None = None, params: Mapping[str, Any] | None = None,
+             announce: bool = True, report: str | os.PathLike | None = None,
+             progress_for: Callable[[Path], Callable[[dict[str, Any]], None] | None]
+             | None = None,
+             each: Callable[[int, int, Path, Path, Results | BaseException], None]
+             | None = None,
+             **options: Any) -> ManyResults:
+    """Run ``workflow`` over each of ``inputs`` in turn, on one cluster, into one output each.
+
+    Outputs get the default names (``<stem>_<workflow>.h5``), next to each input or
+    in ``out_dir``. The cluster (``client``, or the ``profile`` started once) serves
+    every scan. A scan that fails, for any reason but Ctrl-C, is recorded and the
+    next one starts: the returned :class:`ManyResults` maps each input to its
+    :class:`Results` or to the exception that stopped it. ``options`` are
+    :func:`run`'s and apply per output (``resume``, ``overwrite``: each output on its
+    own). An input that is another input's output (a glob that matches the outputs of
+    an earlier run) is left out. ``progress_for(input)`` gives each run its
+    ``progress`` callback; ``each`` is called after every scan with ``(position,
+    number of scans, input, output, result or error)``.
+    ``report`` is one performance report over all the scans. Options that every scan
+    shares (parameters, the output directory, duplicate outputs) are checked before
+    the cluster starts, and a bad one raises :class:`FramebagError` for the lot.
+    """
+    paths, outputs_given = own_outputs_left_out(workflow.name, inputs, out_dir)
+    if outputs_given:
+        progress_log.info(
+            "left out %d input(s) that are the outputs of the others: %s", len(outputs_given),
+            ", ".join(str(p) for p in outputs_given))
+    if not paths:
+        raise FramebagError("run_many needs at least one input")
+    workflow.resolve_params(params)  # a bad --set fails once, not once per scan
+    outputs = many_outputs(workflow.name, paths, out_dir)
+    done = ManyResults()
+    done.outputs = outputs
+    t0 = time.monotonic()
+
+    def all_scans(c: Any) -> None:
+        for i, inp in enumerate(paths):
+            out = outputs[inp]
+            result: Results | BaseException
+            try:
+                result = run(workflow, inp, out, client=c, params=params,
+                             progress=progress_for(inp) if progress_for else None,
+                             **options)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failed scan must not stop the rest
+                log.debug("scan %s failed", inp, exc_info=True)
+                result = exc
+            done[inp] = result
+            if each is not None:
+                each(i, len(paths), inp, out, result)
+
+    if client is not None:
+        with _performance_report(report):
+            all_scans(client)
+    else:
+        from .profiles import start_client
+
+        with start_client(profile, announce=announce) as own, _performance_report(report):
+            all_scans(own)
+    done.wall = time.monotonic() - t0
+    return done

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["Progress", "configure", "summary_line", "LOGGER"]
+__all__ = ["Progress", "configure", "summary_line", "run_reported", "run_many_reported", "LOGGER"]
 
 LOGGER = "framebag.progress"
 log = logging.getLogger(LOGGER)
@@ -289,4 +289,96 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
         if pictures:
             log.info("pictures in %s: %s", pictures[0].parent,
                      ", ".join(p.name for p in pictures))
+    return res
+
+
+def _reason(exc: BaseException) -> str:
+    """A failed scan's reason in one line: framebag's own sentence, or the exception named."""
+    from .errors import FramebagError
+
+    text = str(exc) if isinstance(exc, FramebagError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = None, *,
+                      quiet: bool = False, plot: bool = False, report: str | None = None,
+                      log_interval: float = 10.0, follow: bool = False,
+                      profile: str | None = None, **options: Any) -> Any:
+    """``framebag run`` over several inputs: one cluster, a line per scan, then a summary.
+
+    Each scan gets its progress display and, at its end, one line: its summary, or
+    why it failed (shown under ``--quiet`` too). A failed scan does not stop the
+    next. If any failed, a :class:`FramebagError` names each with its reason, after
+    the others ran. Returns the engine's ``ManyResults``.
+    """
+    import importlib.util
+    from contextlib import ExitStack
+
+    from .engine import run_many
+    from .errors import FramebagError
+    from .output import default_output_path
+    from .workflow import load_workflow
+
+    if plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    if report and importlib.util.find_spec("bokeh") is None:
+        raise FramebagError(
+            f"--report {report}: dask's performance report needs bokeh; "
+            "install it with: pip install 'bokeh>=3.1'"
+        )
+    configure(quiet)
+    wf = load_workflow(workflow)
+    current: list[Progress] = []
+    started: list[Path] = []
+
+    def progress_for(inp: Path) -> Progress:
+        p = Progress(follow=follow, interval=log_interval)
+        current[:] = [p]
+        started.append(inp)
+        return p
+
+    def each(i: int, n: int, inp: Path, out: Path, res: Any) -> None:
+        p = current.pop() if current else None
+        if isinstance(res, BaseException):
+            if p is not None:
+                p.close()
+            log.warning("scan %d of %d failed: %s: %s", i + 1, n, inp, _reason(res))
+            return
+        if p is not None:
+            p.finish(res.stats)
+            p.close()
+        log.info("scan %d of %d, %s: %s", i + 1, n, inp, summary_line(res, follow))
+        if plot:
+            from .plot import write_pictures
+
+            pictures = write_pictures(res.output)
+            if pictures:
+                log.info("pictures in %s: %s", pictures[0].parent,
+                         ", ".join(p.name for p in pictures))
+
+    with ExitStack() as stack:
+        if sys.stderr.isatty() and log.isEnabledFor(logging.INFO):
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.enter_context(logging_redirect_tqdm([logging.root, log]))
+        try:
+            res = run_many(wf, inputs, out_dir, follow=follow, profile=profile, report=report,
+                           announce=not quiet, progress_for=progress_for, each=each, **options)
+        except KeyboardInterrupt as exc:
+            for p in current:
+                p.close()
+            outs = [default_output_path(i, wf.name) if out_dir is None
+                    else Path(out_dir) / default_output_path(i, wf.name).name for i in started]
+            exc.output_written = any(o.exists() for o in outs)  # type: ignore[attr-defined]
+            raise
+    failed, n = res.failed, len(res)
+    if failed:
+        listing = "".join(f"\n  {p}: {_reason(e)}" for p, e in failed.items())
+        raise FramebagError(f"{len(failed)} of {n} scans failed ({n - len(failed)} done, in "
+                            f"{res.wall:.1f} s):{listing}")
+    log.info("all %d scans done in %.1f s", n, res.wall)
+    if report:
+        log.info("performance report in %s", report)
     return res

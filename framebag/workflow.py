@@ -34,7 +34,7 @@ import importlib.util
 import inspect
 import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +47,8 @@ from .layout import AXIS_NAMES, NXDATA_SUFFIX, RESERVED
 from .partials import Kinds, Partial
 from .partitions import scan_index
 
-if TYPE_CHECKING:  # a type only; run() imports the engine when it is called
-    from .engine import Results
+if TYPE_CHECKING:  # types only; run() and run_many() import the engine when called
+    from .engine import ManyResults, Results
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "ValueKindError", "Partial",
            "load_workflow"]
@@ -402,6 +402,23 @@ class Workflow:
 
         return run(self, input, output, client=client, profile=profile, params=params,
                    **options)
+
+    def run_many(self, inputs: Iterable[str | Path], out_dir: str | Path | None = None, *,
+                 client: Any = None, profile: str | None = None,
+                 params: Mapping[str, Any] | None = None, **options: Any) -> ManyResults:
+        """Run the workflow over each of ``inputs`` on one cluster; one output per input.
+
+        Outputs get the default names, next to each input or in ``out_dir`` (an
+        existing directory). A scan that fails does not stop the others: the result
+        maps each input path to its results (as :meth:`run` returns them) or to the
+        exception that stopped it; ``.failed`` and ``.succeeded`` split it. ``options``
+        are :meth:`run`'s and apply to each output on its own (``resume``,
+        ``overwrite``).
+        """
+        from .engine import run_many
+
+        return run_many(self, list(inputs), out_dir, client=client, profile=profile,
+                        params=params, **options)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, functions={list(self.functions)})"

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -346,3 +347,51 @@ def test_sigterm_before_any_output_does_not_promise_one(tmp_path, make_scan):
     assert "the output keeps what was done" not in err
     assert "interrupted before any output was written" in err, err
     assert gone(ids)
+
+
+def test_submit_runs_the_driver_in_a_slurm_job(tmp_path, make_scan):
+    """``framebag submit``: the driver runs in a SLURM job of its own and starts its workers'
+    job from there; the output equals numpy and the log is where submit said."""
+    inp, data = make_scan((6, 5), (16, 16), seed=4)
+    prof = write_profile(tmp_path / "one.yaml", jobs=1)
+    out = tmp_path / "out.h5"
+    env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="error")
+    sub = subprocess.run(
+        [sys.executable, "-m", "framebag.cli", "submit", str(FRAME_SUM), inp.name, "-o", "out.h5",
+         "--profile", str(prof), "--set", "y1=5", "--partition-bytes", "4KiB",
+         "--driver-memory", "1GiB", "--driver-walltime", "00:05:00"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, sub.stderr
+    said = dict(line.strip().split(":", 1) for line in sub.stdout.splitlines()[1:])
+    job = sub.stdout.split()[3]
+    assert sub.stdout.startswith(f"submitted driver job {job} (slurm"), sub.stdout
+    log = Path(said["log"].split()[0])
+    assert log == tmp_path / "logs" / f"framebag-driver-{job}.err", said
+    assert Path(said["output"].strip()) == out
+    try:
+        assert gone([job], within=240), f"driver job {job} still queued after 240 s"
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=10)
+    text = log.read_text()
+    assert "30 frames processed, none failed" in text and str(out) in text, text
+    with h5py.File(out, "r") as f:
+        g = f["entry/frame_sum"]
+        np.testing.assert_array_equal(g["total"][()], data.sum(axis=(-2, -1)))
+        np.testing.assert_array_equal(g["roi"][()], data[..., 0:5, :].sum(axis=(-2, -1)))
+        np.testing.assert_array_equal(g["brightest"][()], data.max(axis=(0, 1)))
+        assert g["done"][()].all()
+    # the workers ran in a job of their own, submitted by the driver from its node
+    workers = [p.name for p in (tmp_path / "logs").glob("dask-worker-*.err")]
+    assert len(workers) == 1 and job not in workers[0], workers
+
+
+def test_submit_refused_by_sbatch_says_why(tmp_path, make_scan):
+    inp, _ = make_scan((2, 2), (8, 8))
+    prof = write_profile(tmp_path / "bad.yaml", jobs=1, queue="nosuchpartition")
+    sub = subprocess.run(
+        [sys.executable, "-m", "framebag.cli", "submit", str(FRAME_SUM), str(inp), "--profile",
+         str(prof)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert sub.returncode != 0 and not sub.stdout
+    assert sub.stderr.startswith("framebag: error: submitting the driver job with 'sbatch' "
+                                 "failed: ") and "partition" in sub.stderr, sub.stderr
+    assert sub.stderr.count("\n") == 1

@@ -557,8 +557,8 @@ def test_help_is_plain_and_run_help_shows_every_default():
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["run", "wf.py", "scan.h5", "out.h5"], "run takes one INPUT; to name the output file, "
-                                            "use -o out.h5"),
+    (["run", "wf.py", "scan.h5", "out.h5"], "there is no input file out.h5: to name the output "
+                                            "file, use -o out.h5"),
     (["run", "wf.py", "scan.h5", "--follow", "out.h5"], "use -o out.h5"),
     (["run", "scan.h5", "wf.py"], "the arguments are swapped: the WORKFLOW comes first, then "
                                   "the INPUT file: framebag run wf.py scan.h5"),
@@ -570,7 +570,6 @@ def test_help_is_plain_and_run_help_shows_every_default():
 def test_usual_slips_in_run_arguments_say_what_to_do(tmp_path, argv, says):
     (tmp_path / "wf.py").write_text("")
     (tmp_path / "scan.h5").write_bytes(b"")
-    (tmp_path / "out.h5").write_bytes(b"x")  # exists: the profile is checked before that
     (tmp_path / "a.h5").write_bytes(b"x")
     out = _cli(*argv, cwd=tmp_path)
     assert out.returncode == 2 or out.returncode == 1
