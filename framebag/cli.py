@@ -94,6 +94,12 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--data", metavar="PATH", help="data dataset path (overrides the workflow's)")
     p.add_argument("--keys", action="append", metavar="PATH",
                    help="key dataset path (repeatable; overrides the workflow's)")
+    p.add_argument("--no-keys", action="store_true",
+                   help="run without key datasets, whatever the workflow names: every frame the "
+                        "data hold is complete (see README, Your own data)")
+    p.add_argument("--scan-rank", type=int, metavar="N",
+                   help="without keys: the number of scan dims of the data (default: all "
+                        "but the last two)")
     p.add_argument("--finished", metavar="PATH",
                    help="finished-flag dataset path (overrides the workflow's)")
     p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
@@ -147,6 +153,13 @@ def _check_run_arguments(args: argparse.Namespace) -> None:
         find(args.profile)  # an unknown profile is named before the output is checked
 
 
+def _keys(args: argparse.Namespace) -> list[str] | None:
+    """``--keys`` (None: the workflow's), or ``[]`` for ``--no-keys``."""
+    if args.no_keys and args.keys:
+        raise FramebagError("--no-keys and --keys contradict each other: give one of them")
+    return [] if args.no_keys else args.keys
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .progress import run_reported
 
@@ -155,7 +168,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.workflow, args.input, args.output, quiet=args.quiet, plot=args.plot,
         report=args.report, log_interval=args.log_interval,
         profile=args.profile, params=_parse_set(args.params),
-        data=args.data, keys=args.keys, finished=args.finished, follow=args.follow,
+        data=args.data, keys=_keys(args), finished=args.finished, follow=args.follow,
+        scan_rank=args.scan_rank,
         timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
         retries=args.retries, commit_interval=args.commit_interval,
