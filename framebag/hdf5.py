@@ -273,12 +273,20 @@ def walk(f: h5py.File) -> list[Entry]:
     return out
 
 
+def missing_sources(ds: h5py.Dataset) -> list[str]:
+    """The source files of virtual dataset ``ds`` that are not there (HDF5 would read
+    their frames as the fill value without a word)."""
+    here = os.path.dirname(ds.file.filename)
+    files = dict.fromkeys(m.file_name for m in ds.virtual_sources()) if ds.is_virtual else {}
+    return [n for n in files if n != "." and not os.path.exists(os.path.join(here, n))
+            and not os.path.exists(n)]
+
+
 def _virtual_sources(ds: h5py.Dataset) -> str:
     """"virtual over N files: a.h5, b.h5 ..." naming the files that are not there."""
     files = list(dict.fromkeys(m.file_name for m in ds.virtual_sources()))
-    here = os.path.dirname(ds.file.filename)
-    shown = [n if n == "." or os.path.exists(os.path.join(here, n)) else f"{n} (missing)"
-             for n in files]
+    missing = missing_sources(ds)
+    shown = [f"{n} (missing)" if n in missing else n for n in files]
     more = f" and {len(shown) - 6} more" if len(shown) > 6 else ""
     return f"virtual over {len(files)} file{'s' * (len(files) != 1)}: {', '.join(shown[:6])}{more}"
 

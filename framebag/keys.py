@@ -178,9 +178,21 @@ class KeyFollower:
             raise FramebagError(f"key {exc}; a file without key datasets runs with --no-keys "
                                 "(keys=[] in Python)") from None
 
+    def _data_dataset(self, name: str) -> h5py.Dataset:
+        """The data dataset; a finished virtual one must have all its source files."""
+        d = hdf5.dataset(self.path, name)
+        missing = hdf5.missing_sources(d) if d.is_virtual else []
+        if missing and not self.live:
+            raise FramebagError(
+                f"data dataset {name!r} in {self.path!r} is a virtual dataset whose source "
+                f"file{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                f"{'are' if len(missing) > 1 else 'is'} not there; HDF5 would read "
+                "the frames it maps there as the fill value")
+        return d
+
     def _keyless(self, name: str, scan_rank: int | None) -> None:
         """Set up a follower without keys: the data's extent makes frames complete."""
-        d = self._data = hdf5.dataset(self.path, name)
+        d = self._data = self._data_dataset(name)
         if d.ndim == 0:
             raise FramebagError(f"data dataset {name!r} in {self.path!r} is a scalar; it needs "
                                 "a scan dim")
@@ -205,7 +217,7 @@ class KeyFollower:
         self.scan_shape = scan
 
     def _describe_data(self, name: str) -> DataInfo:
-        d = self._data = hdf5.dataset(self.path, name)
+        d = self._data = self._data_dataset(name)
         key_scan = extent(self._keys[0], self.scan_rank)
         if d.ndim < self.scan_rank:
             raise FramebagError(

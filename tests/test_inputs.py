@@ -347,7 +347,8 @@ def test_inspect_shows_a_virtual_dataset_over_three_files(tmp_path, client, caps
     assert "virtual over 3 files: part_a.h5, part_b.h5, part_c.h5" in row
     assert "likely keys: entry/keys/key" in text and "complete frames: 11/12" in text
     out = tmp_path / "out.h5"
-    rc, err = run_cli(capsys, *suggested(text), "-o", str(out), "--profile",
+    suggested_from_before = suggested(text)
+    rc, err = run_cli(capsys, *suggested_from_before, "-o", str(out), "--profile",
                       address_profile(tmp_path, client))
     assert rc == 0, err
     with h5py.File(out, "r") as f:
@@ -355,6 +356,14 @@ def test_inspect_shows_a_virtual_dataset_over_three_files(tmp_path, client, caps
         np.testing.assert_array_equal(done, key != 0)
         np.testing.assert_array_equal(f["entry/frame_sum/total"][()][done],
                                       data.sum(axis=(1, 2), dtype=np.uint64)[done])
+
+    # a source file gone: HDF5 would read its frames as zeros; the run refuses, inspect says
+    (tmp_path / "part_b.h5").unlink()
+    text = inspect_file(path)
+    assert "part_a.h5, part_b.h5 (missing), part_c.h5" in text
+    assert "the run would refuse this layout" in text and "framebag run" not in text
+    rc, err = run_cli(capsys, *suggested_from_before, "-o", str(tmp_path / "o2.h5"))
+    assert_one_sentence(rc, err, str(path), "entry/data", "part_b.h5", "fill value")
 
 
 def test_float_keys_are_offered_and_counted_as_the_run_counts(tmp_path, client, capsys):
