@@ -1,11 +1,13 @@
 """``framebag inspect FILE``: what is in an input file, or what a framebag output holds.
 
-For an input it lists every dataset (shape, dtype, chunks, filters), guesses
-the data and key datasets by the key contract (keys are integer datasets whose
-shape, less trailing length-1 dims, is the leading part of the data's shape),
-counts the complete frames with the same :class:`~framebag.keys.KeyFollower`
-the run uses, shows the finished flag and prints a ready ``framebag run``
-command. For a framebag output it shows the provenance, the done fraction,
+For an input it lists every dataset (shape, dtype, chunks, filters), through
+external links and with a virtual dataset's source files (see
+:func:`framebag.hdf5.walk`), guesses the data and key datasets by the key
+contract (keys are numeric datasets whose shape, less trailing length-1 dims,
+is the leading part of the data's shape; none for a plain array), counts the
+complete frames with the same :class:`~framebag.keys.KeyFollower`, made as the
+suggested command would make it, shows the finished flag (refusing an array)
+and prints a ready ``framebag run`` command. For a framebag output it shows the provenance, the done fraction,
 the results and the errors.
 
 Files are opened read-only with ``swmr=True``: that opens finished files,
