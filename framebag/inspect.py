@@ -7,8 +7,8 @@ contract (keys are numeric datasets whose shape, less trailing length-1 dims,
 is the leading part of the data's shape; none for a plain array), counts the
 complete frames with the same :class:`~framebag.keys.KeyFollower`, made as the
 suggested command would make it, shows the finished flag (refusing an array)
-and prints a ready ``framebag run`` command. For a framebag output it shows the provenance, the done fraction,
-the results and the errors.
+and prints a ready ``framebag run`` command. For a framebag output it shows
+the provenance, the done fraction, the results and the errors.
 
 Files are opened read-only with ``swmr=True``: that opens finished files,
 files being written in SWMR mode, and files a killed writer left flagged
@@ -79,7 +79,11 @@ def _filters(ds: h5py.Dataset) -> str:
 
 
 def _datasets(f: h5py.File) -> list[tuple[str, h5py.Dataset]]:
-    return [(e.name, e.dataset) for e in hdf5.walk(f) if e.dataset is not None]
+    """The datasets to guess from: each once, by its own path, not by a soft link to it
+    (NeXus links its NXdata to the detector's data; one dataset read under two paths
+    would get two handles)."""
+    return [(e.name, e.dataset) for e in hdf5.walk(f)
+            if e.dataset is not None and not e.where.startswith("soft link")]
 
 
 #: dtype kinds a key dataset may have (the run's rule, see :class:`~framebag.keys.KeyFollower`)

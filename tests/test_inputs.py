@@ -421,3 +421,17 @@ def test_no_complete_frame_names_only_the_keys_that_are_zero(tmp_path, capsys):
     rc, err = run_cli(capsys, *argv, "--keys", "k_a", "--keys", "k_c")
     assert_one_sentence(rc, err, "no frame has all of its keys set", "k_a", "k_c")
     assert "zero everywhere" not in err
+
+
+def test_a_nexus_soft_link_is_shown_but_not_guessed_twice(tmp_path):
+    path = tmp_path / "nexus.h5"
+    with h5py.File(path, "w") as f:
+        f["entry/instrument/detector/data"] = frames((6, 4, 4))
+        f["entry/instrument/detector/key"] = np.ones(6, "i4")
+        f["entry/data/data"] = h5py.SoftLink("/entry/instrument/detector/data")
+        f["entry/data/key"] = h5py.SoftLink("/entry/instrument/detector/key")
+    text = inspect_file(path)
+    row = next(ln for ln in text.splitlines() if ln.strip().startswith("entry/data/data "))
+    assert "soft link to /entry/instrument/detector/data" in row
+    assert "likely data: entry/instrument/detector/data " in text
+    assert "likely keys: entry/instrument/detector/key\n" in text
