@@ -225,6 +225,10 @@ def _inspect_input(p: Path, flagged: bool) -> str:
             cmd += ["--finished", finished]
     lines.append("run a workflow on it (replace the example workflow with yours):")
     lines.append("  " + shlex.join(cmd))
+    if live and not keys:
+        lines.append("  (without keys a frame counts as complete once the data's extent covers "
+                     "it: safe only for a writer that writes a frame's data before it extends "
+                     "the dataset past it)")
     if not live and n < total:
         lines.append(f"  (only the {n} complete frames are processed; if a detector is still "
                      "writing the file, add --follow)")

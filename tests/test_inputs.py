@@ -219,6 +219,9 @@ def test_follow_without_keys_a_growing_array(tmp_path, client, end):
 
     try:
         wait_for(tmp_path / "half", proc)
+        text = inspect_file(path)  # while the writer holds it
+        assert "complete frames: 5/5 " in text and "safe only for a writer" in text
+        assert suggested(text)[-4:] == ["--no-keys", "--follow", "--finished", "finished"]
         wf = totals(data="d", finished="finished" if end == "flag" else None)
         res = wf.run(path, tmp_path / "out.h5", client=client, follow=True,
                      timeout=60 if end == "flag" else 1.0, poll_interval=0.01,
