@@ -202,7 +202,7 @@ class KeyFollower:
                                 f"{self.path!r} of shape {d.shape}: it must be 1 to {d.ndim}")
         maxshape = d.maxshape or d.shape
         self.scan_rank = rank
-        self.growing = self.live and maxshape[0] is None
+        self.growing = maxshape[0] is None  # as for keys: a live or a finished file alike
         if self.live and not self.growing:
             raise FramebagError(
                 f"--follow without key datasets needs a data dataset that grows along its first "

@@ -438,3 +438,20 @@ def test_a_nexus_soft_link_is_shown_but_not_guessed_twice(tmp_path):
     assert "soft link to /entry/instrument/detector/data" in row
     assert "likely data: entry/instrument/detector/data " in text
     assert "likely keys: entry/instrument/detector/key\n" in text
+
+
+def test_a_keyless_output_resumes_over_frames_the_data_gained(tmp_path, client):
+    """Followed once, then resumed after the array grew: only the new frames are processed."""
+    path = tmp_path / "grow.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("d", data=np.ones((6, 4, 4), "u2"), maxshape=(None, 4, 4))
+    wf = totals(data="d")
+    out = tmp_path / "out.h5"
+    res = wf.run(path, out, client=client, follow=True, timeout=0.3, poll_interval=0.01)
+    assert res.stats["processed"] == 6 and res.stats["ended_by"] == "timeout"
+    with h5py.File(path, "a") as f:
+        f["d"].resize(9, axis=0)
+        f["d"][6:] = 2
+    res = wf.run(path, out, client=client, resume=True)
+    assert res.stats["processed"] == 3 and res.stats["resumed"] == 6
+    np.testing.assert_array_equal(res["total"], [16] * 6 + [32] * 3)
