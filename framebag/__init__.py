@@ -6,12 +6,11 @@ or live (SWMR) file, on a laptop or a batch cluster, with ``framebag run``.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .errors import FramebagError  # noqa: E402
-from .folds import Fold, histogram  # noqa: E402
-from .profiles import workers_skip_main  # noqa: E402
-from .workflow import Workflow, load_workflow  # noqa: E402
+from ._version import __version__
+from .errors import FramebagError
+from .folds import Fold, histogram
+from .profiles import workers_skip_main
+from .workflow import Workflow, load_workflow
 
 __all__ = ["Workflow", "Fold", "histogram", "FramebagError", "load_workflow", "__version__"]
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .errors import FramebagError
 from .partitions import DEFAULT_PARTITION_BYTES
 

@@ -4,14 +4,15 @@ One loop serves finished and live files alike::
 
     poll keys -> Dispatcher.due() -> runs -> dask.bag (one partition per run)
       -> map_partitions(process_partition) on the workers -> futures
-      -> as they complete: combine into the accumulators -> OutputFile.commit()
+      -> as they complete: ScanOrder (scan order) -> combine -> OutputFile.commit()
 
 A finished file is polled once and every run is flushed at once; a live file
 is polled every ``poll_interval`` until the finished flag, a full scan or the
 inactivity ``timeout``. Futures are gathered as they complete (never one
 blocking ``compute``), so results reach the output while the rest runs, and a
 partition's partial is combined exactly once (distributed may recompute a lost
-partition, but its future resolves once).
+partition, but its future resolves once). Partials are combined in scan order
+(:mod:`framebag.scan_order`), so float folds do not depend on arrival order.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.bag as db
 import numpy as np
 
-from . import __version__, fingerprint, hdf5
-from .errors import FramebagError
+from . import fingerprint, hdf5
+from ._version import __version__
+from .errors import FramebagError, FrameError, ValueKindError
 from .folds import check_state
 from .keys import DataInfo, KeyFollower
 from .lock import OutputLock
@@ -42,6 +44,7 @@ from .output import (
     default_output_path,
     write_error,
 )
+from .partials import Kinds, Partial
 from .partitions import (
     DEFAULT_PARTITION_BYTES,
     Dispatcher,
@@ -50,14 +53,18 @@ from .partitions import (
     scan_index,
     task_size,
 )
-from .progress import LOGGER as PROGRESS_LOGGER
 from .reading import ReadError, read_run
+from .scan_order import ScanOrder, first_frame
 from .tuning import tune_workers
-from .workflow import FrameError, Kinds, Partial, ValueKindError, Workflow
+
+if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
+    from .workflow import Workflow
 
 __all__ = ["run", "Results", "RunSpec", "process_partition", "process_groups"]
 
 log = logging.getLogger("framebag")
+#: the logger framebag.progress configures and --quiet silences (a name, not an import of it)
+progress_log = logging.getLogger("framebag.progress")
 
 
 @dataclass(frozen=True)
@@ -77,34 +84,34 @@ class RunSpec:
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
     """Runs on a worker: read each run in slabs of ``spec.read_frames``, apply, fold.
 
-    The slabs of one run are folded into one Partial. A function's error or a
-    read that fails stops the task: it is returned as a failed Partial (after
-    the partials done before it), not raised, since a retry would fail the same
-    way. Each slab's values are checked against the probe's kinds (or, without
-    them, the first slab's), so a function's dtype cannot change between tasks.
+    Each slab is folded into one Partial; slabs lie on the grid of multiples of
+    ``read_frames``. A function's error or a read that fails stops the task: it is
+    returned as a failed Partial (after the partials done before it), not raised,
+    since a retry would fail the same way. Each slab's values are checked against
+    the probe's kinds (or, without them, the first slab's), so a function's dtype
+    cannot change between tasks.
     """
     d, wf = spec.data, spec.workflow
     out = []
     refresh = spec.live
     expect = spec.kinds
+    r = spec.read_frames
     for start, stop in runs:
-        parts: list[Partial] = []
-        edges = [*range(start, stop, spec.read_frames), stop]
+        # slabs on the fixed grid of reads, one Partial each (not merged here): the driver
+        # folds them in scan order, so the sum is the same whatever the tasks were
+        edges = [start, *range((start // r + 1) * r, stop, r), stop]
         for a, b in zip(edges[:-1], edges[1:]):
             try:
                 frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
                                   refresh=refresh)
                 refresh = False
-                parts.append(wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error,
-                                      expect))
+                part = wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error, expect)
             except (FrameError, ReadError) as exc:
-                if parts:
-                    out.append(wf.merge(parts))
                 out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=_stopped(exc)))
                 return out
-            expect = expect or parts[-1].kinds
+            out.append(part)
+            expect = expect or part.kinds
             del frames  # frees the slab buffer for the next read
-        out.append(wf.merge(parts))
     return out
 
 
@@ -166,7 +173,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         raise FramebagError(f"--partition-bytes must be positive, got {partition_bytes}")
     resolved = workflow.resolve_params(params)
     input_path = Path(input).resolve()
-    data = data or workflow.data
+    data = data or workflow.data or ""  # none given: KeyFollower says so
     keys = list(workflow.keys if keys is None else keys)
     finished_required = bool(finished)
     finished = (finished or workflow.finished) if follow else None
@@ -248,7 +255,7 @@ def _none_complete(path: Path, follower: KeyFollower) -> str:
             "each set somewhere, never all at one frame; use --follow to wait for a live scan)")
 
 
-def _follower(path: Path, data: str, keys: list[str], finished: str | None, follow: bool,
+def _follower(path: Path, data: str | None, keys: list[str], finished: str | None, follow: bool,
               finished_required: bool, timeout: float, poll_interval: float,
               scan_rank: int | None = None) -> KeyFollower:
     """The run's key follower; a followed run first waits up to ``timeout`` for the input.
@@ -267,7 +274,7 @@ def _follower(path: Path, data: str, keys: list[str], finished: str | None, foll
             now = time.monotonic()
             if deadline is None:
                 deadline = now + timeout
-                logging.getLogger(PROGRESS_LOGGER).info(
+                progress_log.info(
                     "--follow: waiting up to %g s for the input (%s)", timeout, exc)
             elif now >= deadline:
                 raise FramebagError(f"{exc}, after waiting {timeout:g} s for it "
@@ -299,7 +306,8 @@ class _Job:
         self.ended_by = ""
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
-        self._pending: list[Partial] = []
+        self._pending: list[Partial] = []  # released in scan order, not yet committed
+        self._order = ScanOrder()  # arrived, waiting for the partials before them
         self._kinds: Kinds | None = None  # from the probe: every task's values must match
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
@@ -378,8 +386,9 @@ class _Job:
     # the loop ----------------------------------------------------------------------
 
     def run(self, client: Any) -> Results:
-        # distributed.wait() would use the *default* client; this one may not be it
-        from distributed.client import _wait
+        # distributed.wait() waits on the *current* client's loop: as_current() makes that
+        # this run's client, which need not be the default one
+        from distributed import wait
 
         t0 = time.monotonic()
         tune_workers(client)  # malloc thresholds on every worker, whoever started it
@@ -452,8 +461,8 @@ class _Job:
                     wake = o["poll_interval"] if follow else max(o["poll_interval"],
                                                                  self.commit_interval)
                     try:
-                        client.sync(_wait, list(inflight), timeout=wake,
-                                    return_when="FIRST_COMPLETED")
+                        with client.as_current():
+                            wait(list(inflight), timeout=wake, return_when="FIRST_COMPLETED")
                     except TimeoutError:
                         pass
                 elif not inflight and follow and not final_poll:
@@ -472,7 +481,7 @@ class _Job:
             for f in inflight:
                 f.cancel()
             try:
-                self._flush()  # keep what arrived, also on Ctrl-C
+                self._flush(everything=True)  # keep what arrived, also on Ctrl-C
             except Exception:  # noqa: BLE001 - the error that got us here is the one to show
                 log.debug("could not commit the last partials", exc_info=True)
             self._cleanup(client, status)
@@ -485,7 +494,7 @@ class _Job:
 
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
-        """Send groups of runs out as one dask bag, one partition per group.
+        """Send groups of runs out as dask bags of one partition each, first frames first.
 
         Retries are done here rather than with dask's ``retries=``, because those
         do not cover a worker that dies (KilledWorker); ``attempt`` gives a retry
@@ -495,9 +504,16 @@ class _Job:
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
                                               self.o["on_error"], self.o["follow"],
                                               self._read_frames, self._kinds), pure=False)
-        bag = db.from_sequence(groups, partition_size=1).map_partitions(
-            process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}")
-        futures = client.compute(bag.to_delayed())
+        # a bag of one partition per task, ranked by its first frame: in one bag of them all
+        # the scheduler runs the tasks in the order of their keys as strings (9, 8, ..., 2,
+        # 15, ..., 10, 1, 0), and partials combined in scan order would wait for the last
+        parts = []
+        for group in groups:
+            with dask.annotate(priority=-group[0][0]):
+                parts += db.from_sequence([group], partition_size=1).map_partitions(
+                    process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}"
+                ).to_delayed()
+        futures = client.compute(parts)
         inflight.update(zip(futures, groups))
 
     def _should_end(self, complete: np.ndarray, last_new: float) -> str:
@@ -531,7 +547,8 @@ class _Job:
         partials = [p for p in partials if not p.failure]
         for f in ok:
             del inflight[f]
-        self._pending.extend(partials)
+        self._order.add(partials)  # failed tasks stay in flight (retried) and hold back the rest
+        self._pending.extend(self._order.release(first_frame(inflight.values())))
         count = sum(int(p.done.sum()) for p in partials)
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
@@ -556,8 +573,11 @@ class _Job:
             ) from exc
         return count
 
-    def _flush(self) -> None:
-        """Combine and commit the partials gathered since the last commit."""
+    def _flush(self, everything: bool = False) -> None:
+        """Combine and commit the partials released since the last commit; with
+        ``everything`` (the run ends, also by an error), the held-back ones too."""
+        if everything:
+            self._pending.extend(self._order.release())
         if self._pending and self.out is not None and not self._broken:
             pending, self._pending = self._pending, []
             self._commit(pending)
@@ -588,6 +608,7 @@ class _Job:
             raise
 
     def _check(self, p: Partial) -> None:
+        assert self.out is not None  # partials are combined only once the output is open
         for name, values in p.stacks.items():
             want = self.out.value_shape(name)
             if values.shape[1:] != want:
@@ -602,6 +623,7 @@ class _Job:
                 self._mismatch(name, p, f"shape {have}, not {want}")
 
     def _combine_into_output(self, partials: list[Partial]) -> None:
+        assert self.out is not None
         newly = []
         runs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         for p in partials:

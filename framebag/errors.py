@@ -11,3 +11,13 @@ class FramebagError(Exception):
     """
 
     exit_code = 2
+
+
+class FrameError(FramebagError):
+    """A registered function raised on a frame (names function, scan index and cause)."""
+
+
+class ValueKindError(FrameError):
+    """A function returned a value that is not numeric, or not of its first value's dtype
+    (or shape, for a stack). Never skipped by ``on_error="skip"``: it is a bug in the
+    function, not a bad frame."""

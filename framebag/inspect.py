@@ -64,7 +64,6 @@ def framebag_groups(f: h5py.File) -> list[tuple[str, h5py.Group]]:
 # describing datasets -----------------------------------------------------------------
 
 
-
 def _filters(ds: h5py.Dataset) -> str:
     """The dataset's filter pipeline by name, plugins (bitshuffle, blosc ...) included."""
     plist = ds.id.get_create_plist()

@@ -113,7 +113,7 @@ class KeyFollower:
     keys it must equal theirs.
     """
 
-    def __init__(self, path: str | os.PathLike, data: str, keys: list[str],
+    def __init__(self, path: str | os.PathLike, data: str | None, keys: list[str],
                  finished: str | None = None, *, live: bool = False,
                  finished_required: bool = True, scan_rank: int | None = None) -> None:
         if not data:

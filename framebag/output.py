@@ -90,14 +90,13 @@ import numpy as np
 from . import fingerprint
 from .errors import FramebagError
 from .keys import DataInfo
+from .layout import RESERVED
 from .lock import OutputLock
 from .partitions import blocks, selection_shape
 
 __all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr",
            "open_existing"]
 
-#: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>
-RESERVED = ("done", "errors", "checkpoint", fingerprint.GROUP)
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
 

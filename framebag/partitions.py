@@ -72,7 +72,7 @@ def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
         raise ValueError(f"partition target must be positive bytes, got {target_bytes}")
     n = max(1, target_bytes // max(1, frame_nbytes))
     balance = bool(nframes) and min_partitions > 1
-    if balance:
+    if balance and nframes:
         n = _even(nframes, min(n, max(1, math.ceil(nframes / min_partitions))), min_partitions)
     n = min(n, MAX_PARTITION_FRAMES)
     if n >= chunk:

@@ -259,7 +259,7 @@ def load(name: str | os.PathLike | None) -> Profile:
     return Profile(path.stem, path, kind, options, dict(scale or {}), adapt, None, float(timeout))
 
 
-def cluster_class(kind: str) -> type:
+def cluster_class(kind: str) -> Any:
     """The dask (``local``) or dask-jobqueue class that starts clusters of ``kind``."""
     if kind == "local":
         from distributed import LocalCluster
@@ -685,7 +685,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
 
-    fired = []
+    fired: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
         if not fired:  # a second SIGTERM must not cut the cleanup short
@@ -767,6 +767,7 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
 
     prof = profile if isinstance(profile, Profile) else load(profile)
     timeout = float(first_worker_timeout or prof.first_worker_timeout)
+    client: Client | None
     if prof.cluster == "address":
         try:
             client = Client(prof.address, timeout=timeout)

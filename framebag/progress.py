@@ -186,7 +186,7 @@ class Progress:
         new, wall = int(stats["processed"]), float(stats["wall"])
         bar.initial = int(stats.get("resumed", 0))
         bar.n = bar.initial + new
-        from tqdm.std import EMA  # type: ignore[import-untyped]
+        from tqdm.std import EMA  # type: ignore[attr-defined]
 
         # with no smoothed rate, tqdm shows (n - initial) / elapsed: the summary's rate
         bar._ema_dn, bar._ema_dt, bar.smoothing = EMA(0), EMA(0), 0

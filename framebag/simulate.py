@@ -9,6 +9,11 @@ that finds the path can open it at once with ``swmr=True``. With ``arm_for``
 it is created at ``OUTPUT`` itself and held there, not yet in SWMR mode and
 so unreadable, for that many seconds first, like a detector being armed.
 
+With ``gate`` (a path) the writer waits, once, until that file exists: while
+armed (with ``arm_for``), else before frame ``gate_after`` of its emission order,
+else before it sets the finished flag. A test creates the file when it has seen
+what it waits for, so it is sequenced by events rather than by sleeps.
+
 Frame content is a pure function of ``(seed, flat index)`` (:func:`frame_at`,
 :func:`expected_frames`), so a test can compute the exact answer with numpy.
 Options make the hard cases: interleaved writers (keys complete out of
@@ -180,14 +185,15 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
              finished_shape: str = "scalar", chunk_frames: int = 1,
              compression: str | None = None, seed: int = 0, start_delay: float = 0.0,
              overwrite: bool = True, drop: tuple[int, ...] = (),
-             arm_for: float | None = None) -> int:
+             arm_for: float | None = None, gate: str | os.PathLike | None = None,
+             gate_after: int | None = None) -> int:
     """Write a simulated live scan to ``path`` and return the number of frames written.
 
     Blocks until the scan is written (or, with ``stall_after`` and the default
     ``stall_for``, until the process is killed). The finished flag is set only
     when every frame was written. The frames at the flat indices ``drop`` are
     written but their keys never set, like triggers a detector missed. Safe as
-    a ``multiprocessing`` target. ``arm_for`` seconds: see the module docstring.
+    a ``multiprocessing`` target. ``arm_for`` and ``gate``: see the module docstring.
     """
     scan = tuple(int(s) for s in scan)
     frame = tuple(int(s) for s in frame)
@@ -209,6 +215,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     dropped = np.asarray(drop, dtype=np.int64)
     if dropped.size and (dropped.min() < 0 or dropped.max() >= order.size):
         raise FramebagError(f"--drop {list(drop)}: frames are numbered 0 to {order.size - 1}")
+    held = _Gate(gate, gate_after, order.size)
     inner = int(np.prod(scan[1:], dtype=np.int64))
     def layout(f: h5py.File) -> None:
         _create(f, scan, frame, dt, growing, finished_shape, chunk_frames, compression)
@@ -219,6 +226,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             layout(f)
             f.flush()
             time.sleep(arm_for)
+            held.wait()
             f.swmr_mode = True
         data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
         # the writer's own copy of the keys: a batch's keys go out as one write of the
@@ -232,6 +240,8 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
         rows = 0
         n = order.size
         while written < n:
+            if held.wait(written):
+                t0 = time.monotonic() - written / rate
             if stall_after is not None and written >= stall_after:
                 _stall(stall_for)
                 stall_after = None
@@ -239,6 +249,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
             due = min(n, int((time.monotonic() - t0) * rate) + 1)
             if stall_after is not None:
                 due = min(due, stall_after)
+            due = held.cap(due)
             batch = order[written:due]
             if batch.size == 0:  # woke up a hair early: nothing is due yet
                 time.sleep(0.5 / rate)
@@ -265,6 +276,7 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
                 delay = t0 + written / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+        held.wait()
         if finished_shape != "none":
             flag = f[FINISHED]
             flag[()] = 1
@@ -279,6 +291,30 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     finally:
         if f.id.valid:
             f.close()
+
+
+class _Gate:
+    """The writer's one wait for a file (``--gate``): before frame ``after``, or when asked."""
+
+    def __init__(self, path: str | os.PathLike | None, after: int | None, n: int) -> None:
+        if after is not None and (path is None or not 0 <= after <= n):
+            raise FramebagError(f"--gate-after {after} needs --gate and a number of frames "
+                                f"from 0 to {n}")
+        self.path, self.after = path, n if after is None else after
+
+    def cap(self, due: int) -> int:
+        """How many frames may be written by now: none past the gate while it is shut."""
+        return due if self.path is None else min(due, self.after)
+
+    def wait(self, written: int | None = None) -> bool:
+        """Hold the file open, writing nothing, until the gate file exists, if the gate is
+        due (at ``written`` frames, or now); True if it was."""
+        if self.path is None or (written is not None and written < self.after):
+            return False
+        while not os.path.exists(self.path):
+            time.sleep(0.005)
+        self.path = None
+        return True
 
 
 def _stall(seconds: float) -> None:
@@ -336,6 +372,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--arm-for", type=float, metavar="S",
                    help="create OUTPUT in place and hold it unreadable (not yet SWMR) for "
                         "S seconds before the scan, like a detector being armed")
+    p.add_argument("--gate", metavar="FILE",
+                   help="wait, once, until FILE exists: while armed (--arm-for), else before "
+                        "frame --gate-after, else before setting the finished flag")
+    p.add_argument("--gate-after", type=int, metavar="N",
+                   help="with --gate: write N frames, then wait for the gate")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -353,7 +394,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                      stall_for=args.stall_for, growing=args.growing, dtype=args.dtype,
                      finished_shape=args.finished_shape, chunk_frames=args.chunk_frames,
                      compression=args.compression, seed=args.seed, drop=tuple(args.drop),
-                     arm_for=args.arm_for)
+                     arm_for=args.arm_for, gate=args.gate, gate_after=args.gate_after)
     except KeyboardInterrupt:
         print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)
         return 130

@@ -35,16 +35,20 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import folds as _folds
-from .errors import FramebagError
-from .output import RESERVED
+from .errors import FramebagError, FrameError, ValueKindError
+from .layout import RESERVED
+from .partials import Kinds, Partial
 from .partitions import scan_index
+
+if TYPE_CHECKING:  # a type only; run() imports the engine when it is called
+    from .engine import Results
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "ValueKindError", "Partial",
            "load_workflow"]
@@ -53,20 +57,6 @@ _INDEX = "index"
 
 #: numpy dtype kinds a function may return: bool, integers, floats, complex
 NUMERIC = "biufc"
-
-#: a function's values: ``name -> (dtype, value shape, flat index of the frame that showed it)``
-Kinds = dict[str, tuple[np.dtype, tuple[int, ...], int]]
-
-
-class FrameError(FramebagError):
-    """A registered function raised on a frame (names function, scan index and cause)."""
-
-
-class ValueKindError(FrameError):
-    """A function returned a value that is not numeric, or not of its first value's dtype
-    (or shape, for a stack). Never skipped by ``on_error="skip"``: it is a bug in the
-    function, not a bad frame."""
-
 
 @dataclass
 class FrameFunction:
@@ -134,26 +124,6 @@ def _user_line(exc: BaseException) -> str:
             continue
         where = f" (at {name}:{entry.lineno})"
     return where
-
-
-@dataclass
-class Partial:
-    """What one partition sends back: its run, its done frames, one entry per function.
-
-    ``stacks`` holds, for each ``stack`` function, the values of the run's frames
-    (frames not done hold zeros); ``accs`` holds the accumulator of every other
-    function; ``errors`` lists ``(flat_index, function, message)`` of skipped frames.
-    """
-
-    start: int
-    stop: int
-    done: np.ndarray
-    stacks: dict[str, np.ndarray] = field(default_factory=dict)
-    accs: dict[str, Any] = field(default_factory=dict)
-    errors: list[tuple[int, str, str]] = field(default_factory=list)
-    failure: str = ""
-    #: every function's dtype and value shape, as its first value in this partial showed
-    kinds: Kinds = field(default_factory=dict)
 
 
 class Workflow:
@@ -260,7 +230,7 @@ class Workflow:
         kwargs = {f.name: f.bind(params) for f in self.functions.values()}
         expect = expect or {}
         kinds: Kinds = {}
-        index = None
+        index: Any = None  # the scan indices, made only when a function asks for them
         if any(f.wants_index for f in self.functions.values()):
             index = np.stack(np.unravel_index(np.arange(start, start + n), scan_shape), axis=1)
 
@@ -370,7 +340,7 @@ class Workflow:
 
     def _batched_one_by_one(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
                             start: int, scan_shape: tuple[int, ...], errors: list,
-                            done: np.ndarray, index: np.ndarray | None) -> np.ndarray | None:
+                            done: np.ndarray, index: Any) -> np.ndarray | None:
         """After a batched call failed under on_error='skip', find the failing frames."""
         rows: list[Any] = []
         for i in range(len(frames)):
@@ -402,7 +372,7 @@ class Workflow:
 
     def run(self, input: str | Path, output: str | Path | None = None, *,  # noqa: A002
             client: Any = None, profile: str | None = None,
-            params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, np.ndarray]:
+            params: Mapping[str, Any] | None = None, **options: Any) -> Results:
         """Run the workflow over ``input`` and return the results keyed by function name.
 
         With ``client`` (a ``distributed.Client``) no cluster is started; otherwise the

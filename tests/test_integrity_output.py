@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -22,15 +24,23 @@ from framebag.folds import BUILTIN, histogram
 from framebag.output import OutputFile, Schema, _read_checkpoint
 
 WF = '''
+import os
+import time
+
 import numpy as np
 
 from framebag import Workflow
+
+GATE = {gate!r}  # the last frame waits until this file exists (see the finished fixture)
 
 workflow = Workflow("integ", data="entry/data/data", keys=["entry/keys/key_1"])
 
 
 @workflow.frame
-def total(frame):
+def total(frame, index):
+    if index == (19, 19):
+        while not os.path.exists(GATE):
+            time.sleep(0.01)
     return frame.sum()
 
 
@@ -75,18 +85,40 @@ HANG_GUARD = 180  # seconds; a hang guard only, never a speed assertion
 @pytest.fixture
 def job(tmp_path, make_scan):
     wf = tmp_path / "integ.py"
-    wf.write_text(WF)
+    gate = tmp_path / "gate"
+    gate.touch()  # open: only the finished fixture closes it
+    wf.write_text(WF.format(gate=str(gate)))
     path, data = make_scan((20, 20), (8, 8))
     return wf, path, data
 
 
 @pytest.fixture
 def finished(job, client, tmp_path):
-    """A real output of a finished run, with many commits (both slots used)."""
+    """A real output of a finished run, with two commits or more (both slots used).
+
+    The last frame waits on a gate that opens once a first commit shows in the
+    output, so the older slot holds fewer frames than the newest.
+    """
     wf, path, data = job
     out = tmp_path / "out.h5"
+    gate = tmp_path / "gate"
+    gate.unlink()
+
+    def open_after_first_commit() -> None:
+        while not gate.exists():
+            try:
+                with h5py.File(out, "r", swmr=True) as f:
+                    if f["entry/integ/done"][()].any():
+                        gate.touch()
+            except (OSError, KeyError):
+                pass
+            time.sleep(0.02)
+
+    opener = threading.Thread(target=open_after_first_commit, daemon=True)
+    opener.start()
     res = load_workflow(wf).run(path, out, client=client, partition_bytes=1280,
                                 commit_interval=0)
+    opener.join()
     assert res.done.all()
     return wf, path, data, out, res
 

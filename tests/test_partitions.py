@@ -1,12 +1,40 @@
-"""Partitions: runs are contiguous, on one grid, chunk-aligned, and slabs tile them exactly."""
+"""Scan geometry and task sizing, by their invariants (hypothesis), not by pinned constants.
+
+Runs are contiguous and within one block; slabs tile a run exactly; reads and
+tasks stay on the data's chunk grid and within the read budget; the dispatcher
+hands every complete frame out exactly once. (The time cap of ``task_size`` is
+tested in test_bounds.py.)
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framebag.partitions import blocks, chunk_run, cut, partition_size, selection_shape
+from framebag.partitions import (
+    MAX_PARTITION_FRAMES,
+    MAX_READS_PER_TASK,
+    Dispatcher,
+    blocks,
+    by_block,
+    chunk_run,
+    cut,
+    partition_size,
+    selection_shape,
+    task_size,
+)
+
+frame_bytes = st.integers(1, 2**23)
+budgets = st.integers(1, 2**27)
+chunks = st.integers(1, 2000)
+
+
+def aligned(n: int, chunk: int) -> bool:
+    """On the chunk grid: whole chunks, or an even divisor of one."""
+    return n % chunk == 0 or chunk % n == 0
 
 
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), data=st.data())
@@ -31,51 +59,124 @@ def test_cut_gives_contiguous_runs_within_one_block(mask, size):
     np.testing.assert_array_equal(covered, flat)
     for a, b in runs:
         assert a // size == (b - 1) // size
+    # maximal: two runs touch only across a block edge
+    for (_, b), (a, _) in zip(runs, runs[1:]):
+        assert a > b or a % size == 0
 
 
-def test_chunk_run_along_scan_dims():
-    assert chunk_run((20, 30), (1, 1, 64, 64)) == 1
-    assert chunk_run((20, 30), (2, 30, 64, 64)) == 60
-    assert chunk_run((20, 30), (1, 10, 64, 64)) == 10
-    assert chunk_run((4, 5, 6), (1, 5, 6, 8)) == 30
-    assert chunk_run((20, 30), None) == 1
+@given(mask=st.lists(st.booleans(), min_size=1, max_size=200), size=st.integers(1, 17))
+def test_by_block_groups_runs_of_one_block_in_order(mask, size):
+    runs = cut(np.flatnonzero(mask), size)
+    groups = by_block(runs, size)
+    assert [r for g in groups for r in g] == runs
+    assert all(g for g in groups)
+    firsts = [g[0][0] // size for g in groups]
+    assert firsts == sorted(set(firsts))  # one group per block, blocks ascending
+    assert all(a // size == g[0][0] // size for g in groups for a, _ in g)
 
 
-def test_partition_size_is_aligned_to_chunks_and_bounded():
-    frame = 128 * 128 * 2
-    assert partition_size(frame, 16 * 2**20) == 512
-    assert partition_size(frame, 16 * 2**20, chunk=30) == 510  # a multiple of the chunk run
-    assert partition_size(frame, 5 * frame, chunk=30) == 5  # an even divisor of it
-    assert partition_size(frame, 7 * frame, chunk=30) == 6
-    assert partition_size(frame, 16 * 2**20, nframes=100, min_partitions=4) == 25
-    assert partition_size(1, 2**40) == 65536
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=3), data=st.data())
+def test_chunk_run_is_the_first_chunks_contiguous_stretch(shape, data):
+    shape = tuple(shape)
+    chunk = tuple(data.draw(st.integers(1, s)) for s in shape)
+    flat = np.arange(int(np.prod(shape))).reshape(shape)
+    first = np.sort(flat[tuple(slice(0, c) for c in chunk)].ravel())
+    stretch = int(np.argmax(np.diff(np.r_[first, -1]) != 1)) + 1
+    assert chunk_run(shape, chunk + (7, 7)) == stretch
+    assert chunk_run(shape, None) == 1
 
 
-def test_task_size_is_a_few_reads_per_worker():
-    from framebag.partitions import MAX_READS_PER_TASK, task_size
-
-    frame = 128 * 128 * 2
-    # 20,000 cheap frames on 2 workers: 4 tasks of 5 reads of 32 MiB, not 20 tasks
-    assert task_size(frame, 32 * 2**20, 1, 20000, 2) == (5000, 1024)
-    # a live scan: a task is one read
-    assert task_size(frame, 32 * 2**20, 1, None, 2) == (1024, 1024)
-    # a small scan: near-equal one-read tasks, so both workers get work
-    assert task_size(frame, 32 * 2**20, 1, 100, 2) == (25, 25)
-    # a huge scan: tasks stop growing at MAX_READS_PER_TASK reads
-    task, read = task_size(frame, 32 * 2**20, 1, 10**7, 2)
-    assert read == 1024 and MAX_READS_PER_TASK * 1024 * 0.99 < task <= MAX_READS_PER_TASK * 1024
-    # reads stay aligned to the chunk run along the scan
-    task, read = task_size(frame, 32 * 2**20, 30, 20000, 2)
-    assert read % 30 == 0 and task % 30 == 0
-    # the FFT case: 400 frames of 512x512 at 5 ms each: 8 equal tasks, not 7
-    assert task_size(512 * 512 * 2, 32 * 2**20, 1, 400, 2, frame_seconds=0.005) == (50, 50)
+@given(frame=frame_bytes, budget=budgets, chunk=chunks)
+def test_a_read_is_on_the_chunk_grid_and_within_the_budget(frame, budget, chunk):
+    n = partition_size(frame, budget, chunk)
+    assert 1 <= n <= MAX_PARTITION_FRAMES
+    assert aligned(n, chunk)
+    assert n * frame <= max(budget, frame)  # over the budget only for one frame too big for it
+    if budget // frame >= chunk and chunk <= MAX_PARTITION_FRAMES:
+        assert n % chunk == 0  # whole chunks when the budget holds one
+        assert (n + chunk) * frame > min(budget, MAX_PARTITION_FRAMES * frame)  # and not fewer
 
 
-def test_costly_frames_make_tasks_of_fewer_reads():
-    from framebag.partitions import TASK_SECONDS, task_size
+@given(frame=frame_bytes, budget=budgets, chunk=chunks, nframes=st.integers(1, 10**6),
+       workers=st.integers(1, 16),
+       frame_seconds=st.sampled_from([0.0, 1e-6, 1e-4, 1e-2, 1.0]))
+@settings(max_examples=300)
+def test_tasks_stay_on_the_chunk_grid_within_the_read_budget(frame, budget, chunk, nframes, workers,
+                                                 frame_seconds):
+    task, read = task_size(frame, budget, chunk, nframes, workers, frame_seconds)
+    full_read = partition_size(frame, budget, chunk)
+    assert 1 <= read <= task
+    assert aligned(task, chunk) and aligned(read, chunk)
+    assert read <= full_read or nframes <= 2 * workers * full_read
+    assert read * frame <= max(budget, frame)  # the read budget bounds a worker's memory
+    # at most MAX_READS_PER_TASK reads, give or take the rounding to whole chunks
+    assert task <= max(read, math.ceil(MAX_READS_PER_TASK * read / chunk) * chunk)
+    if nframes > 2 * workers * full_read and full_read % chunk == 0:
+        assert math.ceil(nframes / task) >= workers  # a big scan keeps every worker busy
 
-    frame = 128 * 128 * 2
-    cheap = task_size(frame, 32 * 2**20, 1, 20000, 2, frame_seconds=1e-5)
-    costly = task_size(frame, 2 * 2**20, 1, 20000, 2, frame_seconds=0.01)
-    assert cheap == (5000, 1024)
-    assert costly[1] == 64 and costly[0] <= 64 * max(1, round(TASK_SECONDS / (0.01 * 64)))
+
+@given(frame=frame_bytes, budget=budgets, nframes=st.integers(1, 10**5),
+       workers=st.integers(1, 16))
+def test_without_chunks_a_finished_scan_keeps_every_worker_busy(frame, budget, nframes,
+                                                                workers):
+    task, _ = task_size(frame, budget, 1, nframes, workers)
+    tasks = math.ceil(nframes / task)
+    assert tasks >= min(workers, nframes)
+    # near-equal: no task is less than half the size of the others (bar a scan of one task)
+    last = nframes - (tasks - 1) * task
+    assert tasks == 1 or last * 2 >= task or last >= task - tasks
+
+
+@given(frame=frame_bytes, budget=budgets, chunk=chunks, workers=st.integers(1, 16))
+def test_a_live_scan_goes_out_one_read_per_task(frame, budget, chunk, workers):
+    read = partition_size(frame, budget, chunk)
+    assert task_size(frame, budget, chunk, None, workers) == (read, read)
+
+
+@given(nframes=st.integers(1, 120), size=st.integers(1, 20), growing=st.booleans(),
+       steps=st.lists(st.tuples(st.lists(st.integers(0, 119), max_size=30),
+                                st.floats(0, 1)), max_size=8),
+       latency=st.floats(0, 0.5))
+def test_dispatcher_hands_out_each_complete_frame_once(nframes, size, growing, steps, latency):
+    d = Dispatcher(nframes, size, latency, growing)
+    complete = np.zeros(nframes, dtype=bool)
+    handed = np.zeros(nframes, dtype=int)
+    now = 0.0
+    for new, dt in steps:
+        complete[[i for i in new if i < nframes]] = True
+        now += dt
+        for a, b in d.due(complete, now):
+            assert a // size == (b - 1) // size  # within one block
+            assert complete[a:b].all()
+            handed[a:b] += 1
+    for a, b in d.due(complete, now + 10, flush=True):
+        assert complete[a:b].all()
+        handed[a:b] += 1
+    np.testing.assert_array_equal(handed, complete.astype(int))  # each exactly once
+    np.testing.assert_array_equal(d.dispatched, complete)
+
+
+@given(size=st.integers(2, 20), latency=st.floats(0.01, 1), nblocks=st.integers(1, 5))
+def test_dispatcher_waits_latency_only_for_a_block_that_is_not_complete(size, latency,
+                                                                           nblocks):
+    n = size * nblocks
+    d = Dispatcher(n, size, latency)
+    complete = np.zeros(n, dtype=bool)
+    complete[: size - 1] = True  # one frame short of the first block
+    complete[size:] = True  # every other block full
+    full = [(a, b) for a, b in cut(np.arange(size, n), size)]
+    assert d.due(complete, 0.0) == full
+    assert d.due(complete, latency / 2) == []
+    assert d.due(complete, latency) == [(0, size - 1)]
+    complete[size - 1] = True  # the rest of the block completes it: it goes at once
+    assert d.due(complete, latency) == [(size - 1, size)]
+
+
+def test_dispatcher_marks_resumed_frames_and_grows():
+    d = Dispatcher(10, 4, 0.0, growing=True)
+    d.mark(np.arange(4))
+    complete = np.ones(10, dtype=bool)
+    assert d.due(complete, 1.0) == [(4, 8), (8, 10)]
+    d.grow(14)
+    complete = np.r_[complete, np.ones(4, dtype=bool)]
+    assert d.due(complete, 2.0) == [(10, 12), (12, 14)]

@@ -36,6 +36,8 @@ workflow = Workflow("slow", data="entry/data/data", keys=["entry/keys/key_1"])
 @workflow.frame
 def total(frame, *, delay=0.01):
     time.sleep(delay)
+    while int(frame[0, 0]) == int(os.environ.get("FRAMEBAG_TEST_HOLD_AT", -1)):
+        time.sleep(1)  # the run cannot finish: the test kills it first
     if os.environ.get("FRAMEBAG_TEST_CRASH") and int(frame[0, 0]) == 7:
         os._exit(1)  # the worker process dies on this frame
     return frame.sum()
@@ -127,8 +129,11 @@ def test_sigkill_of_the_driver_then_resume_equals_an_uninterrupted_run(job, clie
     wf, path, data = job
     unchanged(path)
     out = tmp_path / "out.h5"
+    # frame kill_at + 40 never finishes in this run, so the kill always comes first; the
+    # other worker does the rest, and as tasks are at most 30 frames (3 reads of 10 at 10 ms
+    # a frame), the frames up to kill_at are all done before that task
     proc = start_cli(str(wf), str(path), "-o", str(out), "--partition-bytes", "1280",
-                     "--commit-interval", "0")
+                     "--commit-interval", "0", env={"FRAMEBAG_TEST_HOLD_AT": str(kill_at + 40)})
     try:
         if kill_at:
             wait_for_done(out, kill_at, proc)

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from distributed import get_task_stream
 
-from framebag import Workflow
+from framebag import Workflow, reading
+from framebag.partitions import task_size
 from framebag.reading import read_run
 
 from .conftest import DATA, KEY
@@ -38,9 +39,15 @@ def test_tasks_per_partition_not_per_frame(make_scan, client, tmp_path):
     with get_task_stream(client) as ts:
         res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=size * 128)
     np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
-    partitions = math.ceil(2000 / size)
+    nworkers = len(client.scheduler_info()["workers"])
+    # frame_seconds=0: a sum of 64 pixels is far too cheap for the time cap to bind
+    task, read = task_size(128, size * 128, 1, 2000, nworkers)
+    assert read == size and task > size  # a task is several reads
+    tasks = math.ceil(2000 / task)
+    keys = [str(t["key"]) for t in ts.data]
+    assert sum("framebag-structure" in k for k in keys) == tasks, keys
     # a bag partition costs its input task and its processing task; a few more set up the run
-    assert 0 < len(ts.data) <= 2 * partitions + 4, [t["key"] for t in ts.data][:10]
+    assert len(keys) <= 2 * tasks + 4, keys
 
 
 def _count_opens() -> None:
@@ -84,12 +91,19 @@ def test_one_file_open_per_worker_per_run(make_scan, client, tmp_path):
     assert sum(opens.values()) >= 1
 
 
+def _address(a: np.ndarray) -> int:
+    return a.__array_interface__["data"][0]
+
+
 def test_read_buffer_recycled_only_when_unreferenced(make_scan):
     path, data = make_scan((6, 10), (4, 4))
     args = (str(path), DATA)
     shape, frame, dtype = (6, 10), (4, 4), data.dtype
+    with reading._lock:
+        reading._spare.clear()  # this process may have read before: start with no spares
     a = read_run(*args, 0, 10, shape, frame, dtype)
     b = read_run(*args, 10, 20, shape, frame, dtype)
+    address_a, address_b = _address(a), _address(b)
     assert not np.shares_memory(a, b)
     kept = a[3]  # a view of a frame outlives its partition
     del a
@@ -100,6 +114,11 @@ def test_read_buffer_recycled_only_when_unreferenced(make_scan):
     del kept, b
     d = read_run(*args, 30, 40, shape, frame, dtype)
     np.testing.assert_array_equal(d, data.reshape(60, 4, 4)[30:40])
+    # nothing refers to a's or b's buffer any more: d and e are read into them, not new ones
+    e = read_run(*args, 40, 50, shape, frame, dtype)
+    np.testing.assert_array_equal(e, data.reshape(60, 4, 4)[40:50])
+    assert {_address(d), _address(e)} == {address_a, address_b}
+    assert all(any(np.shares_memory(x, spare) for spare in reading._spare) for x in (d, e))
 
 
 def test_batched_view_of_frames_survives_later_partitions(make_scan, client, tmp_path):
