@@ -1,6 +1,6 @@
 """The benchmark suite: framebag beside its plain h5py + numpy reference, in one run.
 
-``python -m benchmarks`` (from the repository root) runs six cases and prints
+``python -m benchmarks`` (from the repository root) runs seven cases and prints
 one table. Every framebag figure is timed alternately with its reference in
 the same process, the same minute and on the same files, ``--repeat`` times
 after one untimed warm-up; the table shows medians and the ratio of the
@@ -18,7 +18,9 @@ medians, because a shared 2-core VM is too noisy for absolute times.
             the default local profile, cluster start included, against a plain
             h5py script in a fresh interpreter.
 6. overhead a no-op function; microseconds per frame over the reference's read.
-7. peers    only with ``--peers``: LiberTEM's UDFs beside the framebag workflows
+7. stack_memory  a frame-returning stack over 1 GiB and 4 GiB: peak RSS of the driver and
+            of each worker beside one plain h5py process (see benchmarks/memory.py).
+8. peers    only with ``--peers``: LiberTEM's UDFs beside the framebag workflows
             that compute the same (:mod:`benchmarks.peers`). Target 1.0x.
 
 The clusters are ``distributed.LocalCluster`` of 2 single-threaded worker
@@ -44,13 +46,14 @@ from pathlib import Path
 import numpy as np
 
 from . import jobs, reference, scans
+from .memory import case_stack_memory  # noqa: F401 - a case, found by name
 from .peers import case_peers  # noqa: F401 - run as a case by name (--peers)
 from .scaling import case_driver, case_fft, case_scaling  # noqa: F401 - cases, by name
 from .scans import DATA, ScanSpec
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead", "fft", "driver", "scaling",
-         "peers")
+CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead", "stack_memory", "fft",
+         "driver", "scaling", "peers")
 # run only when asked for: --peers, or by name in --cases (scaling is long)
 OPTIONAL = ("scaling", "peers")
 

@@ -102,6 +102,9 @@ def add_run_parser(sub: Any) -> None:
                         "but the last two)")
     p.add_argument("--finished", metavar="PATH",
                    help="finished-flag dataset path (overrides the workflow's)")
+    p.add_argument("--axes", nargs="+", metavar="PATH",
+                   help="the scan's motor-position datasets, one per scan dim, slowest first "
+                        "(1-d or scan-shaped): the output's scan axes (default: indices)")
     p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="with --follow: stop after this many seconds with no new frame, "
@@ -168,8 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.workflow, args.input, args.output, quiet=args.quiet, plot=args.plot,
         report=args.report, log_interval=args.log_interval,
         profile=args.profile, params=_parse_set(args.params),
-        data=args.data, keys=_keys(args), finished=args.finished, follow=args.follow,
-        scan_rank=args.scan_rank,
+        data=args.data, keys=_keys(args), finished=args.finished, axes=args.axes,
+        follow=args.follow, scan_rank=args.scan_rank,
         timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
         retries=args.retries, commit_interval=args.commit_interval,

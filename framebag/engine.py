@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from .lock import OutputLock
 from .output import (
     OutputFile,
     OutputWriteError,
+    ScanAxis,
     Schema,
     check_resumable,
     default_output_path,
@@ -54,7 +56,7 @@ from .partitions import (
     task_size,
 )
 from .reading import ReadError, read_run
-from .scan_order import ScanOrder, first_frame
+from .scan_order import ScanOrder, first_frame, order_matters
 from .tuning import tune_workers
 
 if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
@@ -136,13 +138,145 @@ def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[P
     return process_partition([run for group in groups for run in group], spec)
 
 
+_UNREAD = object()
+
+
 class Results(dict):
-    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``."""
+    """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``.
+
+    A result is read from the output file when it is first looked up, and kept: a
+    stack of whole frames is as large as the input, and ``framebag run`` never looks
+    at it, so the driver's memory does not grow with the scan. Looking a result up
+    after the output file was changed (rewritten by another run) is an error, never
+    the other run's values.
+
+    ``folds`` and ``units`` give each result's fold name and units (``""`` if
+    none were declared); ``dims`` names each result's dims and ``coords`` holds
+    the 1-d values of the named dims (scan axes, pixel indices, bin centres),
+    as the output's NXdata groups record them; ``aux_coords`` holds scan-shaped
+    positions as ``(dims, values)``. Its repr is a short summary;
+    :meth:`to_xarray` gives an ``xarray.Dataset``.
+    """
 
     done: np.ndarray
     output: Path
     errors: list[tuple[tuple[int, ...], str, str]]
     stats: dict[str, Any]
+    folds: dict[str, str]
+    units: dict[str, str]
+    dims: dict[str, tuple[str, ...]]
+    coords: dict[str, np.ndarray]
+    aux_coords: dict[str, tuple[tuple[str, ...], np.ndarray]]
+
+    _group = ""
+    _stamp: tuple[int, int, int] = (0, 0, 0)
+
+    def _load(self, name: str) -> Any:
+        value = dict.__getitem__(self, name)
+        if value is _UNREAD:
+            import h5py
+
+            st = os.stat(self.output)
+            if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != self._stamp:
+                raise FramebagError(f"output file {str(self.output)!r} changed after the run "
+                                    f"ended; read result {name!r} from it directly")
+            with h5py.File(self.output, "r") as f:
+                value = f[f"{self._group}/{name}"][()]
+            dict.__setitem__(self, name, value)
+        return value
+
+    def __getitem__(self, name: str) -> Any:
+        return self._load(name)
+
+    def __iter__(self) -> Any:  # not dict's own: dict(res) and {**res} then use __getitem__
+        return iter(list(dict.keys(self)))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._load(name) if name in self else default
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        return [self._load(k) for k in self]
+
+    def items(self) -> list[tuple[str, Any]]:  # type: ignore[override]
+        return [(k, self._load(k)) for k in self]
+
+
+    def _meta(self, name: str) -> tuple[Any, Any]:
+        """A result's shape and dtype, without reading its values when they are not read yet."""
+        value = dict.__getitem__(self, name)
+        if value is not _UNREAD:
+            return np.shape(value), getattr(value, "dtype", type(value).__name__)
+        try:
+            import h5py
+
+            with h5py.File(self.output, "r") as f:
+                ds = f[f"{self._group}/{name}"]
+                return ds.shape, ds.dtype
+        except (OSError, KeyError):
+            return "?", "?"
+
+    def __repr__(self) -> str:
+        done = getattr(self, "done", None)
+        head = "Results("
+        if getattr(self, "output", None) is not None:
+            head += f"{str(self.output)!r}, "
+        if done is not None:
+            n, total = int(np.count_nonzero(done)), int(np.size(done))
+            head += f"{n}/{total} frames done ({100.0 * n / total if total else 0:.1f}%), "
+        errors = getattr(self, "errors", None) or []
+        head += f"{len(errors)} skipped" if errors else "none skipped"
+        folds = getattr(self, "folds", {})
+        units = getattr(self, "units", {})
+        lines = [head + ")"]
+        for name in self:
+            shape, dtype = self._meta(name)
+            line = f"  {name}: {folds.get(name, '?')}, shape {shape}, {dtype}"
+            if units.get(name):
+                line += f", units {units[name]}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:  # IPython and Jupyter
+        p.text(repr(self))
+
+    def to_xarray(self) -> Any:
+        """The results as an ``xarray.Dataset``, dims named, coordinates filled in.
+
+        Scan dims are named after the scan axes (``--axes``: the positions are
+        their coordinates; else ``scan_0``, ``scan_1`` ... with indices), frame
+        dims ``frame_y``, ``frame_x``, a histogram's dim ``<name>_bin`` with the
+        bin centres. ``done`` is a variable; a variable's attributes hold its
+        ``fold`` and ``units``. Needs xarray (``pip install 'framebag[xarray]'``).
+        """
+        try:
+            import xarray
+        except ImportError:
+            raise ImportError("Results.to_xarray() needs xarray, which is not installed: "
+                              "pip install 'framebag[xarray]'") from None
+        dims = getattr(self, "dims", {})
+        coords: dict[str, Any] = dict(getattr(self, "coords", {}))
+        for name, (cdims, values) in getattr(self, "aux_coords", {}).items():
+            coords[name] = (cdims, values)
+        data_vars: dict[str, Any] = {}
+        scan_dims: tuple[str, ...] = ()
+        for name, value in self.items():
+            value = np.asarray(value)
+            names = dims.get(name) or tuple(f"{name}_dim_{k}" for k in range(value.ndim))
+            attrs = {"fold": self.folds.get(name, "")} if hasattr(self, "folds") else {}
+            if getattr(self, "units", {}).get(name):
+                attrs["units"] = self.units[name]
+            data_vars[name] = (names, value, attrs)
+            if attrs.get("fold") == "stack":
+                scan_dims = names[: np.ndim(self.done)] if hasattr(self, "done") else ()
+        if hasattr(self, "done"):
+            if not scan_dims:
+                scan_dims = tuple(f"scan_{k}" for k in range(np.ndim(self.done)))
+            data_vars["done"] = (scan_dims, np.asarray(self.done))
+        used = {d for v in data_vars.values() for d in v[0]}
+        coords = {k: v for k, v in coords.items()
+                  if (k in used) or (isinstance(v, tuple) and set(v[0]) <= used)}
+        attrs = {"output": str(getattr(self, "output", ""))}
+        return xarray.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
@@ -154,7 +288,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         resume: bool = False, on_error: str = "raise", retries: int = 2,
         progress: Callable[[dict[str, Any]], None] | None = None,
         report: str | os.PathLike | None = None, announce: bool = True,
-        commit_interval: float | None = None, scan_rank: int | None = None) -> Results:
+        commit_interval: float | None = None, axes: list[str] | None = None,
+        scan_rank: int | None = None) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
 
     ``keys=None`` takes the workflow's keys; ``keys=[]`` runs without keys (every
@@ -166,6 +301,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     a ``distributed.performance_report`` of the run; ``announce`` prints the
     dashboard link of a cluster started here. ``commit_interval`` is the seconds
     between checkpoints of the output (default 0.1 when following, else 0.5).
+    ``axes`` are the input's datasets of motor positions, one per scan dim
+    (default: the workflow's), copied into the output as the scan axes.
     """
     if on_error not in ("raise", "skip"):
         raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -175,6 +312,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     input_path = Path(input).resolve()
     data = data or workflow.data or ""  # none given: KeyFollower says so
     keys = list(workflow.keys if keys is None else keys)
+    axes = list(axes or workflow.axes)
     finished_required = bool(finished)
     finished = (finished or workflow.finished) if follow else None
     out_path = Path(output) if output else default_output_path(input_path, workflow.name)
@@ -188,7 +326,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
                            partition_bytes=partition_bytes, overwrite=overwrite,
                            resume=resume, on_error=on_error, retries=retries,
                            progress=progress, report=report, announce=announce,
-                           commit_interval=commit_interval, scan_rank=scan_rank)
+                           commit_interval=commit_interval, axes=axes, scan_rank=scan_rank)
     finally:
         lock.release()
 
@@ -200,10 +338,13 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                 resume: bool, on_error: str, retries: int,
                 progress: Callable[[dict[str, Any]], None] | None,
                 report: str | os.PathLike | None, announce: bool,
-                commit_interval: float | None, scan_rank: int | None = None) -> Results:
+                commit_interval: float | None, axes: list[str],
+                scan_rank: int | None = None) -> Results:
     """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, data, keys, finished, follow, finished_required,
                          timeout, poll_interval, scan_rank)
+    scan_axes = read_axes(str(input_path), axes, follower.data.scan_shape, follower.growing,
+                          workflow, refresh=False)
     first = follower.poll().ravel()
     if not follow and not first.any():
         raise FramebagError(_none_complete(input_path, follower))
@@ -218,7 +359,10 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         "finished": finished or "",
         fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
         # each function's fold, for readers of the output (framebag plot); not checked on resume
-        "folds": {n: {"fold": f.fold.name, **f.fold.attrs} for n, f in workflow.functions.items()},
+        "folds": {n: {"fold": f.fold.name, **f.fold.attrs, **({"units": f.units} if f.units
+                                                               else {})}
+                  for n, f in workflow.functions.items()},
+        "scan_axes": axes,
     }
     if resume and not out_path.exists():
         log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
@@ -230,7 +374,7 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
                on_error=on_error, retries=retries, progress=progress,
-               commit_interval=commit_interval)
+               commit_interval=commit_interval, axes=axes, scan_axes=scan_axes)
     if client is not None:
         with _performance_report(report):
             return job.run(client)
@@ -253,6 +397,54 @@ def _none_complete(path: Path, follower: KeyFollower) -> str:
         return f"{where}: {which} {verb} zero everywhere (use --follow to wait for a live scan)"
     return (f"{where}: no frame has all of its keys set ({', '.join(follower.key_names)} are "
             "each set somewhere, never all at one frame; use --follow to wait for a live scan)")
+
+
+def read_axes(path: str, names: list[str], scan_shape: tuple[int, ...], growing: bool,
+              workflow: Workflow, refresh: bool) -> list[ScanAxis]:
+    """The input's motor positions ``names`` (``--axes``), one per scan dim, checked.
+
+    Each is numeric and 1-d of its scan dim's length, or scan-shaped (trailing
+    length-1 dims are dropped, as for keys). In a growing scan the first scan
+    dim may differ in length: positions are copied as far as they go. A
+    mismatch is one sentence naming the dataset, its shape and the scan's.
+    """
+    if not names:
+        return []
+    rank = len(scan_shape)
+    if len(names) != rank:
+        raise FramebagError(
+            f"--axes: {len(names)} dataset(s) given ({', '.join(names)}) for a scan of rank "
+            f"{rank} (scan shape {tuple(scan_shape)}); give one per scan dim, slowest first")
+    out: list[ScanAxis] = []
+    taken = {*workflow.functions, "done", "errors"}
+    for k, name in enumerate(names):
+        try:
+            ds = hdf5.dataset(path, name)
+        except FramebagError as exc:
+            raise FramebagError(f"--axes {name}: {exc}") from None
+        if refresh:
+            ds.refresh()
+        shape = tuple(ds.shape)
+        while len(shape) > 1 and shape[-1] == 1 and len(shape) > rank:
+            shape = shape[:-1]
+        skip = 1 if growing else 0
+        one_d = len(shape) == 1 and (shape[0] == scan_shape[k] or (growing and k == 0))
+        full = len(shape) == rank and shape[skip:] == tuple(scan_shape[skip:])
+        if ds.dtype.kind not in "biuf":
+            raise FramebagError(f"--axes {name}: dataset of dtype {ds.dtype} in input file "
+                                f"{path!r} is not numeric; positions must be numbers")
+        if not (one_d or full) or (rank == 1 and len(shape) != 1):
+            raise FramebagError(
+                f"--axes {name}: dataset of shape {tuple(ds.shape)} in input file {path!r} does "
+                f"not fit scan dim {k} of scan shape {tuple(scan_shape)}: give a 1-d dataset "
+                f"of length {scan_shape[k]} or a scan-shaped one")
+        values = np.asarray(ds[()]).reshape(shape)
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        label = base if base not in taken and not base.startswith(("scan_", "frame_", "bin_")) \
+            else name.strip("/").replace("/", "_")
+        taken.add(label)
+        out.append(ScanAxis(label, name, values, hdf5.attr_text(ds.attrs.get("units"))))
+    return out
 
 
 def _follower(path: Path, data: str | None, keys: list[str], finished: str | None, follow: bool,
@@ -307,8 +499,14 @@ class _Job:
         self._spec: Any = None
         self._attempts: dict[int, int] = {}
         self._pending: list[Partial] = []  # released in scan order, not yet committed
+        self._pending_bytes = 0  # stacked results in _pending: flushed past the read budget
         self._order = ScanOrder()  # arrived, waiting for the partials before them
+        self._ordered = True  # float fold state: combine in scan order (set by the probe)
         self._kinds: Kinds | None = None  # from the probe: every task's values must match
+        self._backlog: list[list[tuple[int, int]]] = []  # groups of runs not yet submitted
+        self.result_nbytes = 0  # stacked result bytes per frame, from the probe
+        self._nworkers = 1
+        self._workers_at = -1e9  # when _nworkers was read from the scheduler
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -343,10 +541,14 @@ class _Job:
                 last = exc
                 continue
             schema = Schema()
+            schema.frame_shape = tuple(d.frame_shape)
+            schema.scan_axes = self.o.get("scan_axes") or []
             for name, fn in self.wf.functions.items():
+                schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs}
                 if fn.fold.is_stack:
                     v = p.stacks[name]
                     schema[name] = (True, v.shape[1:], v.dtype)
+                    self.result_nbytes += v[0].nbytes
                 else:
                     try:  # the checkpoint stores it as plain arrays: nothing is ever pickled
                         check_state(p.accs[name])
@@ -364,6 +566,7 @@ class _Job:
                             f"{type(v).__name__} of dtype {v.dtype}; it must give a numeric array"
                         )
                     schema[name] = (False, v.shape, v.dtype)
+            self._ordered = order_matters(schema.accs.values())
             return schema
         raise FramebagError(f"every frame tried failed; the last: {last}")
 
@@ -399,12 +602,8 @@ class _Job:
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
             self._open_output(complete)
-        size, self._read_frames = task_size(
-            self.info.frame_nbytes, o["partition_bytes"],
-            chunk_run(self.info.scan_shape, self.info.chunks),
-            None if follow else int(complete.sum()), nworkers, self.frame_seconds,
-        )
-        dispatcher = Dispatcher(complete.size, size, o["latency"], self.follower.growing)
+        dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
+                                o["latency"], self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
         opened = False
@@ -421,12 +620,15 @@ class _Job:
                     self._spec = None
                     if self.out is not None:
                         self.out.grow(self.info.scan_shape)
+                        self._copy_axes()
                 if self.out is None and complete.any():
                     self._open_output(complete)
+                    dispatcher.size = self._task_size(complete, nworkers)  # nothing went out yet
                 if self.out is not None and not opened:
                     opened = True
                     if self.follower.growing:
                         self.out.grow(self.info.scan_shape)
+                        self._copy_axes()
                     dispatcher.mark(np.flatnonzero(self.out.done))
                     processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
@@ -434,7 +636,11 @@ class _Job:
                     if runs:
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
-                        self._submit(client, by_block(runs, dispatcher.size), inflight)
+                        self._backlog.extend(by_block(runs, dispatcher.size))
+                    room = self._max_inflight(client, dispatcher.size) - len(inflight)
+                    if self._backlog and room > 0:
+                        self._submit(client, self._backlog[:room], inflight)
+                        del self._backlog[:room]
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
@@ -442,7 +648,8 @@ class _Job:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": complete.size,
                                    "inflight": len(inflight)})
-                if final_poll and not inflight and not (complete & ~dispatcher.dispatched).any():
+                if final_poll and not inflight and not self._backlog \
+                        and not (complete & ~dispatcher.dispatched).any():
                     self._flush()
                     break
                 if follow and not final_poll:
@@ -492,6 +699,47 @@ class _Job:
             )
         return self._results(time.monotonic() - t0, processed - resumed, resumed)
 
+    def _max_inflight(self, client: Any, size: int) -> int:
+        """How many tasks may be out at a time: their stacked results within one read
+        budget per worker, or 32 MiB if that is more (and at least two tasks per worker:
+        one running, one queued).
+
+        Partials the driver has not gathered yet wait on the workers; with large stacked
+        results this keeps them from piling up there. Small results do not limit it, so
+        an adaptive cluster still sees the whole backlog. The worker count is read
+        again every second: batch jobs join after the run has started.
+        """
+        now = time.monotonic()
+        if now - self._workers_at > 1.0:
+            self._workers_at = now
+            self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        per_task = size * self.result_nbytes
+        if not per_task:
+            return 1 << 30
+        waiting = max(self.o["partition_bytes"], DEFAULT_PARTITION_BYTES)
+        return self._nworkers * max(2, waiting // per_task)
+
+    def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
+        """Frames per task, and (``_read_frames``) per read: see :func:`task_size`.
+
+        Sized by the probe (frame cost, stacked result bytes) once the output is open;
+        a live scan is sized per read, not by the frames complete so far.
+        """
+        size, self._read_frames = task_size(
+            self.info.frame_nbytes, self.o["partition_bytes"],
+            chunk_run(self.info.scan_shape, self.info.chunks),
+            None if self.o["follow"] else int(complete.sum()), nworkers, self.frame_seconds,
+            self.result_nbytes,
+        )
+        return size
+
+    def _copy_axes(self) -> None:
+        """Copy a growing scan's positions (``--axes``) that the input holds now."""
+        names = self.o.get("axes") or []
+        if names and self.out is not None:
+            self.out.write_axes(read_axes(self.info.path, names, self.info.scan_shape, True,
+                                          self.wf, refresh=True))
+
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
         """Send groups of runs out as dask bags of one partition each, first frames first.
@@ -539,17 +787,28 @@ class _Job:
         input (a function's error, a read that fails, any FramebagError) stops
         the run at once, since it would fail the same way again; one that failed
         otherwise (a dead worker: KilledWorker) is retried up to ``retries`` times.
+        Partials are gathered one task at a time and committed before their stacked
+        results pass the read budget, so the driver never holds more than that (plus
+        one task's, and those held back for scan order) of them.
         """
         ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
-        partials: list[Partial] = [p for batch in client.gather(ok) for p in batch] if ok else []
-        failure = next((p.failure for p in partials if p.failure), None)
-        partials = [p for p in partials if not p.failure]
+        failure = None
+        count = 0
         for f in ok:
+            batch: list[Partial] = client.gather(f)
             del inflight[f]
-        self._order.add(partials)  # failed tasks stay in flight (retried) and hold back the rest
-        self._pending.extend(self._order.release(first_frame(inflight.values())))
-        count = sum(int(p.done.sum()) for p in partials)
+            good = []
+            for p in batch:
+                if p.failure:
+                    failure = failure or p.failure
+                    continue
+                good.append(p)
+                count += int(p.done.sum())
+            del batch
+            self._order.add(good)  # failed tasks stay in flight (retried) and hold back the rest
+            self._queue(self._order.release(
+                first_frame(inflight.values()) if self._ordered else math.inf))
         if failure or failed or time.monotonic() - self._last_commit >= self.commit_interval:
             self._flush()  # before a failure is reported, everything that arrived is kept
         if failure:
@@ -573,13 +832,24 @@ class _Job:
             ) from exc
         return count
 
+    def _queue(self, partials: list[Partial]) -> None:
+        """Add released partials to the next commit, committing first whenever their
+        stacked results would pass the read budget."""
+        for p in partials:
+            nbytes = sum(v.nbytes for v in p.stacks.values())
+            if self._pending and self._pending_bytes + nbytes > self.o["partition_bytes"]:
+                self._flush()
+            self._pending.append(p)
+            self._pending_bytes += nbytes
+
     def _flush(self, everything: bool = False) -> None:
         """Combine and commit the partials released since the last commit; with
         ``everything`` (the run ends, also by an error), the held-back ones too."""
         if everything:
-            self._pending.extend(self._order.release())
+            self._queue(self._order.release())
         if self._pending and self.out is not None and not self._broken:
             pending, self._pending = self._pending, []
+            self._pending_bytes = 0
             self._commit(pending)
         self._last_commit = time.monotonic()
 
@@ -663,6 +933,11 @@ class _Job:
             client.run(hdf5.close, self.info.path)
         except Exception:  # noqa: BLE001 - workers may be gone already
             log.debug("could not close input handles on the workers", exc_info=True)
+        if self.follower.growing and self.out is not None and not self._write_failed:
+            try:
+                self._copy_axes()  # the positions written last
+            except Exception:  # noqa: BLE001 - the run's own outcome is the one to report
+                log.debug("could not copy the last scan positions", exc_info=True)
         hdf5.close(self.info.path)
         if self.out is not None and not self._write_failed:
             try:
@@ -687,11 +962,12 @@ class _Job:
                                 f"end of the run: {str(exc).splitlines()[0]}") from None
         with f:
             g = f[f"entry/{self.wf.name}"]
-            for name in self.wf.functions:
-                res[name] = g[name][()]
-            res.done = g["done"][()].astype(bool)
+            _read_results(res, g, list(self.wf.functions), len(self.info.scan_shape))
+            res._group = g.name
             errs = g["errors"][()]
         res.output = self.out_path
+        st = os.stat(self.out_path)
+        res._stamp = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
         res.errors = [
             (scan_index(e["flat"], self.info.scan_shape), e["function"].decode(),
              e["message"].decode("utf-8", "replace")) for e in errs
@@ -701,3 +977,40 @@ class _Job:
                      "done": int(res.done.sum()), "ended_by": self.ended_by}
         return res
 
+
+
+def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> None:
+    """Fill ``res`` from a workflow's output group: values, done, folds, units, dims, coords.
+
+    Dims are named from each result's NXdata ``@axes`` (see :meth:`Results.to_xarray`).
+    """
+    from .hdf5 import attr_text
+    from .output import nxdata_of
+
+    res.done = g["done"][()].astype(bool)
+    res.folds, res.units, res.dims, res.coords, res.aux_coords = {}, {}, {}, {}, {}
+    scan_dims = tuple(f"scan_{k}" for k in range(scan_rank))
+    for name in names:
+        ds = g[name]
+        dict.__setitem__(res, name, _UNREAD)  # read when looked up (see Results)
+        res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
+        res.units[name] = attr_text(ds.attrs.get("units"))
+        nx = nxdata_of(g, name)
+        axes = [attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))] \
+            if nx is not None else []
+        if len(axes) != ds.ndim:
+            axes = ["."] * ds.ndim
+        dims = []
+        for k, axis in enumerate(axes):
+            if nx is None or axis == "." or axis not in nx:
+                dims.append(scan_dims[k] if res.folds[name] == "stack" and k < scan_rank
+                            else f"{name}_dim_{k}")
+                continue
+            dim = f"{name}_bin" if axis == "bin_centres" else axis
+            dims.append(dim)
+            res.coords.setdefault(dim, nx[axis][()])
+        res.dims[name] = tuple(dims)
+        if res.folds[name] == "stack" and nx is not None:
+            for key, obj in nx.items():
+                if getattr(obj, "ndim", 0) > 1 and int(obj.attrs.get("scan_dim", 0)) == -1:
+                    res.aux_coords.setdefault(key, (tuple(dims[:scan_rank]), obj[()]))

@@ -8,7 +8,8 @@ is the leading part of the data's shape; none for a plain array), counts the
 complete frames with the same :class:`~framebag.keys.KeyFollower`, made as the
 suggested command would make it, shows the finished flag (refusing an array)
 and prints a ready ``framebag run`` command. For a framebag output it shows
-the provenance, the done fraction, the results and the errors.
+the provenance, the done fraction, each result's fold, units, shape and NXdata
+axes, and the errors.
 
 Files are opened read-only with ``swmr=True``: that opens finished files,
 files being written in SWMR mode, and files a killed writer left flagged
@@ -31,7 +32,7 @@ from . import hdf5
 from .errors import FramebagError
 from .hdf5 import attr_text
 from .keys import KeyFollower, check_flag, extent, scan_rank_of
-from .output import results
+from .output import NXDATA_SUFFIX, nxdata_of, results
 from .partitions import scan_index
 
 __all__ = ["inspect_file", "guess_layout", "framebag_groups", "add_parser", "EXAMPLE_WORKFLOW"]
@@ -284,11 +285,23 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
             n, total = int(done.sum()), done.size
             lines.append(f"  done: {n}/{total} frames ({100.0 * n / total if total else 0:.1f}%)"
                          f" of scan shape {done.shape}")
-        rows = [["result", "shape", "dtype", "fold"]]
+        folds = _json(a.get("folds"))
+        rows = [["result", "shape", "dtype", "fold", "units", "axes (NXdata)"]]
         for name, d in results(g):
-            fold = attr_text(d.attrs.get("fold")) or "folded"
-            rows.append([name, str(d.shape), str(d.dtype), fold])
+            found = folds.get(name)
+            info: dict[str, Any] = found if isinstance(found, dict) else {}
+            fold = attr_text(d.attrs.get("fold")) or info.get("fold") or "folded"
+            units = attr_text(d.attrs.get("units"))
+            if not units and info.get("units"):  # a histogram counts; its bins carry units
+                units = f"{info['units']} (bins)" if fold == "histogram" else info["units"]
+            nx = nxdata_of(g, name)
+            axes = ", ".join(attr_text(x) for x in np.atleast_1d(nx.attrs.get("axes", [])))\
+                if nx is not None else ""
+            group = f"{name}{NXDATA_SUFFIX}: {axes or 'scalar'}" if nx is not None else "none"
+            rows.append([name, str(d.shape), str(d.dtype), fold, units or "-", group])
         lines += ["  results:", *table(rows, "    ")]
+        if attr_text(g.attrs.get("default")):
+            lines.append(f"  default plot: /entry/{wname}/{attr_text(g.attrs.get('default'))}")
         errs = g["errors"][()] if "errors" in g else np.zeros(0)
         scan_shape = done.shape if done is not None else None
         lines.append(f"  errors: {len(errs)}" + (" (frames skipped by --on-error skip)"
@@ -299,6 +312,14 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
         if len(errs) > 10:
             lines.append(f"    ... and {len(errs) - 10} more (dataset /entry/{wname}/errors)")
     return "\n".join(lines)
+
+
+def _json(value: Any) -> dict[str, Any]:
+    try:
+        out = json.loads(attr_text(value) or "{}")
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
 
 
 # the command -------------------------------------------------------------------------

@@ -2,10 +2,18 @@
 
 Layout (NeXus)::
 
+    /                           default=entry
     /entry                      NXentry, default=<workflow>
-    /entry/<workflow>           NXprocess; provenance in its attributes
+    /entry/<workflow>           NXprocess; provenance in its attributes;
+                                default=<first function>_nxdata
         <function>              one dataset per function: scan_shape + value_shape for
-                                stacks, the finalized fold (e.g. frame-shaped) otherwise
+                                stacks, the finalized fold (e.g. frame-shaped) otherwise;
+                                attributes fold, units (when declared), function
+        <function>_nxdata/      NXdata: signal, axes, <axis>_indices; a hard link to
+                                <function>, and its axes: scan_<k> indices or the input's
+                                positions (--axes), made once and hard-linked into every
+                                stack's group; frame_y/frame_x pixels; bin_centres and
+                                bin_edges of a histogram (see :func:`_layout_nxdata`)
         done                    uint8, scan-shaped: 1 where a frame is in every result
         errors                  (flat, function, message) of frames skipped by on_error
         checkpoint/slot0,slot1  two copies of the fold state, each:
@@ -28,7 +36,9 @@ and only arrays of the dtypes laid out are read back.
 
 All datasets are created before the file enters SWMR mode (an SWMR writer may
 not create objects), so other processes can open it with ``swmr=True`` and watch
-results and ``done`` grow; leaves change size by resizing.
+results and ``done`` grow; leaves change size by resizing, and a growing scan's
+first scan axis grows with its stacks (:meth:`OutputFile.grow`). The NXdata
+groups hold hard links, not copies, so no result is written twice.
 
 Checkpointing, and why resume is exact. Each :meth:`OutputFile.commit`:
 
@@ -80,6 +90,7 @@ import re
 import shutil
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -90,12 +101,12 @@ import numpy as np
 from . import fingerprint
 from .errors import FramebagError
 from .keys import DataInfo
-from .layout import RESERVED
+from .layout import NXDATA_SUFFIX, RESERVED
 from .lock import OutputLock
 from .partitions import blocks, selection_shape
 
-__all__ = ["OutputFile", "Schema", "default_output_path", "RESERVED", "results", "create_swmr",
-           "open_existing"]
+__all__ = ["OutputFile", "Schema", "ScanAxis", "default_output_path", "RESERVED", "results",
+           "create_swmr", "open_existing", "NXDATA_SUFFIX", "nxdata_of"]
 
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
@@ -115,14 +126,39 @@ class Schema(dict):
     """Per function: ``(is_stack, shape, dtype)`` of its output dataset.
 
     ``accs`` holds the probe's accumulator of each folded function: the
-    checkpoint's structure is laid out from it.
+    checkpoint's structure is laid out from it. ``meta`` holds, per function,
+    what its NXdata group needs: ``fold`` (the fold's name), ``units`` and a
+    histogram's ``bin_edges``. ``frame_shape`` gives folds and stacked values of
+    that shape pixel axes; ``scan_axes`` are the scan's motor positions, one per
+    scan dim, when the user named them (else the scan axes are indices).
     """
 
     accs: dict[str, Any]
+    meta: dict[str, dict[str, Any]]
+    frame_shape: tuple[int, ...]
+    scan_axes: list[ScanAxis]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.accs = {}
+        self.meta = {}
+        self.frame_shape = ()
+        self.scan_axes = []
+
+
+@dataclass
+class ScanAxis:
+    """One scan dim's positions, copied from the input into the output's NXdata groups.
+
+    ``values`` is 1-d (the dim's length) or scan-shaped; in a growing scan it
+    may be shorter along the first scan dim than the scan so far (positions not
+    yet written are NaN in the output).
+    """
+
+    name: str  # the axis dataset's name in the NXdata groups
+    source: str  # the input dataset it is copied from
+    values: np.ndarray
+    units: str = ""
 
 
 class OutputFile:
@@ -352,10 +388,38 @@ class OutputFile:
             if isinstance(ds, h5py.Dataset) and (ds.name.endswith("/done")
                                                  or ds.attrs.get("fold") == "stack"):
                 ds.resize(scan_shape[0], axis=0)
+        for ds in self.scan_axes():
+            dim = int(ds.attrs["scan_dim"])
+            if dim == 0 or ds.ndim > 1:
+                had = ds.shape[0]
+                ds.resize(scan_shape[0], axis=0)
+                if "source" not in ds.attrs:  # indices; positions come by write_axes
+                    ds[had:] = np.arange(had, scan_shape[0], dtype=ds.dtype)
         extra = int(np.prod(scan_shape, dtype=np.int64)) - self.done.size
         self.done = np.r_[self.done, np.zeros(extra, dtype=bool)]
         self.scan_shape = scan_shape
         self.group.attrs["scan_shape"] = np.asarray(scan_shape, dtype=np.int64)
+
+    def scan_axes(self) -> list[h5py.Dataset]:
+        """The scan axis datasets of the NXdata groups, each once (they are hard-linked)."""
+        if not hasattr(self, "_scan_axes"):
+            found: dict[Any, h5py.Dataset] = {}
+            for name in list(self.group):
+                nx = nxdata_of(self.group, name[: -len(NXDATA_SUFFIX)]) \
+                    if name.endswith(NXDATA_SUFFIX) else None
+                for ds in (nx.values() if nx is not None else ()):
+                    if isinstance(ds, h5py.Dataset) and "scan_dim" in ds.attrs:
+                        found.setdefault(ds.id, ds)
+            self._scan_axes = list(found.values())
+        return self._scan_axes
+
+    def write_axes(self, axes: list[ScanAxis]) -> None:
+        """Copy the positions of a growing scan that exist now (they may lag its frames)."""
+        by_source = {_text(ds.attrs.get("source")): ds for ds in self.scan_axes()}
+        for pos in axes:
+            ds = by_source.get(pos.source)
+            if ds is not None:
+                _fill_axis(ds, pos.values)
 
     def abandon(self) -> None:
         """Close after a failed write, without writing another byte to the output.
@@ -511,6 +575,7 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
     # growing: the first scan dim is unlimited, and chunked as if it were already long
     grow = (None,) if growing else (scan_shape[0],)
     chunk_scan = (max(scan_shape[0], 256), *scan_shape[1:]) if growing else tuple(scan_shape)
+    f.attrs["default"] = "entry"
     entry = f.create_group("entry")
     entry.attrs["NX_class"] = "NXentry"
     entry.attrs["default"] = workflow
@@ -536,6 +601,12 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
             ds = g.create_dataset(name, shape=shape, dtype=dtype, fletcher32=True,
                                   chunks=_chunks(tuple(shape), np.dtype(dtype).itemsize))
         ds.attrs["function"] = name
+        meta = schema.meta.get(name, {})
+        if not is_stack and meta.get("fold"):
+            ds.attrs["fold"] = meta["fold"]
+        if meta.get("units") and meta.get("fold") != "histogram":  # a histogram counts
+            ds.attrs["units"] = _fold_units(meta.get("fold", "stack"), meta["units"])
+    _layout_nxdata(g, scan_shape, schema, growing)
     g.create_dataset("done", shape=scan_shape, dtype=np.uint8, fillvalue=0, fletcher32=True,
                      maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
     g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,),
@@ -544,6 +615,174 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         fingerprint.layout(g, len(provenance["keys"]), int(np.prod(scan_shape, dtype=np.int64)))
     _layout_checkpoint(g, {name: schema.accs.get(name) for name, (is_stack, _, _)
                            in schema.items() if not is_stack})
+
+
+def _fold_units(fold: str, units: str) -> str:
+    """The units of a fold's result of values in ``units``: squared for ``var``."""
+    if fold != "var":
+        return units
+    return f"{units}^2" if units.replace("_", "").isalnum() else f"({units})^2"
+
+
+def nxdata_of(group: h5py.Group, name: str) -> h5py.Group | None:
+    """The NXdata group of result ``name`` in a workflow's output group, if it has one."""
+    nx = group.get(name + NXDATA_SUFFIX)
+    return nx if isinstance(nx, h5py.Group) and _text(nx.attrs.get("NX_class")) == "NXdata" \
+        else None
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+def _layout_nxdata(g: h5py.Group, scan_shape: tuple[int, ...], schema: Schema,
+                   growing: bool) -> None:
+    """One NXdata group per result, ``<name>_nxdata``, with ``@signal``, ``@axes`` and its axes.
+
+    The signal is an HDF5 hard link to the result dataset, so nothing is
+    written twice. The scan axes (indices, or the input's positions) are made
+    once and hard-linked into every stacked result's group; each fold's group
+    gets the axes of its own shape (pixel indices of a frame-shaped result, bin
+    centres and edges of a histogram, indices otherwise). The workflow group's
+    ``@default`` names the first result's group, so NeXus clients follow
+    ``/@default`` -> ``entry`` -> ``<workflow>`` -> it.
+    """
+    scan_axes: list[h5py.Dataset] | None = None
+    scan_names: list[str] = []
+    first = None
+    for name, (is_stack, shape, _) in schema.items():
+        meta = schema.meta.get(name, {})
+        nx = g.create_group(name + NXDATA_SUFFIX)
+        first = first or nx.name.rsplit("/", 1)[-1]
+        nx.attrs["NX_class"] = "NXdata"
+        nx.attrs["signal"] = name
+        nx[name] = g[name]
+        axes: list[str] = []
+        if is_stack:
+            if scan_axes is None:
+                scan_axes, scan_names = _layout_scan_axes(nx, scan_shape, schema.scan_axes,
+                                                          growing)
+            else:
+                for ds in scan_axes:
+                    nx[ds.name.rsplit("/", 1)[-1]] = ds
+            for ds in scan_axes:
+                if ds.ndim > 1:  # scan-shaped positions: an axis for every scan dim
+                    nx.attrs[ds.name.rsplit("/", 1)[-1] + "_indices"] = \
+                        np.arange(len(scan_shape), dtype=np.int64)
+            axes += scan_names
+        axes += _layout_value_axes(nx, name, tuple(shape), meta, schema.frame_shape,
+                                   taken=set(nx))
+        if axes:
+            nx.attrs["axes"] = axes
+        for k, axis in enumerate(axes):
+            if axis != ".":
+                nx.attrs[f"{axis}_indices"] = np.int64(k)
+    if first is not None:
+        g.attrs["default"] = first
+
+
+def _layout_scan_axes(nx: h5py.Group, scan_shape: tuple[int, ...], given: list[ScanAxis],
+                      growing: bool) -> tuple[list[h5py.Dataset], list[str]]:
+    """The scan axis datasets in ``nx``, and the name ``@axes`` uses for each scan dim.
+
+    Without positions, dim ``k`` gets ``scan_k``, its indices. Given 1-d
+    positions, dim ``k`` gets them under the given name. Scan-shaped positions
+    cannot be a NeXus ``@axes`` entry (that is 1-d), so they are stored with an
+    ``@<name>_indices`` of every scan dim beside the index axis the dim keeps.
+    """
+    made: list[h5py.Dataset] = []
+    names: list[str] = []
+    rank = len(scan_shape)
+    for k, n in enumerate(scan_shape):
+        pos = given[k] if k < len(given) else None
+        grows = growing and k == 0
+        if pos is not None and pos.values.ndim == 1:
+            ds = nx.create_dataset(pos.name, shape=(n,), maxshape=(None if grows else n,),
+                                   dtype=np.float64, fillvalue=np.nan, fletcher32=True,
+                                   chunks=(min(max(n, 1), 4096) if not grows else 256,))
+            _fill_axis(ds, pos.values)
+            ds.attrs["source"] = pos.source
+            ds.attrs["long_name"] = f"{pos.name} ({pos.units})" if pos.units else pos.name
+            if pos.units:
+                ds.attrs["units"] = pos.units
+            ds.attrs["scan_dim"] = np.int64(k)
+            made.append(ds)
+            names.append(pos.name)
+            continue
+        ds = nx.create_dataset(f"scan_{k}", data=np.arange(n, dtype=np.int64),
+                               maxshape=(None if grows else n,), fletcher32=True,
+                               chunks=(min(max(n, 1), 4096) if not grows else 256,))
+        slow = " (slow)" if k == 0 and rank > 1 else " (fast)" if k == rank - 1 and rank > 1 \
+            else ""
+        ds.attrs["long_name"] = f"scan axis {k}{slow}, index"
+        ds.attrs["scan_dim"] = np.int64(k)
+        made.append(ds)
+        names.append(f"scan_{k}")
+    for pos in given:
+        if pos.values.ndim > 1:
+            full = tuple(scan_shape)
+            ds = nx.create_dataset(pos.name, shape=full, dtype=np.float64, fillvalue=np.nan,
+                                   maxshape=((None,) if growing else full[:1]) + full[1:],
+                                   fletcher32=True, chunks=_chunks(
+                                       ((max(full[0], 256),) if growing else full[:1])
+                                       + full[1:], 8))
+            _fill_axis(ds, pos.values)
+            ds.attrs["source"] = pos.source
+            ds.attrs["long_name"] = f"{pos.name} ({pos.units})" if pos.units else pos.name
+            if pos.units:
+                ds.attrs["units"] = pos.units
+            ds.attrs["scan_dim"] = np.int64(-1)  # every scan dim
+            made.append(ds)
+    return made, names
+
+
+def _fill_axis(ds: h5py.Dataset, values: np.ndarray) -> None:
+    """Copy the positions that exist (a growing scan's may lag the scan) into ``ds``."""
+    n = min(ds.shape[0], values.shape[0])
+    if n:
+        ds[:n] = np.asarray(values[:n], dtype=np.float64)
+
+
+def _layout_value_axes(nx: h5py.Group, name: str, shape: tuple[int, ...], meta: dict[str, Any],
+                       frame_shape: tuple[int, ...], taken: set[str]) -> list[str]:
+    """The ``@axes`` entries of a result's value dims, and their datasets in ``nx``.
+
+    A histogram gets its bin centres (and its edges, ``bin_edges``, beside
+    them); a frame-shaped value its pixel indices (``frame_y``, ``frame_x``);
+    another folded value indices along each dim; a stacked value that is not
+    frame-shaped none (``.``).
+    """
+    if not shape:
+        return []
+    units = meta.get("units", "")
+    edges = np.asarray(meta.get("bin_edges") or [], dtype=np.float64)
+    if meta.get("fold") == "histogram" and len(shape) == 1 and edges.size == shape[0] + 1:
+        centres = nx.create_dataset("bin_centres", data=(edges[:-1] + edges[1:]) / 2)
+        nx.create_dataset("bin_edges", data=edges)
+        for ds, what in ((centres, "bin centre"), (nx["bin_edges"], "bin edge")):
+            ds.attrs["long_name"] = f"{name} {what}" + (f" ({units})" if units else "")
+            if units:
+                ds.attrs["units"] = units
+        return ["bin_centres"]
+    stacked = meta.get("fold", "stack") == "stack"
+    if tuple(shape) == tuple(frame_shape):
+        names = ["frame_y", "frame_x"] if len(shape) == 2 else \
+            [f"frame_{k}" for k in range(len(shape))]
+        words = ["frame y", "frame x"] if len(shape) == 2 else \
+            [f"frame axis {k}" for k in range(len(shape))]
+        for axis, word, n in zip(names, words, shape):
+            ds = nx.create_dataset(axis, data=np.arange(n, dtype=np.int64))
+            ds.attrs["long_name"] = f"{word} (pixel)"
+        return names
+    if stacked:
+        return ["."] * len(shape)
+    names = []
+    for k, n in enumerate(shape):
+        axis = f"{name}_index_{k}" if f"{name}_index_{k}" not in taken else f"index_{k}"
+        ds = nx.create_dataset(axis, data=np.arange(n, dtype=np.int64))
+        ds.attrs["long_name"] = f"{name} index {k}" if len(shape) > 1 else f"{name} index"
+        names.append(axis)
+    return names
 
 
 def _compact(g: h5py.Group, name: str, shape: tuple[int, ...], dtype: np.dtype) -> h5py.Dataset:
@@ -879,14 +1118,19 @@ def verify(path: Path, group: h5py.Group) -> None:
     _check_group(path, group, in_checkpoint=False)
 
 
-def _check_group(path: Path, group: h5py.Group, in_checkpoint: bool) -> None:
+def _check_group(path: Path, group: h5py.Group, in_checkpoint: bool,
+                 seen: set[Any] | None = None) -> None:
+    seen = set() if seen is None else seen  # an object linked twice (NXdata) is read once
     for name in sorted(group):
         where = f"{group.name}/{name}"
         try:
             obj = group[name]
+            if obj.id in seen:
+                continue
+            seen.add(obj.id)
             dict(obj.attrs)
             if isinstance(obj, h5py.Group):
-                _check_group(path, obj, in_checkpoint or name == "checkpoint")
+                _check_group(path, obj, in_checkpoint or name == "checkpoint", seen)
             elif not in_checkpoint:
                 _read_whole(obj)
             elif obj.chunks is not None:

@@ -25,6 +25,7 @@ __all__ = [
     "chunk_run",
     "partition_size",
     "task_size",
+    "task_cap",
     "cut",
     "by_block",
     "blocks",
@@ -84,7 +85,7 @@ def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
 
 def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
               nframes: int | None = None, workers: int = 1,
-              frame_seconds: float = 0.0) -> tuple[int, int]:
+              frame_seconds: float = 0.0, result_nbytes: int = 0) -> tuple[int, int]:
     """``(frames per task, frames per read)`` for a scan of ``nframes`` complete frames.
 
     A read is about ``target_bytes`` (see :func:`partition_size`) and bounds a
@@ -93,22 +94,62 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     ``MAX_READS_PER_TASK`` reads each): dask costs about 1-2 ms per task on a
     small machine, which would otherwise be a tenth of the work of cheap frames.
     A scan too small for that is cut into near-equal tasks of one read each.
-    Without ``nframes`` (a live scan) a task is one read. With ``frame_seconds``
-    (the measured cost of a frame), a task holds no more reads than fill about
-    ``TASK_SECONDS``: costly frames gain nothing from long tasks, which would only
-    make progress, checkpoints and the work lost with a worker coarser.
+    Without ``nframes`` (a live scan) a task is one read.
+
+    Whatever the scan size, a task is capped (see :func:`task_cap`) by
+
+    - time: with ``frame_seconds`` (the probe's measured cost of one frame), no
+      more than about ``TASK_SECONDS`` of work, so that progress, checkpoints and
+      the work lost with a worker or a killed driver stay fine-grained;
+    - memory: with ``result_nbytes`` (the bytes one frame adds to the stacked
+      results), no more than half of ``target_bytes`` of stacked results, so a
+      worker's partials and the driver's commit stay within the read budget.
+
+    Only a single frame may exceed a cap (one frame is the smallest task). Both
+    sizes are a multiple of ``chunk`` or a divisor of it, and ``read <= task``.
     """
-    read = partition_size(frame_nbytes, target_bytes, chunk)
+    cap = task_cap(target_bytes, frame_seconds, result_nbytes)
+    read = _fit(partition_size(frame_nbytes, target_bytes, chunk), cap, chunk)
     if not nframes:
         return read, read
     if nframes <= 2 * workers * read:
         balanced = partition_size(frame_nbytes, target_bytes, chunk, nframes, 2 * workers)
+        if balanced > cap:
+            balanced = _even(nframes, _align(cap, chunk), 2 * workers, chunk) \
+                if cap >= chunk else _align(cap, chunk)
         return balanced, balanced
     reads = math.ceil(math.ceil(nframes / read) / (2 * workers))
-    if frame_seconds > 0:
-        reads = min(reads, math.ceil(TASK_SECONDS / (frame_seconds * read)))
-    task = _even(nframes, min(MAX_READS_PER_TASK, max(1, reads)) * read, 2 * workers, chunk)
+    reads = max(1, min(reads, MAX_READS_PER_TASK, cap // read))
+    if read < chunk:  # read divides the chunk run: a task is one read, or whole chunk runs
+        task = _even(nframes, reads * read, 2 * workers, chunk)
+        task = task if task <= min(cap, MAX_READS_PER_TASK * read) else read
+    else:
+        task = _even(nframes, reads * read, 2 * workers, chunk)
     return task, min(read, task)
+
+
+def task_cap(target_bytes: int, frame_seconds: float = 0.0, result_nbytes: int = 0) -> int:
+    """The most frames one task may hold: about ``TASK_SECONDS`` of work and no more than
+    half of ``target_bytes`` of stacked results (at least one frame)."""
+    cap = MAX_PARTITION_FRAMES
+    if frame_seconds > 0:
+        cap = min(cap, int(TASK_SECONDS / frame_seconds * (1 + 1e-9)))
+    if result_nbytes > 0:  # half: a worker may hold a finished task's results beside the next's
+        cap = min(cap, target_bytes // (2 * result_nbytes))
+    return max(1, cap)
+
+
+def _align(n: int, chunk: int) -> int:
+    """The largest multiple of ``chunk`` up to ``n``, or below one chunk run, the largest
+    divisor of ``chunk`` up to ``n`` (so that no chunk is read by two tasks or reads)."""
+    if n >= chunk:
+        return (n // chunk) * chunk
+    return max(d for d in range(1, n + 1) if chunk % d == 0)
+
+
+def _fit(size: int, cap: int, chunk: int) -> int:
+    """``size``, or the largest aligned size under ``cap`` when it is over."""
+    return size if size <= cap else _align(cap, chunk)
 
 
 def _even(nframes: int, size: int, multiple: int, chunk: int = 1) -> int:

@@ -18,7 +18,9 @@ its fold, the parameters and the input file; scan maps are labelled with the
 scan axes (slow and fast), images with the frame pixels; colour bars carry the
 result's ``units`` attribute when it has one; results with both signs use a
 diverging map centred on 0; a histogram is drawn as counts against its bin
-centres (the output's ``folds`` attribute records the edges).
+centres (the output's ``folds`` attribute records the edges). Where a result
+has an NXdata group, its axes label the picture: the scan's motor positions
+(``--axes``) instead of indices, pixel axes, bin centres.
 
 Frames not done (or NaN) are masked: grey in maps, gaps in curves, left out of
 means. The file is read with ``swmr=True``, so a running output can be looked
@@ -40,7 +42,7 @@ import numpy as np
 from .errors import FramebagError
 from .hdf5 import attr_text, open_readonly
 from .inspect import framebag_groups
-from .output import results
+from .output import nxdata_of, results
 
 __all__ = ["write_pictures", "require_matplotlib", "default_dir", "add_parser"]
 
@@ -129,6 +131,7 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
     head += f"; {params}" if params else "; no parameters"
     units = attr_text(ds.attrs.get("units"))
     label = f"{name} ({units})" if units else name
+    axes = _nxdata_axes(ds, name)
     sub = (f"input {about['input']}, " if about["input"] else "") + f"{ndone}/{ntotal} frames done"
     if is_stack:
         vshape = tuple(ds.shape[len(scan_shape):])
@@ -136,15 +139,16 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
             len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS))
         if ndone < ntotal and len(vshape) <= 1:
             sub += "; gaps = not done" if curve else "; grey = not done"
+        scan_axes = axes[: len(scan_shape)] if axes else None
         if vshape == ():
             fig, ax = _fig(1)
-            _scan_map(fig, ax[0], _masked(ds[()], done), label)
+            _scan_map(fig, ax[0], _masked(ds[()], done), label, scan_axes)
         elif len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS:
             values = ds[()]
             fig, ax = _fig(vshape[0])
             for c in range(vshape[0]):
                 _scan_map(fig, ax[c], _masked(values[..., c], done),
-                          f"{name}[{c}]" + (f" ({units})" if units else ""))
+                          f"{name}[{c}]" + (f" ({units})" if units else ""), scan_axes)
         elif len(vshape) == 1:
             fig, ax = _fig(2)
             _waterfall(fig, ax[0], ax[1], ds, scan_shape, done, label)
@@ -164,20 +168,56 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
             return None
         fig, ax = _fig(1)
         edges = np.asarray(fold_info.get("bin_edges") or [], dtype=np.float64)
+        along = axes[0] if axes and value.ndim == 1 and axes[0] is not None else None
         if value.ndim == 2:
-            _image(fig, ax[0], value, label)
-        elif fold == "histogram" and edges.size == value.size + 1:
-            centres = (edges[:-1] + edges[1:]) / 2
+            _image(fig, ax[0], value, label, axes)
+        elif fold == "histogram" and (along is not None or edges.size == value.size + 1):
+            centres = along[1] if along is not None else (edges[:-1] + edges[1:]) / 2
             ax[0].plot(centres, value, drawstyle="steps-mid")
-            ax[0].set_xlabel("value (bin centre)" + (f", {units}" if units else ""))
+            ax[0].set_xlabel(along[0] if along is not None else
+                             "value (bin centre)" + (f", {units}" if units else ""))
             ax[0].set_ylabel("counts")
         else:
-            ax[0].plot(np.arange(value.size), value, drawstyle="steps-mid")
-            ax[0].set_xlabel(f"{name} index")
+            ax[0].plot(along[1] if along is not None else np.arange(value.size), value,
+                       drawstyle="steps-mid")
+            ax[0].set_xlabel(along[0] if along is not None else f"{name} index")
             ax[0].set_ylabel(label)
         sub = sub.replace("frames done", "frames done, folded")
     fig.suptitle(f"{head}\n{sub}", fontsize=10)
     return fig
+
+
+def _nxdata_axes(ds: Any, name: str) -> list[tuple[str, np.ndarray] | None] | None:
+    """Per dim of result ``name``: ``(label, values)`` of its NXdata axis, None for ``.``.
+
+    The label is the axis's ``long_name`` (or its name and units). None if the
+    result has no NXdata group (an output of an older framebag).
+    """
+    nx = nxdata_of(ds.parent, name)
+    if nx is None:
+        return None
+    out: list[tuple[str, np.ndarray] | None] = []
+    for axis in (attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))):
+        obj = nx.get(axis) if axis != "." else None
+        if obj is None or getattr(obj, "ndim", 0) != 1:
+            out.append(None)
+            continue
+        units = attr_text(obj.attrs.get("units"))
+        label = attr_text(obj.attrs.get("long_name")) or (f"{axis} ({units})" if units
+                                                          else axis)
+        out.append((label, np.asarray(obj[()])))
+    return out
+
+
+def _extent(values: np.ndarray) -> tuple[float, float] | None:
+    """The first and last of evenly spaced, finite positions (an image's extent), else None."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2 or not np.isfinite(v).all():
+        return None
+    step = np.diff(v)
+    if not np.allclose(step, step[0], rtol=1e-3) or step[0] == 0:
+        return None
+    return float(v[0] - step[0] / 2), float(v[-1] + step[0] / 2)
 
 
 def _masked(values: np.ndarray, done: np.ndarray) -> np.ma.MaskedArray:
@@ -232,34 +272,57 @@ def _integer_ticks(ax: Any) -> None:
 # the pictures --------------------------------------------------------------------
 
 
-def _scan_map(fig: Any, ax: Any, values: np.ma.MaskedArray, label: str) -> None:
-    """A scan-shaped array drawn in scan indices: curve (1-D) or map (2-D and more)."""
+def _scan_map(fig: Any, ax: Any, values: np.ma.MaskedArray, label: str,
+              axes: list[tuple[str, np.ndarray] | None] | None = None) -> None:
+    """A scan-shaped array: curve (1-D) or map (2-D and more).
+
+    Drawn against the NXdata scan axes (``axes``): the positions where they are
+    motor positions (evenly spaced, for a map), else the scan indices.
+    """
+    axes = axes if axes and len(axes) == values.ndim else [None] * values.ndim
     if values.ndim == 1:
-        ax.plot(np.arange(values.size), values, marker=".", markersize=3)
-        ax.set_xlabel("scan axis 0, index")
+        ax0 = axes[0]
+        ax.plot(ax0[1] if ax0 is not None else np.arange(values.size), values, marker=".",
+                markersize=3)
+        ax.set_xlabel(ax0[0] if ax0 is not None else "scan axis 0, index")
         ax.set_ylabel(label)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax0 is None or ax0[1].dtype.kind in "iu":
+            ax.xaxis.get_major_locator().set_params(integer=True)
         return
     rank = values.ndim
     ylabel, xlabel = _scan_labels(rank)
     if rank > 2:
         values = values.reshape(-1, values.shape[-1])
+        axes = [None, axes[-1]]
     ny, nx = values.shape
-    aspect = "equal" if max(ny, nx) <= 4 * min(ny, nx) else "auto"
-    im = ax.imshow(values, interpolation="nearest", aspect=aspect, **_colours(values))
+    ys = _extent(axes[0][1]) if axes[0] is not None and axes[0][1].dtype.kind == "f" else None
+    xs = _extent(axes[1][1]) if axes[1] is not None and axes[1][1].dtype.kind == "f" else None
+    extent = None
+    if xs is not None or ys is not None:  # positions: the map in their units
+        extent = (*(xs or (-0.5, nx - 0.5)), *((ys[1], ys[0]) if ys else (ny - 0.5, -0.5)))
+    aspect = "equal" if extent is None and max(ny, nx) <= 4 * min(ny, nx) else "auto"
+    im = ax.imshow(values, interpolation="nearest", aspect=aspect, extent=extent,
+                   **_colours(values))
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    _integer_ticks(ax)
+    ax.set_xlabel(axes[1][0] if axes[1] is not None and rank == 2 else xlabel)
+    ax.set_ylabel(axes[0][0] if axes[0] is not None and rank == 2 else ylabel)
+    from matplotlib.ticker import MaxNLocator
+
+    if xs is None:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if ys is None:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _image(fig: Any, ax: Any, image: np.ndarray, label: str) -> None:
-    """A frame-shaped array: image in pixels with a colour bar."""
+def _image(fig: Any, ax: Any, image: np.ndarray, label: str,
+           axes: list[tuple[str, np.ndarray] | None] | None = None) -> None:
+    """A frame-shaped array: image in pixels with a colour bar, labelled by its NXdata axes."""
     image = np.ma.masked_invalid(np.asarray(image, dtype=np.float64))
     im = ax.imshow(image, interpolation="nearest", **_colours(image))
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
-    ax.set_xlabel("frame x (pixel)")
-    ax.set_ylabel("frame y (pixel)")
+    axes = axes if axes and len(axes) == 2 else [None, None]
+    ax.set_xlabel(axes[1][0] if axes[1] is not None else "frame x (pixel)")
+    ax.set_ylabel(axes[0][0] if axes[0] is not None else "frame y (pixel)")
     _integer_ticks(ax)
 
 

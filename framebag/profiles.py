@@ -237,6 +237,8 @@ def load(name: str | os.PathLike | None) -> Profile:
     valid = valid_options(kind)
     for key in options:
         _check_option(where, kind, str(key), valid)
+    if "security" in options:
+        _check_security(where, options["security"])
     if kind != "local":
         _check_batch(where, kind, options, valid)
 
@@ -357,6 +359,51 @@ def _check_batch(where: str, kind: str, options: dict[str, Any], valid: set[str]
             ) from None
 
 
+def _security_fields() -> tuple[str, ...]:
+    from distributed.security import Security
+
+    return tuple(k for k in Security.__slots__ if k != "extra_conn_args")
+
+
+def _check_security(where: str, value: Any) -> None:
+    """``security:`` is ``true`` (self-signed certificates made for this run) or a mapping
+    of ``distributed.Security`` fields (``tls_ca_file``, ``tls_client_cert``, ...)."""
+    if value is True:
+        try:
+            import cryptography  # noqa: F401
+        except ImportError:
+            raise FramebagError(
+                f"{where}: security: true makes self-signed TLS certificates, which needs the "
+                "'cryptography' package: pip install cryptography (or give certificate files "
+                "as security: {tls_ca_file: ..., tls_client_cert: ..., ...})"
+            ) from None
+        return
+    if value is False or value is None:
+        return
+    fields = _security_fields()
+    if not isinstance(value, dict):
+        raise FramebagError(f"{where}: option 'security' must be true or a mapping of "
+                            f"{', '.join(fields)}, not {value!r}")
+    bad = sorted(set(map(str, value)) - set(fields))
+    if bad:
+        raise FramebagError(f"{where}: unknown security key {bad[0]!r}; valid keys are "
+                            f"{', '.join(fields)}")
+    for key, path in value.items():
+        if key.endswith(("_file", "_key", "_cert")) and not os.path.isfile(
+                os.path.expanduser(str(path))):
+            raise FramebagError(f"{where}: security {key}: {str(path)!r} is not a file")
+
+
+def _security(value: Any) -> Any:
+    """The ``security=`` argument for the cluster class (a mapping becomes a Security)."""
+    if isinstance(value, dict):
+        from distributed.security import Security
+
+        return Security(**{k: os.path.expanduser(v) if isinstance(v, str) else v
+                           for k, v in value.items()})
+    return value or None
+
+
 def _scale_keys(kind: str) -> set[str]:
     return (_params(cluster_class(kind).scale) - {"self"}) | ({"workers"} if kind == "local"
                                                               else set())
@@ -401,20 +448,44 @@ def cluster_options(prof: Profile) -> dict[str, Any]:
     from ``PATH`` when a ``job_script_prologue`` sets up the environment), an
     absolute ``log_directory`` (``./framebag-logs``) and a dashboard on a free port.
     Local clusters get one single-threaded worker process per core.
+
+    Whatever answers on the network runs code as the user (a dask scheduler accepts
+    any task), so the scheduler of a local cluster and the dashboard of every cluster
+    started here listen on 127.0.0.1 only, unless the profile names a ``host`` or
+    a ``dashboard_address`` with a host (see docs/hpc.md for TLS).
     """
     opts = dict(prof.options)
     if prof.cluster == "local":
         opts.setdefault("n_workers", os.cpu_count() or 1)
         opts.setdefault("threads_per_worker", 1)
         opts.setdefault("processes", True)
+        if not opts.get("interface") and (opts["processes"] or opts.get("protocol")):
+            opts.setdefault("host", LOOPBACK)  # (no processes: in-process comms, no socket)
+        host = str(opts.get("host") or "").split("://")[-1]
+        opts["dashboard_address"] = _with_host(opts.get("dashboard_address", ":8787"),
+                                               host or LOOPBACK)
         return opts
     opts.setdefault("python", "python" if opts.get("job_script_prologue") else sys.executable)
     opts["log_directory"] = os.path.abspath(
         os.path.expanduser(str(opts.get("log_directory") or DEFAULT_LOG_DIRECTORY)))
     sched = dict(opts.get("scheduler_options") or {})
-    sched.setdefault("dashboard_address", ":0")
+    sched["dashboard_address"] = _with_host(sched.get("dashboard_address", ":0"), LOOPBACK)
     opts["scheduler_options"] = sched
     return opts
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def _with_host(address: Any, host: str) -> Any:
+    """A dashboard address given as a bare port (``:8787``, ``8787``) bound to ``host``;
+    one that names its host is kept."""
+    text = str(address)
+    if text.isdigit():
+        text = f":{text}"
+    if not text.startswith(":"):
+        return address
+    return f"[{host}]{text}" if ":" in host else f"{host}{text}"
 
 
 def resolved(prof: Profile) -> dict[str, Any]:
@@ -490,10 +561,25 @@ def make_cluster(prof: Profile, ledger: _Ledger | None = None) -> Any:
                             "it has no cluster to create")
     cls = cluster_class(prof.cluster)
     opts = cluster_options(prof)
+    if "security" in opts:
+        opts["security"] = _security(opts["security"])
+        if opts["security"] is True and opts.get("shared_temp_directory"):
+            # dask-jobqueue writes the workers' certificates there but does not create it
+            shared = Path(os.path.expanduser(str(opts["shared_temp_directory"])))
+            shared.mkdir(mode=0o700, parents=True, exist_ok=True)
     if prof.is_batch and ledger is not None:
         opts["job_cls"] = _recording(cls.job_cls, ledger)
+    import dask
+
+    # An adaptive cluster scales on the work it sees; with the scheduler's queuing
+    # (worker-saturation), the tasks it holds back are the bag's from_sequence roots,
+    # which take no time, so short tasks looked like no work and adapt asked for no
+    # second job. Without queuing every task counts.
+    saturation = {"distributed.scheduler.worker-saturation": float("inf")} \
+        if prof.adapt is not None else {}
     try:
-        return cls(**opts)
+        with dask.config.set(saturation):
+            return cls(**opts)
     except FramebagError:
         raise
     except Exception as exc:

@@ -23,6 +23,9 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
 
 from .partials import Partial
 
@@ -63,3 +66,20 @@ class ScanOrder:
     def __repr__(self) -> str:
         return f"ScanOrder({len(self)} held)"
 
+
+def order_matters(accs: Iterable[Any]) -> bool:
+    """Whether folding these accumulators depends on the order: any float or complex leaf.
+
+    Integer sums, min, max and histograms give the same bits in any order, and
+    stacks are written where they belong; only floating-point sums (mean, var,
+    std, a sum of floats) need the partials in scan order. Partials of a
+    workflow without any are combined as they arrive, so an early task that is
+    slow never holds back the commits of the rest.
+    """
+    def inexact(v: Any) -> bool:
+        if isinstance(v, dict):
+            return any(inexact(x) for x in v.values())
+        if isinstance(v, (tuple, list)):
+            return any(inexact(x) for x in v)
+        return v is not None and np.asarray(v).dtype.kind in "fc"
+    return any(inexact(acc) for acc in accs)

@@ -43,7 +43,7 @@ import numpy as np
 
 from . import folds as _folds
 from .errors import FramebagError, FrameError, ValueKindError
-from .layout import RESERVED
+from .layout import AXIS_NAMES, NXDATA_SUFFIX, RESERVED
 from .partials import Kinds, Partial
 from .partitions import scan_index
 
@@ -68,6 +68,8 @@ class FrameFunction:
     batched: bool
     wants_index: bool
     defaults: dict[str, Any]
+    #: the units of the function's values (the ``units=`` of the decorator), or ""
+    units: str = ""
 
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {k: params.get(k, v) for k, v in self.defaults.items()}
@@ -131,7 +133,9 @@ class Workflow:
 
     ``data`` and ``keys`` are the default dataset paths (the CLI's ``--data`` and
     ``--keys`` override them); ``finished`` is the optional path of the
-    "scan finished" flag used when following a live file.
+    "scan finished" flag used when following a live file. ``axes`` are the
+    default paths of the scan's motor positions, one per scan dim (the CLI's
+    ``--axes``): the output's scan axes, instead of scan indices.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class Workflow:
         data: str | None = None,
         keys: list[str] | str | None = None,
         finished: str | None = None,
+        axes: list[str] | str | None = None,
     ) -> None:
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise ValueError(f"workflow name {name!r} must be letters, digits, '_' or '-'")
@@ -148,31 +153,44 @@ class Workflow:
         self.data = data
         self.keys = [keys] if isinstance(keys, str) else list(keys or [])
         self.finished = finished
+        self.axes = [axes] if isinstance(axes, str) else list(axes or [])
         self.functions: dict[str, FrameFunction] = {}
         self.source: str = ""
 
     # registration ------------------------------------------------------------
 
     def frame(self, func: Callable[..., Any] | None = None, *, fold: Any = None,
-              name: str | None = None, **fold_options: Any) -> Any:
-        """Register a function of one frame. Usable bare or as ``@frame(fold=...)``."""
-        return self._register(func, fold, name, False, fold_options)
+              name: str | None = None, units: str = "", **fold_options: Any) -> Any:
+        """Register a function of one frame. Usable bare or as ``@frame(fold=...)``.
+
+        ``units`` (e.g. ``"counts"``, ``"mm"``) are the units of the values it
+        returns; the output records them on the result (see the README's output layout).
+        """
+        return self._register(func, fold, name, False, fold_options, units)
 
     def frames(self, func: Callable[..., Any] | None = None, *, fold: Any = None,
-               name: str | None = None, **fold_options: Any) -> Any:
+               name: str | None = None, units: str = "", **fold_options: Any) -> Any:
         """Register a batched function: a stack ``(n, *frame_shape)`` in, ``n`` values out."""
-        return self._register(func, fold, name, True, fold_options)
+        return self._register(func, fold, name, True, fold_options, units)
 
     def _register(self, func: Any, fold: Any, name: str | None, batched: bool,
-                  fold_options: dict[str, Any]) -> Any:
+                  fold_options: dict[str, Any], units: str = "") -> Any:
+        if not isinstance(units, str):
+            raise TypeError(f"units must be a string such as 'mm' or 'counts', not {units!r}")
+
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             fname = name or f.__name__
             if fname in self.functions:
                 raise ValueError(f"workflow {self.name!r} already has a function {fname!r}")
             if fname in RESERVED:
                 raise ValueError(f"{fname!r} is reserved for the output layout; rename it")
+            if fname.endswith(NXDATA_SUFFIX) or AXIS_NAMES.fullmatch(fname):
+                raise ValueError(f"{fname!r} is reserved for the output's NXdata groups (names "
+                                 f"ending in {NXDATA_SUFFIX!r}, and scan_0, frame_y, frame_x, "
+                                 "bin_centres, bin_edges ...); rename it")
             self.functions[fname] = FrameFunction(
-                fname, f, _folds.resolve(fold, **fold_options), batched, *_signature(f)
+                fname, f, _folds.resolve(fold, **fold_options), batched, *_signature(f),
+                units=units,
             )
             return f
 

@@ -192,7 +192,7 @@ def test_python_on_compute_nodes_defaults_to_this_interpreter(tmp_path):
     opts = profiles.cluster_options(p)
     assert opts["python"] == sys.executable
     assert opts["log_directory"] == str(tmp_path / "framebag-logs")
-    assert opts["scheduler_options"]["dashboard_address"] == ":0"
+    assert opts["scheduler_options"]["dashboard_address"] == "127.0.0.1:0"
     prologue = {**batch("slurm"), "job_script_prologue": ["source /opt/env/bin/activate"]}
     p = profiles.load(write(tmp_path / "b.yaml", prologue))
     assert profiles.cluster_options(p)["python"] == "python"  # the one the prologue activates
