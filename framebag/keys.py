@@ -126,6 +126,10 @@ class KeyFollower:
             hdf5.check_finished(self.path, data, list(keys))
         self._keys = [self._key(k) for k in keys]
         self._key_names = list(keys)
+        #: names of the key datasets not set at any frame, after :meth:`poll`
+        self.unset: list[str] = []
+        if not keys:  # its refusals come before any warning about the flag
+            self._keyless(data, scan_rank)
         if finished and not finished_required and finished not in hdf5.open_file(self.path):
             log.warning("finished flag %r is not in %r; the run ends when the scan is full "
                         "or on the timeout", finished, self.path)
@@ -134,10 +138,7 @@ class KeyFollower:
         if self._finished is not None:
             check_flag(self._finished, str(finished), self.path)
         self._finished_name = finished
-        #: names of the key datasets not set at any frame, after :meth:`poll`
-        self.unset: list[str] = []
         if not keys:
-            self._keyless(data, scan_rank)
             return
         ranks = {scan_rank_of(k.maxshape or k.shape) for k in self._keys}
         shapes = {k.name: extent(k, scan_rank_of(k.maxshape or k.shape)) for k in self._keys}

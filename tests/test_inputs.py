@@ -238,13 +238,15 @@ def test_follow_without_keys_a_growing_array(tmp_path, client, end):
     assert res.stats["ended_by"] == ("finished_flag" if end == "flag" else "timeout")
 
 
-def test_follow_without_keys_refuses_a_fixed_shape(tmp_path, capsys):
+def test_follow_without_keys_refuses_a_fixed_shape(tmp_path, capsys, caplog):
     path = tmp_path / "fixed.h5"
     with h5py.File(path, "w") as f:
         f["d"] = frames((4, 6, 6))
-    rc, err = run_cli(capsys, "run", FRAME_SUM, str(path), "--data", "d", "--no-keys",
-                      "--follow", "-o", str(tmp_path / "o.h5"))
+    with caplog.at_level(logging.WARNING, logger="framebag"):
+        rc, err = run_cli(capsys, "run", FRAME_SUM, str(path), "--data", "d", "--no-keys",
+                          "--follow", "-o", str(tmp_path / "o.h5"))
     assert_one_sentence(rc, err, "--follow", "'d'", str(path), "(4, 6, 6)", "--keys")
+    assert "finished flag" not in caplog.text  # the refusal is the one line said
 
 
 # 2. tolerant shapes -------------------------------------------------------------------
