@@ -106,6 +106,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="PATH", help="data dataset path (overrides the workflow's)")
     p.add_argument("--keys", action="append", metavar="PATH",
                    help="key dataset path (repeatable; overrides the workflow's)")
+    p.add_argument("--no-keys", action="store_true",
+                   help="run without key datasets, whatever the workflow names: every frame the "
+                        "data hold is complete (see README, Your own data)")
+    p.add_argument("--scan-rank", type=int, metavar="N",
+                   help="without keys: the number of scan dims of the data (default: all "
+                        "but the last two)")
     p.add_argument("--finished", metavar="PATH",
                    help="finished-flag dataset path (overrides the workflow's)")
     p.add_argument("--axes", nargs="+", metavar="PATH",
@@ -197,12 +203,19 @@ def _check_run_arguments(args: argparse.Namespace) -> list[str]:
     return inputs
 
 
+def _keys(args: argparse.Namespace) -> list[str] | None:
+    """``--keys`` (None: the workflow's), or ``[]`` for ``--no-keys``."""
+    if args.no_keys and args.keys:
+        raise FramebagError("--no-keys and --keys contradict each other: give one of them")
+    return [] if args.no_keys else args.keys
+
+
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The engine's run options from ``run``'s parsed arguments."""
     return dict(
         profile=args.profile, params=_parse_set(args.params),
-        data=args.data, keys=args.keys, finished=args.finished, axes=args.axes,
-        follow=args.follow,
+        data=args.data, keys=_keys(args), finished=args.finished, axes=args.axes,
+        follow=args.follow, scan_rank=args.scan_rank,
         timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
         retries=args.retries, commit_interval=args.commit_interval,

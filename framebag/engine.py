@@ -289,8 +289,13 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         resume: bool = False, on_error: str = "raise", retries: int = 2,
         progress: Callable[[dict[str, Any]], None] | None = None,
         report: str | os.PathLike | None = None, announce: bool = True,
-        commit_interval: float | None = None, axes: list[str] | None = None) -> Results:
+        commit_interval: float | None = None, axes: list[str] | None = None,
+        scan_rank: int | None = None) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
+
+    ``keys=None`` takes the workflow's keys; ``keys=[]`` runs without keys (every
+    frame the data hold is complete; see :mod:`framebag.keys`), where
+    ``scan_rank`` sets the scan rank (default: the data's rank less 2).
 
     Validates everything it can (parameters, datasets, output path) before any
     cluster starts, so bad input fails in well under a second. ``report`` writes
@@ -307,7 +312,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     resolved = workflow.resolve_params(params)
     input_path = Path(input).resolve()
     data = data or workflow.data or ""  # none given: KeyFollower says so
-    keys = list(keys or workflow.keys)
+    keys = list(workflow.keys if keys is None else keys)
     axes = list(axes or workflow.axes)
     finished_required = bool(finished)
     finished = (finished or workflow.finished) if follow else None
@@ -322,7 +327,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
                            partition_bytes=partition_bytes, overwrite=overwrite,
                            resume=resume, on_error=on_error, retries=retries,
                            progress=progress, report=report, announce=announce,
-                           commit_interval=commit_interval, axes=axes)
+                           commit_interval=commit_interval, axes=axes, scan_rank=scan_rank)
     finally:
         lock.release()
 
@@ -334,18 +339,16 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                 resume: bool, on_error: str, retries: int,
                 progress: Callable[[dict[str, Any]], None] | None,
                 report: str | os.PathLike | None, announce: bool,
-                commit_interval: float | None, axes: list[str]) -> Results:
+                commit_interval: float | None, axes: list[str],
+                scan_rank: int | None = None) -> Results:
     """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, data, keys, finished, follow, finished_required,
-                         timeout, poll_interval)
+                         timeout, poll_interval, scan_rank)
     scan_axes = read_axes(str(input_path), axes, follower.data.scan_shape, follower.growing,
                           workflow, refresh=False)
     first = follower.poll().ravel()
     if not follow and not first.any():
-        raise FramebagError(
-            f"no frame of {str(input_path)!r} is complete: key datasets {', '.join(keys)} are "
-            "zero everywhere (use --follow to wait for a live scan)"
-        )
+        raise FramebagError(_none_complete(input_path, follower))
     provenance = {
         "framebag_version": __version__,
         "workflow": workflow.name,
@@ -380,6 +383,21 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
 
     with start_client(profile, announce=announce) as own_client, _performance_report(report):
         return job.run(own_client)
+
+
+def _none_complete(path: Path, follower: KeyFollower) -> str:
+    """Why no frame of a finished input is complete, naming only the keys at fault."""
+    where = f"no frame of {str(path)!r} is complete"
+    if not follower.key_names:
+        return (f"{where}: data dataset {follower.data.name!r} holds no frame (scan shape "
+                f"{follower.scan_shape})")
+    if follower.unset:
+        which = ("key dataset " if len(follower.unset) == 1 else "key datasets ") + \
+            ", ".join(follower.unset)
+        verb = "is" if len(follower.unset) == 1 else "are"
+        return f"{where}: {which} {verb} zero everywhere (use --follow to wait for a live scan)"
+    return (f"{where}: no frame has all of its keys set ({', '.join(follower.key_names)} are "
+            "each set somewhere, never all at one frame; use --follow to wait for a live scan)")
 
 
 def read_axes(path: str, names: list[str], scan_shape: tuple[int, ...], growing: bool,
@@ -431,7 +449,8 @@ def read_axes(path: str, names: list[str], scan_shape: tuple[int, ...], growing:
 
 
 def _follower(path: Path, data: str | None, keys: list[str], finished: str | None, follow: bool,
-              finished_required: bool, timeout: float, poll_interval: float) -> KeyFollower:
+              finished_required: bool, timeout: float, poll_interval: float,
+              scan_rank: int | None = None) -> KeyFollower:
     """The run's key follower; a followed run first waits up to ``timeout`` for the input.
 
     A detector often creates its file only when the scan starts, and holds it
@@ -441,7 +460,7 @@ def _follower(path: Path, data: str | None, keys: list[str], finished: str | Non
     while True:
         try:
             return KeyFollower(path, data, keys, finished, live=follow,
-                               finished_required=finished_required)
+                               finished_required=finished_required, scan_rank=scan_rank)
         except hdf5.InputNotReady as exc:
             if not follow:
                 raise

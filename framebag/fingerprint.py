@@ -71,8 +71,9 @@ def describe(info: DataInfo, growing: bool) -> dict[str, Any]:
 def layout(group: h5py.Group, nkeys: int, nframes: int) -> None:
     """Create the per-frame fingerprint datasets (before the file goes SWMR)."""
     g = group.create_group(GROUP)
-    g.create_dataset("keys", shape=(nkeys, nframes), maxshape=(nkeys, None), dtype="f8",
-                     fillvalue=0, chunks=(nkeys, _COLUMNS))
+    # a keyless input has no key values: zero rows (HDF5 wants chunk dims of at least 1)
+    g.create_dataset("keys", shape=(nkeys, nframes), maxshape=(max(nkeys, 1), None),
+                     dtype="f8", fillvalue=0, chunks=(max(nkeys, 1), _COLUMNS))
     g.create_dataset("frames", data=np.full((2, 2), -1, dtype=np.int64))
 
 
@@ -96,6 +97,11 @@ class Recorder:
         """Record the key values of ``newly_done`` (flat indices) and update the sample."""
         if newly_done.size == 0:
             return
+        if self.keys:
+            self._note_keys(info, newly_done)
+        self._note_frames(newly_done, info)
+
+    def _note_keys(self, info: DataInfo, newly_done: np.ndarray) -> None:
         ds = self.group["keys"]
         lo, top = int(newly_done.min()), int(newly_done.max()) + 1
         if ds.shape[1] < top:
@@ -109,7 +115,9 @@ class Recorder:
                                      for sel, _ in blocks(lo, top, info.scan_shape)])
             stored[k, newly_done - lo] = values[newly_done - lo]
         ds[:, lo:top] = stored
-        hi = top - 1
+
+    def _note_frames(self, newly_done: np.ndarray, info: DataInfo) -> None:
+        lo, hi = int(newly_done.min()), int(newly_done.max())
         changed = False
         if self.rows[0, 0] < 0 or lo < self.rows[0, 0]:
             self.rows[0] = (lo, _frame_crc(info, lo, self.live))

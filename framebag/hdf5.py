@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -119,6 +120,9 @@ def check_finished(path: str | os.PathLike, data: str, keys: list[str]) -> None:
                     if isinstance(exc, KeyError) and ("doesn't exist" in reason
                                                       or "not found" in reason):
                         continue  # not there: dataset() names what is
+                    broken = _broken_link(plain, n, name)
+                    if broken is not None:
+                        raise broken from None
                     raise FramebagError(f"dataset {n!r} in input file {name!r} is damaged: "
                                         f"HDF5 cannot read it ({reason})") from None
     stored = open_file(name).id.get_filesize()  # the larger of the stored end and the size
@@ -173,6 +177,9 @@ def dataset(path: str, name: str) -> h5py.Dataset:
             raise FramebagError(f"dataset {name!r} in input file {path!r} is damaged: HDF5 "
                                 f"cannot open it ({hdf5_reason(exc)})") from None
         if obj is None:
+            broken = _broken_link(f, name, path)
+            if broken is not None:
+                raise broken
             raise FramebagError(
                 f"dataset {name!r} is not in input file {path!r} "
                 f"(datasets there: {', '.join(list_datasets(f)[:12]) or 'none'})"
@@ -181,6 +188,19 @@ def dataset(path: str, name: str) -> h5py.Dataset:
             raise FramebagError(f"{name!r} in input file {path!r} is a group, not a dataset")
         _datasets[(path, name)] = obj
         return obj
+
+
+def _broken_link(f: h5py.File, name: str, path: str) -> FramebagError | None:
+    """The error for an external link at ``name`` that cannot be followed, else None."""
+    try:
+        link = f.get(name, getlink=True)
+    except (OSError, KeyError, RuntimeError):
+        return None
+    if not isinstance(link, h5py.ExternalLink):
+        return None
+    return FramebagError(
+        f"dataset {name!r} in input file {path!r} is an external link to {link.path!r} in "
+        f"{link.filename!r}, which cannot be opened (is that file there, next to the input?)")
 
 
 def attr_text(value: Any) -> str:
@@ -195,10 +215,80 @@ def attr_text(value: Any) -> str:
 
 
 def list_datasets(f: h5py.File) -> list[str]:
-    """Every dataset path in ``f``, in visiting order."""
-    names: list[str] = []
-    f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
-    return names
+    """Every dataset path in ``f`` (external and soft links followed), each with where it
+    lives when not plainly in ``f`` (see :func:`walk`)."""
+    return [f"{e.name} ({e.where})" if e.where else e.name for e in walk(f)]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One dataset of a file as :func:`walk` finds it.
+
+    ``dataset`` is None where a link cannot be followed (its target file or
+    object is missing); ``where`` says where the values live when not plainly
+    here: an external link's target file and path, or a virtual dataset's
+    source files.
+    """
+
+    name: str
+    dataset: h5py.Dataset | None
+    where: str = ""
+
+
+def walk(f: h5py.File) -> list[Entry]:
+    """Every dataset of ``f``, following external and soft links, in name order.
+
+    ``visititems`` stops at links (the Eiger/Dectris master file holds nothing
+    but external links to its data files), so this walks the groups itself.
+    A group is entered once, by the first path that reaches it.
+    """
+    out: list[Entry] = []
+    seen: set[Any] = set()
+
+    def visit(g: h5py.Group, prefix: str, via: str) -> None:
+        for name in g:
+            path = f"{prefix}{name}"
+            link = g.get(name, getlink=True)
+            where = via
+            if isinstance(link, h5py.ExternalLink):
+                where = f"external link to {link.filename}:{link.path}"
+            elif isinstance(link, h5py.SoftLink):
+                where = f"soft link to {link.path}"
+            try:
+                obj = g[name]
+            except (KeyError, OSError, RuntimeError):
+                out.append(Entry(path, None, f"{where} (cannot be opened: missing?)"))
+                continue
+            if isinstance(obj, h5py.Group):
+                ident = (obj.file.filename, obj.id.__hash__())
+                if ident not in seen:
+                    seen.add(ident)
+                    visit(obj, path + "/", where)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    where = ", ".join(filter(None, [where, _virtual_sources(obj)]))
+                out.append(Entry(path, obj, where))
+
+    visit(f, "", "")
+    return out
+
+
+def missing_sources(ds: h5py.Dataset) -> list[str]:
+    """The source files of virtual dataset ``ds`` that are not there (HDF5 would read
+    their frames as the fill value without a word)."""
+    here = os.path.dirname(ds.file.filename)
+    files = dict.fromkeys(m.file_name for m in ds.virtual_sources()) if ds.is_virtual else {}
+    return [n for n in files if n != "." and not os.path.exists(os.path.join(here, n))
+            and not os.path.exists(n)]
+
+
+def _virtual_sources(ds: h5py.Dataset) -> str:
+    """"virtual over N files: a.h5, b.h5 ..." naming the files that are not there."""
+    files = list(dict.fromkeys(m.file_name for m in ds.virtual_sources()))
+    missing = missing_sources(ds)
+    shown = [f"{n} (missing)" if n in missing else n for n in files]
+    more = f" and {len(shown) - 6} more" if len(shown) > 6 else ""
+    return f"virtual over {len(files)} file{'s' * (len(files) != 1)}: {', '.join(shown[:6])}{more}"
 
 
 def close(path: str | None = None) -> None:

@@ -1,12 +1,15 @@
 """``framebag inspect FILE``: what is in an input file, or what a framebag output holds.
 
-For an input it lists every dataset (shape, dtype, chunks, filters), guesses
-the data and key datasets by the key contract (keys are integer datasets whose
-shape, less trailing length-1 dims, is the leading part of the data's shape),
-counts the complete frames with the same :class:`~framebag.keys.KeyFollower`
-the run uses, shows the finished flag and prints a ready ``framebag run``
-command. For a framebag output it shows the provenance, the done fraction,
-each result's fold, units, shape and NXdata axes, and the errors.
+For an input it lists every dataset (shape, dtype, chunks, filters), through
+external links and with a virtual dataset's source files (see
+:func:`framebag.hdf5.walk`), guesses the data and key datasets by the key
+contract (keys are numeric datasets whose shape, less trailing length-1 dims,
+is the leading part of the data's shape; none for a plain array), counts the
+complete frames with the same :class:`~framebag.keys.KeyFollower`, made as the
+suggested command would make it, shows the finished flag (refusing an array)
+and prints a ready ``framebag run`` command. For a framebag output it shows
+the provenance, the done fraction, each result's fold, units, shape and NXdata
+axes, and the errors.
 
 Files are opened read-only with ``swmr=True``: that opens finished files,
 files being written in SWMR mode, and files a killed writer left flagged
@@ -26,8 +29,9 @@ import h5py
 import numpy as np
 
 from . import hdf5
+from .errors import FramebagError
 from .hdf5 import attr_text
-from .keys import KeyFollower, extent, scan_rank_of
+from .keys import KeyFollower, check_flag, extent, scan_rank_of
 from .output import NXDATA_SUFFIX, nxdata_of, results
 from .partitions import scan_index
 
@@ -75,42 +79,67 @@ def _filters(ds: h5py.Dataset) -> str:
 
 
 def _datasets(f: h5py.File) -> list[tuple[str, h5py.Dataset]]:
-    return [(n, f[n]) for n in hdf5.list_datasets(f)]
+    """The datasets to guess from: each once, by its own path, not by a soft link to it
+    (NeXus links its NXdata to the detector's data; one dataset read under two paths
+    would get two handles)."""
+    return [(e.name, e.dataset) for e in hdf5.walk(f)
+            if e.dataset is not None and not e.where.startswith("soft link")]
+
+
+#: dtype kinds a key dataset may have (the run's rule, see :class:`~framebag.keys.KeyFollower`)
+KEY_KINDS = "biuf"
 
 
 def guess_layout(f: h5py.File) -> tuple[str | None, list[str], str | None]:
     """The likely ``(data, keys, finished)`` dataset paths of a detector file.
 
-    Keys are integer datasets of rank >= 1; the data is the largest dataset whose
-    leading dims equal a key's scan shape (its shape less trailing 1s) and that
-    has frame dims after them; every integer dataset of that scan shape is a key.
-    The finished flag is a one-element dataset with "finish" in its name.
+    Keys are numeric datasets (integer, float or bool) of rank >= 1; the data is
+    the largest dataset whose leading dims equal a key's scan shape (its shape
+    less trailing 1s) and that has frame dims after them; every such dataset of
+    that scan shape is a key. Where no dataset matches exactly, keys that
+    disagree with the data only in the length of the first scan dim are taken
+    if "key" is in their path (the run processes the frames both cover). Where
+    some candidates have "key" in their path, only those are offered (a float
+    motor position of the scan's length is not a key). With no keys at all, the data
+    is the largest numeric dataset of rank >= 2 and the keys are ``[]``. The
+    finished flag is a dataset with "finish" in its name (whatever its size:
+    the run refuses one of more than one element).
     """
     dsets = _datasets(f)
-    ints = [(n, d) for n, d in dsets if d.dtype.kind in "iu" and d.ndim >= 1]
-    best: tuple[int, str, list[str]] | None = None
+    numeric = [(n, d) for n, d in dsets if d.dtype.kind in KEY_KINDS and d.ndim >= 1]
+    best: tuple[bool, int, str, list[str]] | None = None
     for name, d in dsets:
         if d.ndim < 2 or d.dtype.kind not in "biufc":
             continue
-        keys = []
-        for kname, k in ints:
+        found: list[tuple[bool, bool, int, str]] = []  # (exact, "key" in path, rank, path)
+        for kname, k in numeric:
             if kname == name:
                 continue
             rank = scan_rank_of(k.maxshape or k.shape)
-            if rank < d.ndim and extent(d, rank) == extent(k, rank):
-                keys.append((rank, kname))
-        if not keys:
+            if rank >= d.ndim:
+                continue
+            have, want = extent(d, rank), extent(k, rank)
+            named = "key" in kname.lower()
+            if have == want or (named and have[1:] == want[1:]):
+                found.append((have == want, named, rank, kname))
+        if not found:
             continue
-        rank = min(r for r, _ in keys)  # the shortest scan leaves the most frame dims
-        shortest = [k for r, k in keys if r == rank]
+        exact = any(e for e, _, _, _ in found)
+        named = any(n for e, n, _, _ in found if e == exact)
+        chosen = [(r, k) for e, n, r, k in found if e == exact and (n or not named)]
+        rank = min(r for r, _ in chosen)  # the shortest scan leaves the most frame dims
+        names = [k for r, k in chosen if r == rank]
         size = int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize
-        if best is None or size > best[0]:
-            best = (size, name, shortest)
-    finished = next((n for n, d in dsets if "finish" in n.rsplit("/", 1)[-1].lower()
-                     and d.size == 1), None)
-    if best is None:
-        return None, [], finished
-    return best[1], best[2], finished
+        if best is None or (exact, size) > best[:2]:
+            best = (exact, size, name, names)
+    finished = next((n for n, d in dsets if "finish" in n.rsplit("/", 1)[-1].lower()), None)
+    if best is not None:
+        return best[2], best[3], finished
+    plain = [(int(np.prod(d.shape, dtype=np.int64)) * d.dtype.itemsize, n) for n, d in dsets
+             if d.ndim >= 2 and d.dtype.kind in "biufc" and n != finished]
+    if plain:
+        return max(plain)[1], [], finished
+    return None, [], finished
 
 
 # the reports ---------------------------------------------------------------------------
@@ -137,58 +166,91 @@ def table(rows: list[list[str]], indent: str = "  ") -> list[str]:
 
 
 def _inspect_input(p: Path, flagged: bool) -> str:
-    f = hdf5.open_file(str(p))  # the process's one handle, shared with the KeyFollower below
+    """The input report; the complete frames are counted by the run's own KeyFollower."""
     lines = [f"input file {p} ({p.stat().st_size / 2**20:.1f} MiB)"]
     if flagged:
         lines.append("  open for write: a SWMR writer has it now (or was killed); "
                      "follow it with --follow")
-    dsets = _datasets(f)
-    if not dsets:
-        lines.append("  no datasets")
-        return "\n".join(lines)
-    rows = [["dataset", "shape", "dtype", "chunks", "filters"]]
-    for name, d in dsets:
-        shape = str(d.shape)
-        if d.maxshape and d.maxshape != d.shape:
-            shape += f" max {d.maxshape}"
-        rows.append([name, shape, str(d.dtype), str(d.chunks) if d.chunks else "contiguous",
-                     _filters(d)])
-    lines += ["datasets:", *table(rows)]
-    data, keys, finished = guess_layout(f)
+    with hdf5.open_readonly(p) as f:
+        entries = hdf5.walk(f)
+        if not entries:
+            lines.append("  no datasets")
+            return "\n".join(lines)
+        lines += ["datasets:", *table(_rows(entries))]
+        data, keys, finished = guess_layout(f)
+        flag_value = None
+        if finished:
+            try:
+                check_flag(f[finished], finished, str(p))
+                flag_value = np.asarray(f[finished][()]).ravel()[0]
+            except FramebagError as exc:
+                lines.append(f"finished flag: {exc}")
+                finished = None
     if data is None:
-        lines.append("no data/key pair found: keys are integer datasets whose shape (less "
-                     "trailing 1s) starts the data's shape")
+        lines.append("no data dataset found: framebag needs a numeric dataset of rank >= 2 "
+                     "(scan dims, then frame dims)")
         return "\n".join(lines)
-    follower = KeyFollower(p, data, keys, None, live=False)
-    complete = follower.poll()
+    if finished:
+        lines.append(f"finished flag: {finished} = {flag_value} "
+                     f"({'set' if flag_value else 'not set: the scan is still going'})")
+    elif not any(line.startswith("finished flag:") for line in lines):
+        lines.append("finished flag: none found")
+    live = flagged or (finished is not None and not flag_value)
+    try:  # the run's own rule: the same follower, as the suggested command would make it
+        follower = KeyFollower(p, data, keys, finished if live else None, live=live)
+        complete = follower.poll()
+    except FramebagError as exc:
+        lines.append(f"likely data: {data}, likely keys: {', '.join(keys) or 'none'}")
+        lines.append(f"the run would refuse this layout: {exc}")
+        return "\n".join(lines)
     info = follower.data
     n, total = int(complete.sum()), complete.size
     lines.append(f"likely data: {data}  (scan shape {info.scan_shape}, "
                  f"frame shape {info.frame_shape}, {info.dtype})")
-    lines.append(f"likely keys: {', '.join(keys)}")
-    flag_value = None
-    if finished:
-        flag_value = np.asarray(f[finished][()]).ravel()[0]
-        lines.append(f"finished flag: {finished} = {flag_value} "
-                     f"({'set' if flag_value else 'not set: the scan is still going'})")
+    if keys:
+        lines.append(f"likely keys: {', '.join(keys)}")
     else:
-        lines.append("finished flag: none found")
+        lines.append("likely keys: none (with no keys, every frame the data hold is complete; "
+                     "the scan dims are all but the last two: set --scan-rank N otherwise)")
     pct = 100.0 * n / total if total else 0.0
     lines.append(f"complete frames: {n}/{total} ({pct:.1f}%)")
-    live = flagged or (finished is not None and not flag_value)
     cmd = ["framebag", "run", EXAMPLE_WORKFLOW, str(p), "--data", data]
     for k in keys:
         cmd += ["--keys", k]
+    if not keys:
+        cmd.append("--no-keys")  # the example workflow names keys of its own
     if live:
         cmd.append("--follow")
         if finished:
             cmd += ["--finished", finished]
     lines.append("run a workflow on it (replace the example workflow with yours):")
     lines.append("  " + shlex.join(cmd))
+    if live and not keys:
+        lines.append("  (without keys a frame counts as complete once the data's extent covers "
+                     "it: safe only for a writer that writes a frame's data before it extends "
+                     "the dataset past it)")
     if not live and n < total:
         lines.append(f"  (only the {n} complete frames are processed; if a detector is still "
                      "writing the file, add --follow)")
     return "\n".join(lines)
+
+
+def _rows(entries: list[hdf5.Entry]) -> list[list[str]]:
+    """The dataset table: where a dataset's values live is shown when not plainly here."""
+    rows = [["dataset", "shape", "dtype", "chunks", "filters", "where"]]
+    for e in entries:
+        d = e.dataset
+        if d is None:
+            rows.append([e.name, "-", "-", "-", "-", e.where])
+            continue
+        shape = str(d.shape)
+        if d.maxshape and d.maxshape != d.shape:
+            shape += f" max {d.maxshape}"
+        rows.append([e.name, shape, str(d.dtype), str(d.chunks) if d.chunks else "contiguous",
+                     _filters(d), e.where])
+    if not any(r[-1] for r in rows[1:]):
+        rows = [r[:-1] for r in rows]
+    return rows
 
 
 def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],

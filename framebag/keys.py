@@ -17,7 +17,21 @@ Every poll is one vectorised read of each whole key dataset (after
 A frame is complete only where the data dataset already holds it. A live
 writer may extend and set a key before it extends the data; those frames are
 held back (not complete, but ``seen``) until the data reach them, so no read
-goes past the data's extent. In a finished file such keys are an error.
+goes past the data's extent.
+
+Keys and data may disagree in length along the first scan dim (a key dataset
+preallocated longer than the data, a detector that wrote a few frames past the
+last key). Where neither is still growing, the scan is the frames both cover,
+with one warning naming both shapes; any other disagreement is an error.
+
+**Without keys** (``keys=[]``) a frame is complete when the data dataset holds
+it: in a finished file every frame is; when following, every frame within the
+data's current extent along its growing (unlimited) first dim, which is only
+safe for a writer that writes a frame's data before it extends the dataset.
+The scan rank cannot come from keys then: it is ``scan_rank`` if given, else
+the data's rank less 2 (frames are images), and at least 1.
+
+The finished flag must hold one element; any other size is refused.
 A finished file is checked first (:func:`framebag.hdf5.check_finished`):
 a truncated or damaged input is refused before anything reads it.
 """
@@ -35,7 +49,7 @@ import numpy as np
 from . import hdf5
 from .errors import FramebagError
 
-__all__ = ["DataInfo", "KeyFollower"]
+__all__ = ["DataInfo", "KeyFollower", "check_flag", "default_scan_rank"]
 
 log = logging.getLogger("framebag")
 
@@ -76,17 +90,32 @@ def scan_rank_of(shape: tuple[int, ...]) -> int:
     return rank
 
 
+def default_scan_rank(data_rank: int) -> int:
+    """The scan rank of keyless data of rank ``data_rank``: all dims but two frame dims."""
+    return max(1, data_rank - 2)
+
+
+def check_flag(ds: h5py.Dataset, name: str, path: str) -> None:
+    """Refuse a finished flag that is not one element (an array would have no one meaning)."""
+    if ds.size != 1:
+        raise FramebagError(
+            f"finished flag {name!r} in {path!r} has shape {ds.shape}: a finished flag must "
+            "be a single value (a scalar or one element)"
+        )
+
+
 class KeyFollower:
     """Reads the key datasets of one input file and says which frames are complete.
 
     ``live=True`` refreshes every dataset before each read (SWMR following).
+    With ``keys=[]`` the data's own extent says which frames are complete (see
+    the module's docstring); ``scan_rank`` then sets the scan rank, and with
+    keys it must equal theirs.
     """
 
     def __init__(self, path: str | os.PathLike, data: str | None, keys: list[str],
                  finished: str | None = None, *, live: bool = False,
-                 finished_required: bool = True) -> None:
-        if not keys:
-            raise FramebagError("no key dataset given: set keys= on the Workflow or pass --keys")
+                 finished_required: bool = True, scan_rank: int | None = None) -> None:
         if not data:
             raise FramebagError("no data dataset given: set data= on the Workflow or pass --data")
         self.path = os.path.abspath(os.fspath(path))
@@ -95,14 +124,22 @@ class KeyFollower:
         self.ahead = 0
         if not live:  # only a followed file may still be growing
             hdf5.check_finished(self.path, data, list(keys))
-        self._keys = [hdf5.dataset(self.path, k) for k in keys]
+        self._keys = [self._key(k) for k in keys]
         self._key_names = list(keys)
+        #: names of the key datasets not set at any frame, after :meth:`poll`
+        self.unset: list[str] = []
+        if not keys:  # its refusals come before any warning about the flag
+            self._keyless(data, scan_rank)
         if finished and not finished_required and finished not in hdf5.open_file(self.path):
             log.warning("finished flag %r is not in %r; the run ends when the scan is full "
                         "or on the timeout", finished, self.path)
             finished = None
         self._finished = hdf5.dataset(self.path, finished) if finished else None
+        if self._finished is not None:
+            check_flag(self._finished, str(finished), self.path)
         self._finished_name = finished
+        if not keys:
+            return
         ranks = {scan_rank_of(k.maxshape or k.shape) for k in self._keys}
         shapes = {k.name: extent(k, scan_rank_of(k.maxshape or k.shape)) for k in self._keys}
         if len(set(shapes.values())) > 1 or len(ranks) > 1:
@@ -117,6 +154,12 @@ class KeyFollower:
                     "keys must be numeric"
                 )
         self.scan_rank = ranks.pop()
+        if scan_rank is not None and scan_rank != self.scan_rank:
+            raise FramebagError(
+                f"--scan-rank {scan_rank} disagrees with the key datasets in {self.path!r}, "
+                f"whose scan rank is {self.scan_rank} ({self._key_names[0]!r} has shape "
+                f"{self._keys[0].shape}); leave --scan-rank out when there are keys"
+            )
         #: the first scan dim is unlimited: the scan grows and is never "full"
         self.growing = any((k.maxshape or k.shape)[0] is None for k in self._keys)
         # a later scan dim is unlimited: it must not change during the run (see _grow)
@@ -125,8 +168,57 @@ class KeyFollower:
         self.data = self._describe_data(data)
         self.scan_shape = self.data.scan_shape
 
+    def _key(self, name: str) -> h5py.Dataset:
+        try:
+            return hdf5.dataset(self.path, name)
+        except hdf5.InputNotReady:
+            raise
+        except FramebagError as exc:
+            if "is not in input file" not in str(exc):
+                raise
+            raise FramebagError(f"key {exc}; a file without key datasets runs with --no-keys "
+                                "(keys=[] in Python)") from None
+
+    def _data_dataset(self, name: str) -> h5py.Dataset:
+        """The data dataset; a finished virtual one must have all its source files."""
+        d = hdf5.dataset(self.path, name)
+        missing = hdf5.missing_sources(d) if d.is_virtual else []
+        if missing and not self.live:
+            raise FramebagError(
+                f"data dataset {name!r} in {self.path!r} is a virtual dataset whose source "
+                f"file{'s' * (len(missing) > 1)} {', '.join(missing)} "
+                f"{'are' if len(missing) > 1 else 'is'} not there; HDF5 would read "
+                "the frames it maps there as the fill value")
+        return d
+
+    def _keyless(self, name: str, scan_rank: int | None) -> None:
+        """Set up a follower without keys: the data's extent makes frames complete."""
+        d = self._data = self._data_dataset(name)
+        if d.ndim == 0:
+            raise FramebagError(f"data dataset {name!r} in {self.path!r} is a scalar; it needs "
+                                "a scan dim")
+        rank = default_scan_rank(d.ndim) if scan_rank is None else scan_rank
+        if not 1 <= rank <= d.ndim:
+            raise FramebagError(f"--scan-rank {rank} does not fit data dataset {name!r} in "
+                                f"{self.path!r} of shape {d.shape}: it must be 1 to {d.ndim}")
+        maxshape = d.maxshape or d.shape
+        self.scan_rank = rank
+        self.growing = maxshape[0] is None  # as for keys: a live or a finished file alike
+        if self.live and not self.growing:
+            raise FramebagError(
+                f"--follow without key datasets needs a data dataset that grows along its first "
+                f"dim (maxshape None), but {name!r} in {self.path!r} has a fixed shape "
+                f"{d.shape}: a preallocated file says nothing about which frames are written; "
+                "give its key datasets with --keys, or run without --follow once it is finished"
+            )
+        self._later_unlimited = any(maxshape[i] is None for i in range(1, rank))
+        scan = tuple(int(s) for s in d.shape[:rank])
+        self.data = DataInfo(self.path, name, scan, tuple(int(s) for s in d.shape[rank:]),
+                             d.dtype, d.chunks, d.compression)
+        self.scan_shape = scan
+
     def _describe_data(self, name: str) -> DataInfo:
-        d = self._data = hdf5.dataset(self.path, name)
+        d = self._data = self._data_dataset(name)
         key_scan = extent(self._keys[0], self.scan_rank)
         if d.ndim < self.scan_rank:
             raise FramebagError(
@@ -134,14 +226,24 @@ class KeyFollower:
                 f"scan rank {self.scan_rank} of key dataset {self._key_names[0]!r}"
             )
         data_scan = extent(d, self.scan_rank)
-        # in a growing scan, or a live one whose data grow along the first dim, the data's
-        # first dim may be ahead of or behind the keys: only the fixed dims must agree
-        skip = 1 if self.growing or (self.live and (d.maxshape or d.shape)[0] is None) else 0
-        if data_scan[skip:] != key_scan[skip:]:
+        if data_scan[1:] != key_scan[1:]:
             raise FramebagError(
                 f"key dataset {self._key_names[0]!r} has scan shape {key_scan} but data dataset "
-                f"{name!r} has scan shape {data_scan} in {self.path!r}"
+                f"{name!r} has scan shape {data_scan} in {self.path!r}: only the first scan dim "
+                "may differ"
             )
+        # following a scan that grows, or data that grow along the first dim, the data may
+        # be ahead of or behind the keys for a while (frames past the data are held back)
+        if not (self.live and (self.growing or (d.maxshape or d.shape)[0] is None)):
+            have = data_scan[0] if self.live else int(d.shape[0])  # a finished file: what is there
+            if have != key_scan[0]:
+                both = min(have, key_scan[0])
+                log.warning(
+                    "key datasets %s have scan shape %s but data dataset %r has %s in %r: only "
+                    "the %d frames both cover along the first scan dim are processed",
+                    ", ".join(self._key_names), key_scan, name, (have, *data_scan[1:]),
+                    self.path, both * int(np.prod(key_scan[1:], dtype=np.int64)))
+                key_scan = (both, *key_scan[1:])
         frame_shape = tuple(int(s) for s in d.shape[self.scan_rank:])
         return DataInfo(self.path, name, key_scan, frame_shape, d.dtype, d.chunks,
                         d.compression)
@@ -152,16 +254,19 @@ class KeyFollower:
         In a growing layout the mask (and ``scan_shape``) grow with the keys'
         first dim; they never shrink.
         """
+        if not self._keys:
+            return self._poll_keyless()
         arrays = []
         for k in self._keys:
             if self.live:
                 k.refresh()
             arrays.append(k[()])
         if self.live:
-            self._grow(arrays)
+            self._grow([a.shape for a in arrays])
+        unset = []
         mask = np.ones(self.scan_shape, dtype=bool)
         partly = np.zeros(self.scan_shape, dtype=bool) if len(arrays) > 1 else None
-        for arr in arrays:
+        for name, arr in zip(self._key_names, arrays):
             arr = arr.reshape(arr.shape[: self.scan_rank]) if arr.ndim > self.scan_rank else arr
             ok = arr != 0
             if arr.dtype.kind == "f":
@@ -171,12 +276,26 @@ class KeyFollower:
                 part = np.zeros(self.scan_shape, dtype=bool)
                 part[region] = ok[region]
                 ok = part
+            if not ok.any():
+                unset.append(name)
             mask &= ok
             if partly is not None:
                 partly |= ok
         #: frames with at least one key set (complete ones included)
         self.seen = int(mask.sum() if partly is None else partly.sum())
+        self.unset = unset
         return self._with_data(mask)
+
+    def _poll_keyless(self) -> np.ndarray:
+        """Without keys: every frame within the data's current extent is complete."""
+        if self.live:
+            self._data.refresh()
+            self._grow([self._data.shape])
+        have = self._data.shape[: self.scan_rank]
+        mask = np.zeros(self.scan_shape, dtype=bool)
+        mask[tuple(slice(0, min(h, s)) for h, s in zip(have, self.scan_shape))] = True
+        self.seen = int(mask.sum())
+        return mask
 
     def _with_data(self, mask: np.ndarray) -> np.ndarray:
         """``mask`` less the frames beyond the data's current extent (keys ahead of data).
@@ -205,11 +324,11 @@ class KeyFollower:
             )
         return held
 
-    def _grow(self, arrays: list[np.ndarray]) -> None:
-        current = tuple(max(a.shape[d] for a in arrays) for d in range(self.scan_rank))
+    def _grow(self, shapes: list[tuple[int, ...]]) -> None:
+        current = tuple(max(s[d] for s in shapes) for d in range(self.scan_rank))
         if self._later_unlimited and current[1:] != self.scan_shape[1:]:
             raise FramebagError(
-                f"key datasets {', '.join(self._key_names)} in {self.path!r} changed their scan "
+                f"{self._what} in {self.path!r} changed their scan "
                 f"dims after the first from {self.scan_shape[1:]} to {current[1:]} during the "
                 "run; only the first scan dim may grow"
             )
@@ -218,13 +337,20 @@ class KeyFollower:
             self.data = dataclasses.replace(self.data, scan_shape=self.scan_shape)
 
     def finished(self) -> bool:
-        """True once the scalar (or 1-element) finished flag is non-zero."""
+        """True once the finished flag (one element, see :func:`check_flag`) is non-zero."""
         if self._finished is None:
             return False
         if self.live:
             self._finished.refresh()
         value = np.asarray(self._finished[()])
         return bool(value.size and np.any(value != 0))
+
+    @property
+    def _what(self) -> str:
+        """The datasets that say which frames are complete, for messages."""
+        if self._keys:
+            return "key datasets " + ", ".join(self._key_names)
+        return f"data dataset {self.data.name!r} (no keys)"
 
     @property
     def key_names(self) -> list[str]:

@@ -332,14 +332,21 @@ def test_keys_ahead_of_data_that_never_comes_end_on_the_timeout(tmp_path, client
     np.testing.assert_array_equal(res["total"][:2], want[:2])
 
 
-def test_keys_beyond_the_data_of_a_finished_file_are_refused(tmp_path, unchanged, capsys):
+def test_keys_beyond_the_data_of_a_finished_file_process_what_both_cover(tmp_path, unchanged,
+                                                                          capsys, caplog):
+    """Issue 13, item 6: the frames both cover are processed, with one warning naming both."""
     path = tmp_path / "short.h5"
     with h5py.File(path, "w", libver="latest") as f:
         f.create_dataset(DATA, data=np.ones((2, 5, 4, 4), "u2"), maxshape=(None, 5, 4, 4))
         f.create_dataset(KEY, data=np.ones((3, 5), "i4"), maxshape=(None, 5))
     unchanged(path)
-    rc, err = run_cli(capsys, "run", FRAME_SUM, str(path), "-o", str(tmp_path / "o.h5"))
-    assert_one_sentence(rc, err, str(path), KEY, DATA, "(2, 0)")
+    with caplog.at_level(logging.WARNING, logger="framebag"):
+        rc, err = run_cli(capsys, "run", FRAME_SUM, str(path), "-o", str(tmp_path / "o.h5"))
+    assert rc == 0, err
+    warned = [r.getMessage() for r in caplog.records if "both cover" in r.getMessage()]
+    assert len(warned) == 1 and "(3, 5)" in warned[0] and "(2, 5)" in warned[0], caplog.text
+    with h5py.File(tmp_path / "o.h5", "r") as f:
+        assert f["entry/frame_sum/done"].shape == (2, 5) and f["entry/frame_sum/done"][()].all()
 
 
 # 4. return values -------------------------------------------------------------------
