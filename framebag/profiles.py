@@ -461,6 +461,10 @@ def cluster_options(prof: Profile) -> dict[str, Any]:
         opts.setdefault("processes", True)
         if not opts.get("interface") and (opts["processes"] or opts.get("protocol")):
             opts.setdefault("host", LOOPBACK)  # (no processes: in-process comms, no socket)
+        if opts["processes"]:  # Ctrl-C reaches the workers too: only the driver answers it
+            preload = opts.get("preload") or []
+            preload = [preload] if isinstance(preload, str) else list(preload)
+            opts["preload"] = [*preload, "framebag.worker_signals"]
         host = str(opts.get("host") or "").split("://")[-1]
         opts["dashboard_address"] = _with_host(opts.get("dashboard_address", ":8787"),
                                                host or LOOPBACK)
