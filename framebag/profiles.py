@@ -834,7 +834,25 @@ def _announce(client: Any, prof: Profile) -> None:
         print(f"framebag: no dashboard ({prof.name} profile): install bokeh, or the [plot] "
               "extra, to get one", file=sys.stderr)
         return
-    print(f"framebag: dashboard {link} ({prof.name} profile)", file=sys.stderr)
+    print(f"framebag: dashboard {dashboard_link(prof, link)} ({prof.name} profile)",
+          file=sys.stderr)
+
+
+def dashboard_link(prof: Profile, link: str) -> str:
+    """The dashboard link as it can be opened: dask builds it from the scheduler's host,
+    but a batch profile's dashboard listens on 127.0.0.1 unless the profile names a host
+    (see ``cluster_options``), so the link names 127.0.0.1 then."""
+    if prof.cluster in ("local", "address"):
+        return link
+    sched = cluster_options(prof).get("scheduler_options") or {}
+    if not str(sched.get("dashboard_address", "")).startswith(LOOPBACK + ":"):
+        return link
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(link)
+    if parts.port is None:
+        return link
+    return urlunsplit(parts._replace(netloc=f"{LOOPBACK}:{parts.port}"))
 
 
 @contextmanager
