@@ -461,6 +461,10 @@ def cluster_options(prof: Profile) -> dict[str, Any]:
         opts.setdefault("processes", True)
         if not opts.get("interface") and (opts["processes"] or opts.get("protocol")):
             opts.setdefault("host", LOOPBACK)  # (no processes: in-process comms, no socket)
+        if opts["processes"]:  # Ctrl-C reaches the workers too: only the driver answers it
+            preload = opts.get("preload") or []
+            preload = [preload] if isinstance(preload, str) else list(preload)
+            opts["preload"] = [*preload, "framebag.worker_signals"]
         host = str(opts.get("host") or "").split("://")[-1]
         opts["dashboard_address"] = _with_host(opts.get("dashboard_address", ":8787"),
                                                host or LOOPBACK)
@@ -830,7 +834,25 @@ def _announce(client: Any, prof: Profile) -> None:
         print(f"framebag: no dashboard ({prof.name} profile): install bokeh, or the [plot] "
               "extra, to get one", file=sys.stderr)
         return
-    print(f"framebag: dashboard {link} ({prof.name} profile)", file=sys.stderr)
+    print(f"framebag: dashboard {dashboard_link(prof, link)} ({prof.name} profile)",
+          file=sys.stderr)
+
+
+def dashboard_link(prof: Profile, link: str) -> str:
+    """The dashboard link as it can be opened: dask builds it from the scheduler's host,
+    but a batch profile's dashboard listens on 127.0.0.1 unless the profile names a host
+    (see ``cluster_options``), so the link names 127.0.0.1 then."""
+    if prof.cluster in ("local", "address"):
+        return link
+    sched = cluster_options(prof).get("scheduler_options") or {}
+    if not str(sched.get("dashboard_address", "")).startswith(LOOPBACK + ":"):
+        return link
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(link)
+    if parts.port is None:
+        return link
+    return urlunsplit(parts._replace(netloc=f"{LOOPBACK}:{parts.port}"))
 
 
 @contextmanager

@@ -53,6 +53,31 @@ def test_a_profile_may_open_the_dashboard_to_the_network(tmp_path):
         "127.0.0.1:0"
 
 
+def test_a_batch_profiles_printed_dashboard_link_is_where_the_dashboard_listens(tmp_path,
+                                                                                capsys):
+    """dask builds the link from the scheduler's host (the network the workers reach),
+    but the dashboard of a batch profile listens on 127.0.0.1: the printed link must
+    name an address that answers."""
+    from urllib.parse import urlsplit
+
+    p = profiles.load(_write(tmp_path / "slurm.yaml", {
+        "cluster": "slurm", "options": {"cores": 1, "memory": "1GiB",
+                                        "walltime": "00:10:00"}}))
+    cluster = profiles.make_cluster(p)  # the scheduler only: no job is submitted
+    try:
+        profiles._announce(cluster, p)
+    finally:
+        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(
+            kind="inet") if c.status == psutil.CONN_LISTEN}
+        cluster.close()
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("framebag: dashboard http"), line
+    link = urlsplit(line.split()[2])
+    answering = {ip for ip, port in listening if port == link.port}
+    assert answering and (link.hostname in answering or "0.0.0.0" in answering), \
+        f"{line}: port {link.port} listens on {answering or 'nothing'}"
+
+
 TLS_WF = Workflow("tls", data="entry/data/data", keys=["entry/keys/key_1"])
 
 

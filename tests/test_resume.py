@@ -160,7 +160,9 @@ def test_ctrl_c_stops_cleanly_and_the_run_resumes(job, tmp_path):
                      "--commit-interval", "0", *slower)
     try:
         wait_for_done(out, 40, proc)
-        proc.send_signal(signal.SIGINT)
+        # Ctrl-C in a terminal signals the whole foreground process group: the driver
+        # and the local worker processes, whose KeyboardInterrupt must not show
+        os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
