@@ -178,13 +178,22 @@ def _create(f: h5py.File, scan_shape: tuple[int, ...], frame_shape: tuple[int, .
     det.attrs["simulated"] = True
 
 
+def _simulated(path: Path) -> bool:
+    """Whether ``path`` is a scan this module wrote (marked ``simulated`` on entry/data)."""
+    try:
+        with h5py.File(path, "r", swmr=True) as f:
+            return bool(f["entry/data"].attrs.get("simulated", False))
+    except (OSError, KeyError):
+        return False
+
+
 def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
              frame: tuple[int, ...] = (128, 128), rate: float = 500.0, *, writers: int = 1,
              writer_lag: int = 5, snake: bool = False, stall_after: int | None = None,
              stall_for: float = math.inf, growing: bool = False, dtype: str = "uint16",
              finished_shape: str = "scalar", chunk_frames: int = 1,
              compression: str | None = None, seed: int = 0, start_delay: float = 0.0,
-             overwrite: bool = True, drop: tuple[int, ...] = (),
+             overwrite: bool = False, drop: tuple[int, ...] = (),
              arm_for: float | None = None, gate: str | os.PathLike | None = None,
              gate_after: int | None = None) -> int:
     """Write a simulated live scan to ``path`` and return the number of frames written.
@@ -194,6 +203,8 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     when every frame was written. The frames at the flat indices ``drop`` are
     written but their keys never set, like triggers a detector missed. Safe as
     a ``multiprocessing`` target. ``arm_for`` and ``gate``: see the module docstring.
+    An existing ``path`` is replaced only when it is an earlier simulated scan, or
+    with ``overwrite``: one mistyped name must not destroy a real measurement.
     """
     scan = tuple(int(s) for s in scan)
     frame = tuple(int(s) for s in frame)
@@ -206,8 +217,10 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     except TypeError:
         raise FramebagError(f"--dtype {dtype!r} is not a numpy dtype") from None
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FramebagError(f"simulate output {str(path)!r} exists")
+    if path.exists() and not overwrite and not _simulated(path):
+        raise FramebagError(
+            f"simulate output {str(path)!r} exists and is not a scan framebag simulated; "
+            "simulate replaces only its own scans: choose another name, or pass --overwrite")
     if not path.resolve().parent.is_dir():
         raise FramebagError(f"simulate output directory {str(path.resolve().parent)!r} "
                             "does not exist")
@@ -344,7 +357,10 @@ def add_parser(sub: Any) -> None:
         "simulate", help="write a simulated live scan (a detector-like SWMR writer)",
         description="Write a scan to OUTPUT the way a detector does: SWMR mode, data then "
                     "keys flushed frame by frame at --rate, the finished flag at the end.")
-    p.add_argument("output", help="HDF5 file to write (replaced if it exists)")
+    p.add_argument("output", help="HDF5 file to write (an earlier simulated scan there is "
+                                  "replaced; any other file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT even if it is not a scan framebag simulated")
     p.add_argument("--scan", type=_shape, default=(20, 30), help="scan shape (default 20x30)")
     p.add_argument("--frame", type=_shape, default=(128, 128),
                    help="frame shape (default 128x128)")
@@ -394,7 +410,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                      stall_for=args.stall_for, growing=args.growing, dtype=args.dtype,
                      finished_shape=args.finished_shape, chunk_frames=args.chunk_frames,
                      compression=args.compression, seed=args.seed, drop=tuple(args.drop),
-                     arm_for=args.arm_for, gate=args.gate, gate_after=args.gate_after)
+                     arm_for=args.arm_for, gate=args.gate, gate_after=args.gate_after,
+                     overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)
         return 130

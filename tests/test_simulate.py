@@ -137,3 +137,31 @@ def test_dropped_frames_keep_their_keys_zero(tmp_path):
     want = np.ones((3, 4), dtype=bool)
     want.flat[[5, 7]] = False
     np.testing.assert_array_equal(keys != 0, want)
+
+
+def test_simulate_replaces_only_its_own_scans(tmp_path, capsys):
+    """A mistyped OUTPUT must not destroy a real file: only an earlier simulated scan is
+    replaced, anything else only with --overwrite."""
+    import hashlib
+
+    real = tmp_path / "real.h5"
+    with h5py.File(real, "w") as f:
+        f["entry/data/data"] = np.arange(12).reshape(3, 4)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("beamtime notes\n")
+    for victim in (real, notes):
+        before = hashlib.sha256(victim.read_bytes()).hexdigest()
+        rc = main(["simulate", str(victim), "--scan", "2x2", "--frame", "4x4", "--rate", "1e6"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1, err
+        assert str(victim) in err and "--overwrite" in err, err
+        assert hashlib.sha256(victim.read_bytes()).hexdigest() == before
+    sim = tmp_path / "sim.h5"
+    args = ["--scan", "2x2", "--frame", "4x4", "--rate", "1e6"]
+    assert main(["simulate", str(sim), *args]) == 0
+    assert main(["simulate", str(sim), "--scan", "3x2", "--frame", "4x4", "--rate", "1e6"]) == 0
+    with h5py.File(sim, "r") as f:  # an earlier simulation is replaced, as the quick start needs
+        assert f["entry/data/data"].shape[:2] == (3, 2)
+    assert main(["simulate", str(real), *args, "--overwrite"]) == 0
+    with h5py.File(real, "r") as f:
+        assert f["entry/data"].attrs["simulated"]
