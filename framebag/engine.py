@@ -309,6 +309,12 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if partition_bytes <= 0:
         raise FramebagError(f"--partition-bytes must be positive, got {partition_bytes}")
+    for option, value, least in (("--timeout", timeout, 0.0), ("--latency", latency, 0.0),
+                                 ("--retries", retries, 0),
+                                 ("--commit-interval", commit_interval or 0.0, 0.0)):
+        if value < least or (option == "--timeout" and value == 0):
+            what = "positive" if option == "--timeout" else "zero or more"
+            raise FramebagError(f"{option} must be {what}, got {value}")
     resolved = workflow.resolve_params(params)
     input_path = Path(input).resolve()
     data = data or workflow.data or ""  # none given: KeyFollower says so

@@ -660,3 +660,20 @@ def test_warnings_and_errors_from_workers_name_the_workflow_file_and_line(tmp_pa
     last = err.strip().splitlines()[-1]
     assert last.startswith("framebag: error: function 'ratio' failed on frame (3, 5): "
                            f"ValueError: bad frame (at {wf_file}:9)"), last
+
+
+@pytest.mark.parametrize("option, value", [("--timeout", "-3"), ("--timeout", "0"),
+                                           ("--latency", "-1"), ("--retries", "-1"),
+                                           ("--commit-interval", "-0.5")])
+def test_negative_run_options_are_refused_naming_the_option(make_scan, capsys, tmp_path,
+                                                            option, value):
+    from framebag.cli import main
+
+    path, _ = make_scan((2, 3))
+    rc = main(["run", "framebag.workflows.frame_sum", str(path), "-o", str(tmp_path / "o.h5"),
+               option, value])
+    err = capsys.readouterr().err.strip()
+    what = "positive" if option == "--timeout" else "zero or more"
+    got = int(value) if option == "--retries" else float(value)
+    assert rc == 2 and err.splitlines() == [f"framebag: error: {option} must be {what}, got {got}"]
+    assert not (tmp_path / "o.h5").exists()
