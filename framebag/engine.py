@@ -555,7 +555,7 @@ class _Job:
         schema = self._probe_schema(complete)  # on resume too: a broken function fails early
         if self.o["resume"]:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
-                                                    self.info.scan_shape)
+                                                    self.info.scan_shape, schema)
         else:  # with --overwrite, the old file is replaced atomically by the new one
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
                                          schema, self.provenance, growing=self.follower.growing)

@@ -68,3 +68,29 @@ def test_a_fold_whose_combine_returns_none_stops_the_run(make_scan, client, tmp_
 
     with pytest.raises(FramebagError, match=r"'total'.*None"):
         wf.run(path, tmp_path / "o.h5", client=client, partition_bytes=data[0, 0].nbytes * 3)
+
+
+def test_resume_refuses_a_result_dataset_of_another_dtype(make_scan, client, tmp_path):
+    """An output crafted from a real one (attributes copied, a result replaced by int8)
+    resumed with exit 0 and sums wrapped into int8."""
+    path, data = make_scan((3, 4), (4, 4))
+    wf = Workflow("cr", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    out = tmp_path / "o.h5"
+    wf.run(path, out, client=client)
+    with h5py.File(out, "r+") as f:
+        g = f["entry/cr"]
+        attrs, values = dict(g["total"].attrs), g["total"][()]
+        del g["total"], g["total_nxdata/total"]
+        ds = g.create_dataset("total", data=values.astype(np.int8), chunks=True,
+                              fletcher32=True)
+        ds.attrs.update(attrs)
+        g["total_nxdata/total"] = ds
+    with pytest.raises(FramebagError, match=r"total.*int8.*--overwrite"):
+        wf.run(path, out, client=client, resume=True)
+    with h5py.File(out, "r") as f:
+        assert f["entry/cr/total"].dtype == np.int8  # left as it was, not written to
