@@ -597,7 +597,7 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
     for name, (is_stack, shape, dtype) in schema.items():
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
-            ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=0,
+            ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
                                   maxshape=grow + full[1:], fletcher32=True,
                                   chunks=_chunks(chunk_scan + tuple(shape),
                                                  np.dtype(dtype).itemsize))

@@ -94,3 +94,17 @@ def test_resume_refuses_a_result_dataset_of_another_dtype(make_scan, client, tmp
         wf.run(path, out, client=client, resume=True)
     with h5py.File(out, "r") as f:
         assert f["entry/cr/total"].dtype == np.int8  # left as it was, not written to
+
+
+def test_a_complex_stacked_result_is_written(make_scan, client, tmp_path):
+    """A complex value (an FFT coefficient) failed with an h5py ValueError, exit 1."""
+    path, data = make_scan((3, 4), (4, 4))
+    wf = Workflow("cx", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def coeff(frame):
+        return np.fft.fft2(frame)[0, 1]
+
+    res = wf.run(path, tmp_path / "o.h5", client=client)
+    want = np.fft.fft2(data.astype(np.float64), axes=(-2, -1))[..., 0, 1]
+    assert np.array_equal(res["coeff"], want)
