@@ -581,7 +581,7 @@ class _Job:
         schema = self._probe_schema(complete)  # on resume too: a broken function fails early
         if self.o["resume"]:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
-                                                    self.info.scan_shape)
+                                                    self.info.scan_shape, schema)
         else:  # with --overwrite, the old file is replaced atomically by the new one
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
                                          schema, self.provenance, growing=self.follower.growing)
@@ -908,10 +908,18 @@ class _Job:
                 runs.setdefault(name, []).append((p.start, p.stop, values))
             for name, acc in p.accs.items():
                 fold = self.wf.functions[name].fold
+                had = self.accs[name]
                 try:
-                    self.accs[name] = fold.combine(self.accs[name], acc)
+                    self.accs[name] = fold.combine(had, acc)
                 except Exception as exc:
                     self._mismatch(name, p, f"{type(exc).__name__}: {exc}")
+                # None means "no frame yet": a binop or combine returning it would drop frames
+                if (acc is None and p.done.any()) or (
+                        self.accs[name] is None and (had is not None or acc is not None)):
+                    raise FramebagError(
+                        f"fold {fold.name!r} of function {name!r} returned None for frames "
+                        f"{self._span(p.start, p.stop)} ({'binop' if acc is None else 'combine'}"
+                        "); None means no frame yet, so their values would be lost")
             newly.append(np.arange(p.start, p.stop)[p.done])
             self.errors.extend(p.errors)
         for name, stacked in runs.items():

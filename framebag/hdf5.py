@@ -115,6 +115,8 @@ def check_finished(path: str | os.PathLike, data: str, keys: list[str]) -> None:
                     obj = plain[n]  # not .get(): it would hide the error as "not there"
                     if n != data and isinstance(obj, h5py.Dataset):
                         obj[()]
+                    if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                        _check_virtual_sources(name, n, obj)
                 except (OSError, KeyError, RuntimeError) as exc:
                     reason = hdf5_reason(exc)
                     if isinstance(exc, KeyError) and ("doesn't exist" in reason
@@ -129,6 +131,28 @@ def check_finished(path: str | os.PathLike, data: str, keys: list[str]) -> None:
     size = os.path.getsize(name)
     if size < stored:
         raise _truncated(name, size, stored)
+
+
+def _check_virtual_sources(name: str, dataset: str, ds: h5py.Dataset) -> None:
+    """Refuse a virtual dataset whose source file is missing.
+
+    HDF5 reads the part of a virtual dataset mapped to a missing source file as
+    the fill value, without an error, so a lost detector data file would give
+    zeros. A relative source is looked for where HDF5 looks: under
+    ``$HDF5_VDS_PREFIX``, beside the virtual file, and from the working
+    directory. Printf-style names (``%b``) are left to HDF5.
+    """
+    here = os.path.dirname(name)
+    prefix = os.environ.get("HDF5_VDS_PREFIX", "")
+    for src in {vs.file_name for vs in ds.virtual_sources()}:
+        if src == "." or "%" in src:
+            continue
+        places = [src] if os.path.isabs(src) else \
+            [p for p in (prefix and os.path.join(prefix, src), os.path.join(here, src), src) if p]
+        if not any(os.path.isfile(p) for p in places):
+            raise FramebagError(
+                f"dataset {dataset!r} in input file {name!r} is virtual and its source file "
+                f"{src!r} is missing; HDF5 would read its frames as the fill value")
 
 
 def _truncated(name: str, size: int, stored: int | None) -> FramebagError:

@@ -236,12 +236,19 @@ class OutputFile:
 
     @classmethod
     def resume(cls, path: Path, workflow: str, provenance: dict[str, Any],
-               scan_shape: tuple[int, ...]) -> tuple[OutputFile, dict[str, Any]]:
+               scan_shape: tuple[int, ...], schema: Schema | None = None,
+               ) -> tuple[OutputFile, dict[str, Any]]:
         """Reopen an earlier run's output after checking it is the same job.
 
-        Returns the file and the restored accumulators; ``.done`` holds the done mask.
+        With ``schema`` (this run's probe), every result must have the dtype and
+        value shape laid out for it: a dataset of another dtype would cast what
+        is written into it. Returns the file and the restored accumulators;
+        ``.done`` holds the done mask.
         """
         check_resumable(path, workflow, provenance, scan_shape)
+        if schema is not None:
+            with open_existing(path) as f, _damaged(path):
+                _check_layout(path, f[f"entry/{workflow}"], schema, len(scan_shape))
         try:
             f = h5py.File(path, "r+", libver=LIBVER)
         except OSError:
@@ -590,7 +597,7 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
     for name, (is_stack, shape, dtype) in schema.items():
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
-            ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=0,
+            ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
                                   maxshape=grow + full[1:], fletcher32=True,
                                   chunks=_chunks(chunk_scan + tuple(shape),
                                                  np.dtype(dtype).itemsize))
@@ -1255,6 +1262,21 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
         read_checkpoint(path, group)
         if data is not None:
             fingerprint.check(str(path), group, data, list(provenance["keys"]), growing)
+
+
+def _check_layout(path: Path, group: h5py.Group, schema: Schema, rank: int) -> None:
+    """Refuse an output whose result datasets are not what this run would write."""
+    for name, (is_stack, shape, dtype) in schema.items():
+        ds = group.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            raise FramebagError(f"--resume: {str(path)!r} has no result dataset {name!r}; use "
+                                "--overwrite to start again")
+        have = tuple(ds.shape[rank:] if is_stack else ds.shape)
+        if ds.dtype != np.dtype(dtype) or have != tuple(shape):
+            raise FramebagError(
+                f"--resume: result {group.name}/{name} of {str(path)!r} has dtype {ds.dtype} and "
+                f"value shape {have}, but this run gives dtype {np.dtype(dtype)} and shape "
+                f"{tuple(shape)}; use --overwrite to start again")
 
 
 def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:

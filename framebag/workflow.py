@@ -301,7 +301,7 @@ class Workflow:
                     for (fname, _, _, _, fold), v in zip(calls, row):
                         k = first.get(fname)
                         t = type(v)
-                        if k is None or t is not k[0] or (k[3] and (
+                        if k is None or t is not k[0] or k[3] is None or (k[3] and (
                                 (v.dtype is not k[1] and v.dtype != k[1])
                                 or (fold.is_stack and v.shape != k[2]))):
                             k = first[fname] = _value_kind(
@@ -492,7 +492,8 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
                 kinds: Kinds) -> tuple[type, np.dtype, tuple[int, ...], bool]:
     """Check a value whose type differs from the function's first value here (or the first).
 
-    Returns its ``(type, dtype, shape, is_array)`` for the hot path's check and, for
+    Returns its ``(type, dtype, shape, is_array)`` for the hot path's check (``is_array``
+    None: a list, tuple or Python int, checked on every frame) and, for
     a function's first value, records ``(dtype, shape, flat)`` in ``kinds``. Raises
     :class:`ValueKindError` for a value that is not numeric, or whose dtype (or shape,
     for a stack) differs from ``ref``.
@@ -516,7 +517,10 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
                else "every value of a function needs one dtype")
         )
     kinds.setdefault(fname, (a.dtype, a.shape, flat))
-    return type(v), a.dtype, a.shape, isinstance(v, np.ndarray)
+    # a list, tuple or Python int has no dtype of its own: [1, 2.5] after [1, 2], or an
+    # int past int64, would be cast (or overflow) in the stack, so each is checked again
+    fixed = isinstance(v, (float, complex, np.generic)) or isinstance(v, np.ndarray)
+    return type(v), a.dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
 
 
 def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],
