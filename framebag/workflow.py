@@ -282,7 +282,7 @@ class Workflow:
             outs: dict[str, Any] = {f.name: None for f in per_frame if f.fold.is_stack}
             # per function, of its first value here: (type, dtype, shape, whether the type is
             # an array, whose dtype and shape vary by instance); the hot path's check
-            first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool]] = {}
+            first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
             alive = done.tolist()  # frames a batched function failed on are skipped
             for i in range(n):
                 if not alive[i]:
@@ -489,7 +489,7 @@ def _what(v: Any) -> str:
 
 def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_stack: bool,
                 ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                kinds: Kinds) -> tuple[type, np.dtype, tuple[int, ...], bool]:
+                kinds: Kinds) -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
     """Check a value whose type differs from the function's first value here (or the first).
 
     Returns its ``(type, dtype, shape, is_array)`` for the hot path's check (``is_array``
