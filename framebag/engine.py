@@ -44,6 +44,7 @@ from .output import (
     Schema,
     check_resumable,
     default_output_path,
+    same_file,
     write_error,
 )
 from .partials import Kinds, Partial
@@ -350,6 +351,13 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, data, keys, finished, follow, finished_required,
                          timeout, poll_interval, scan_rank)
+    read = [n for n in (follower.data.name, *follower.key_names) if n]
+    for other, name in hdf5.files_behind(str(input_path), read).items():
+        if same_file(out_path, other):  # an external link or a virtual source of the input
+            raise FramebagError(
+                f"output file {str(out_path)!r} is the file {other!r} that dataset {name!r} of "
+                f"input file {str(input_path)!r} reads; the input is never written to: choose "
+                "another -o")
     scan_axes = read_axes(str(input_path), axes, follower.data.scan_shape, follower.growing,
                           workflow, refresh=False)
     first = follower.poll().ravel()

@@ -297,6 +297,23 @@ def walk(f: h5py.File) -> list[Entry]:
     return out
 
 
+def files_behind(path: str, names: list[str]) -> dict[str, str]:
+    """The other files that datasets ``names`` of input ``path`` read from: the target
+    of an external link, the source files of a virtual dataset. ``{file: dataset}``."""
+    here = os.path.abspath(path)
+    out: dict[str, str] = {}
+    for name in names:
+        ds = dataset(here, name)
+        home = os.path.abspath(ds.file.filename)
+        if home != here:
+            out.setdefault(home, name)
+        if ds.is_virtual:
+            for m in ds.virtual_sources():
+                if m.file_name != ".":
+                    out.setdefault(os.path.join(os.path.dirname(home), m.file_name), name)
+    return out
+
+
 def missing_sources(ds: h5py.Dataset) -> list[str]:
     """The source files of virtual dataset ``ds`` that are not there (HDF5 would read
     their frames as the fill value without a word)."""

@@ -49,8 +49,9 @@ _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 def lock_path(output: str | os.PathLike) -> Path:
-    """The sidecar lock file of ``output``: ``OUTPUT.lock`` beside it."""
-    p = Path(os.path.abspath(output))
+    """The sidecar lock file of ``output``: ``OUTPUT.lock`` beside the file it really is
+    (symlinks resolved, so a run through a link to an output meets the same lock)."""
+    p = Path(os.path.realpath(output))
     return p.with_name(p.name + ".lock")
 
 

@@ -108,3 +108,49 @@ def test_a_complex_stacked_result_is_written(make_scan, client, tmp_path):
     res = wf.run(path, tmp_path / "o.h5", client=client)
     want = np.fft.fft2(data.astype(np.float64), axes=(-2, -1))[..., 0, 1]
     assert np.array_equal(res["coeff"], want)
+
+
+@pytest.mark.parametrize("kind", ["external", "virtual"])
+def test_o_naming_a_file_the_input_links_to_is_refused(tmp_path, capsys, kind):
+    """-o src.h5 --overwrite, where the input's data is an external link (or a virtual
+    source) into src.h5, replaced src.h5 and lost the scan's data."""
+    import hashlib
+
+    src = tmp_path / "src.h5"
+    with h5py.File(src, "w") as f:
+        f.create_dataset("data", data=np.arange(6 * 16, dtype=np.uint16).reshape(6, 4, 4))
+    master = tmp_path / "master.h5"
+    with h5py.File(master, "w", libver="latest") as f:
+        if kind == "external":
+            f[DATA] = h5py.ExternalLink("src.h5", "/data")
+        else:
+            layout = h5py.VirtualLayout(shape=(6, 4, 4), dtype=np.uint16)
+            layout[:] = h5py.VirtualSource("src.h5", "data", shape=(6, 4, 4))
+            f.create_virtual_dataset(DATA, layout, fillvalue=0)
+        f.create_dataset(KEY, data=np.ones(6, dtype=np.int32))
+    before = hashlib.sha256(src.read_bytes()).hexdigest()
+    rc = main(["run", "workflows/frame_sum.py", str(master), "-o", str(src), "--overwrite",
+               "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(src) in err and "never written to" in err, err
+    assert hashlib.sha256(src.read_bytes()).hexdigest() == before
+
+
+def test_the_lock_is_the_same_through_a_symlink_to_the_output(tmp_path):
+    """A second run through a symlink to a held output met no lock of its own."""
+    from framebag.lock import OutputLock, lock_path
+
+    real = tmp_path / "real"
+    real.mkdir()
+    out = real / "out.h5"
+    link = tmp_path / "link.h5"
+    link.symlink_to(out)
+    assert lock_path(link) == lock_path(out)
+    first = OutputLock(out)
+    first.acquire()
+    try:
+        with pytest.raises(FramebagError, match="in use by another framebag run"):
+            OutputLock(link).acquire()
+    finally:
+        first.release()
