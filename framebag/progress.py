@@ -234,19 +234,10 @@ def summary_line(results: Any, follow: bool = False) -> str:
     return text
 
 
-def run_reported(workflow: str, input: str, output: str | None = None, *,  # noqa: A002
-                 quiet: bool = False, plot: bool = False, report: str | None = None,
-                 log_interval: float = 10.0, follow: bool = False, profile: str | None = None,
-                 **options: Any) -> Any:
-    """``framebag run``: load the workflow, run it with progress, print the summary.
-
-    ``plot`` writes quick-look PNGs afterwards (see :mod:`framebag.plot`);
-    ``report`` wraps the run in a ``distributed.performance_report`` written to
-    that file. Both check their optional dependencies before anything starts.
-    Returns the engine's ``Results``.
-    """
+def _prepare(workflow: str, plot: bool, report: str | None, quiet: bool) -> Any:
+    """Check ``--plot``'s and ``--report``'s optional dependencies before anything starts,
+    set up the log lines, and load the workflow."""
     import importlib.util
-    from contextlib import ExitStack
 
     from .errors import FramebagError
     from .workflow import load_workflow
@@ -261,7 +252,24 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
             "install it with: pip install 'bokeh>=3.1'"
         )
     configure(quiet)
-    wf = load_workflow(workflow)
+    return load_workflow(workflow)
+
+
+def run_reported(workflow: str, input: str, output: str | None = None, *,  # noqa: A002
+                 quiet: bool = False, plot: bool = False, report: str | None = None,
+                 log_interval: float = 10.0, follow: bool = False, profile: str | None = None,
+                 **options: Any) -> Any:
+    """``framebag run``: load the workflow, run it with progress, print the summary.
+
+    ``plot`` writes quick-look PNGs afterwards (see :mod:`framebag.plot`);
+    ``report`` wraps the run in a ``distributed.performance_report`` written to
+    that file. Both check their optional dependencies before anything starts.
+    Returns the engine's ``Results``.
+    """
+    from contextlib import ExitStack
+
+
+    wf = _prepare(workflow, plot, report, quiet)
     from .output import default_output_path
 
     out_path = Path(output) if output else default_output_path(input, wf.name)
@@ -311,25 +319,13 @@ def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = No
     next. If any failed, a :class:`FramebagError` names each with its reason, after
     the others ran. Returns the engine's ``ManyResults``.
     """
-    import importlib.util
     from contextlib import ExitStack
 
     from .engine import run_many
     from .errors import FramebagError
     from .output import default_output_path
-    from .workflow import load_workflow
 
-    if plot:
-        from .plot import require_matplotlib
-
-        require_matplotlib()
-    if report and importlib.util.find_spec("bokeh") is None:
-        raise FramebagError(
-            f"--report {report}: dask's performance report needs bokeh; "
-            "install it with: pip install 'bokeh>=3.1'"
-        )
-    configure(quiet)
-    wf = load_workflow(workflow)
+    wf = _prepare(workflow, plot, report, quiet)
     current: list[Progress] = []
     started: list[Path] = []
 
