@@ -394,9 +394,14 @@ def _watch_axis(out: str, seen, queue) -> None:
             axis.refresh()
             total.refresh()
             state = (axis.shape[0], total.shape[0])
-            if not states or states[-1][:2] != state:
+            # a new size, or the last one seen while it was not valid yet (a reader can
+            # catch the writer between the resizes of one grow): look again
+            if not states or states[-1][:2] != state or not states[-1][2]:
                 valid = state[0] == state[1] and NXdata(nx).is_valid
-                states.append((*state, valid))
+                if states and states[-1][:2] == state:
+                    states[-1] = (*state, valid)
+                else:
+                    states.append((*state, valid))
                 if valid:
                     seen.value = state[0]
             if state[0] >= LIVE_SCAN[0]:
