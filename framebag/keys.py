@@ -140,6 +140,11 @@ class KeyFollower:
         self._finished_name = finished
         if not keys:
             return
+        for k in self._keys:
+            if k.ndim == 0:
+                raise FramebagError(
+                    f"key dataset {k.name!r} in {self.path!r} is a single value; a key dataset "
+                    "holds one value per frame (scan-shaped)")
         ranks = {scan_rank_of(k.maxshape or k.shape) for k in self._keys}
         shapes = {k.name: extent(k, scan_rank_of(k.maxshape or k.shape)) for k in self._keys}
         if len(set(shapes.values())) > 1 or len(ranks) > 1:
@@ -180,8 +185,13 @@ class KeyFollower:
                                 "(keys=[] in Python)") from None
 
     def _data_dataset(self, name: str) -> h5py.Dataset:
-        """The data dataset; a finished virtual one must have all its source files."""
+        """The data dataset: numeric, and a finished virtual one must have all its
+        source files."""
         d = hdf5.dataset(self.path, name)
+        if d.dtype.kind not in "biufc":
+            raise FramebagError(
+                f"data dataset {name!r} in {self.path!r} has dtype {d.dtype}; frames must be "
+                "numeric (integers, floats or complex)")
         missing = hdf5.missing_sources(d) if d.is_virtual else []
         if missing and not self.live:
             raise FramebagError(

@@ -154,3 +154,30 @@ def test_the_lock_is_the_same_through_a_symlink_to_the_output(tmp_path):
             OutputLock(link).acquire()
     finally:
         first.release()
+
+
+@pytest.mark.parametrize("bad", ["scalar_key", "vlen_data", "object_refs"])
+def test_a_scalar_key_or_non_numeric_data_is_one_sentence(tmp_path, capsys, bad):
+    """A scalar key dataset gave an IndexError, object or vlen data a TypeError."""
+    scan = tmp_path / "scan.h5"
+    with h5py.File(scan, "w") as f:
+        if bad == "vlen_data":
+            ds = f.create_dataset(DATA, shape=(4, 3), dtype=h5py.vlen_dtype(np.uint16))
+            for i in range(4):
+                for j in range(3):
+                    ds[i, j] = np.arange(i + j + 1, dtype=np.uint16)
+        elif bad == "object_refs":
+            ref = f.create_dataset("entry/other", data=np.arange(3)).ref
+            f.create_dataset(DATA, data=np.array([[ref] * 3] * 4, dtype=h5py.ref_dtype))
+        else:
+            f.create_dataset(DATA, data=np.ones((4, 3, 2, 2), dtype=np.uint16))
+        if bad == "scalar_key":
+            f.create_dataset(KEY, data=1)
+        else:
+            f.create_dataset(KEY, data=np.ones(4, dtype=np.int32))
+    rc = main(["run", "workflows/frame_sum.py", str(scan), "-o", str(tmp_path / "o.h5"),
+               "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert str(scan) in err and (KEY if bad == "scalar_key" else DATA) in err, err
+    assert not (tmp_path / "o.h5").exists()
