@@ -335,27 +335,6 @@ class Workflow:
                 accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
         return Partial(start, start + n, done, stacks, accs, errors, kinds=kinds)
 
-    def merge(self, parts: list[Partial]) -> Partial:
-        """One Partial for the partials of consecutive runs, in order."""
-        if len(parts) == 1:
-            return parts[0]
-        merged = Partial(parts[0].start, parts[-1].stop,
-                         np.concatenate([p.done for p in parts]))
-        for name in {n for p in parts for n in p.stacks}:
-            like = next(p.stacks[name] for p in parts if name in p.stacks)
-            merged.stacks[name] = np.concatenate([
-                p.stacks[name] if name in p.stacks
-                else np.zeros((p.stop - p.start, *like.shape[1:]), like.dtype) for p in parts
-            ])
-        for name in parts[0].accs:
-            combine = self.functions[name].fold.combine
-            acc = parts[0].accs[name]
-            for p in parts[1:]:
-                acc = combine(acc, p.accs[name])
-            merged.accs[name] = acc
-        merged.errors = [e for p in parts for e in p.errors]
-        return merged
-
     def _batched_one_by_one(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
                             start: int, scan_shape: tuple[int, ...], errors: list,
                             done: np.ndarray, index: Any) -> np.ndarray | None:
