@@ -94,3 +94,23 @@ def unchanged():
     yield watch
     for path, digest in watched.items():
         assert sha256(path) == digest, f"input file {path} was modified"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    """``framebag ARGV`` in this process: its exit code and what it printed (stderr, stdout)."""
+    from framebag.cli import main
+
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, (out.err + out.out).strip()
+
+
+def assert_one_sentence(rc: int, err: str, *names: str) -> None:
+    """A failure reported as one ``framebag: error:`` line naming each of ``names``."""
+    assert rc != 0
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err  # also: no "dashboard" line, so no cluster was started
+    assert lines[0].startswith("framebag: error: ")
+    for name in names:
+        assert name in lines[0], (name, lines[0])

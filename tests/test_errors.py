@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from framebag import FramebagError, Workflow
 from framebag.cli import main
 
-from .conftest import DATA, KEY, write_scan
+from .conftest import DATA, KEY, assert_one_sentence, write_scan
 
 FRAME_SUM = "workflows/frame_sum.py"
 
@@ -23,16 +23,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str]:
     rc = main(list(argv))
     err = capsys.readouterr().err.strip()
     return rc, err
-
-
-def assert_one_sentence(rc: int, err: str, *names: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("framebag: error: ")
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 @pytest.fixture

@@ -22,27 +22,12 @@ import numpy as np
 import pytest
 
 from framebag import FramebagError, Workflow
-from framebag.cli import main
 from framebag.inspect import inspect_file
+
+from .conftest import assert_one_sentence, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_SUM = "framebag.workflows.frame_sum"
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, (out.err + out.out).strip()
-
-
-def assert_one_sentence(rc: int, err: str, *names: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("framebag: error: ")
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 def address_profile(tmp_path: Path, client) -> str:

@@ -22,31 +22,14 @@ import numpy as np
 import pytest
 
 from framebag import FramebagError, Workflow
-from framebag.cli import main
 from framebag.folds import Fold
 from framebag.workflow import load_workflow
 
-from .conftest import DATA, KEY
+from .conftest import DATA, KEY, assert_one_sentence, run_cli
 
 FRAME_SUM = "workflows/frame_sum.py"
 FINISHED = "entry/finished"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str]:
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, (out.err + out.out).strip()
-
-
-def assert_one_sentence(rc: int, err: str, *names: str) -> None:
-    assert rc != 0
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1, err  # also: no "dashboard" line, so no cluster was started
-    assert lines[0].startswith("framebag: error: ")
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 def totals_workflow(name: str = "tot") -> Workflow:
