@@ -406,6 +406,7 @@ class OutputFile:
         self.done = np.r_[self.done, np.zeros(extra, dtype=bool)]
         self.scan_shape = scan_shape
         self.group.attrs["scan_shape"] = np.asarray(scan_shape, dtype=np.int64)
+        self.f.flush()  # a live reader sees the grown shapes and axes together, at once
 
     def scan_axes(self) -> list[h5py.Dataset]:
         """The scan axis datasets of the NXdata groups, each once (they are hard-linked)."""
