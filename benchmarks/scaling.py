@@ -206,7 +206,7 @@ def _ref_fft_peak(frames: np.ndarray) -> np.ndarray:
 
 
 def case_fft(ctx) -> list:
-    from framebag.profiles import start_client
+    from framebag.clusters import start_client
 
     from .run import Row, _fb_runner, _ref_runner, _throughput_row, alternate, settle
 

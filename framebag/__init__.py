@@ -7,9 +7,9 @@ or live (SWMR) file, on a laptop or a batch cluster, with ``framebag run``.
 from __future__ import annotations
 
 from ._version import __version__
+from .clusters import workers_skip_main
 from .errors import FramebagError
 from .folds import Fold, histogram
-from .profiles import workers_skip_main
 from .workflow import Workflow, load_workflow
 
 __all__ = ["Workflow", "Fold", "histogram", "FramebagError", "load_workflow", "__version__"]

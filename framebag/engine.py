@@ -393,7 +393,7 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     if client is not None:
         with _performance_report(report):
             return job.run(client)
-    from .profiles import start_client
+    from .clusters import start_client
 
     with start_client(profile, announce=announce) as own_client, _performance_report(report):
         return job.run(own_client)
@@ -1160,7 +1160,7 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
         with _performance_report(report):
             all_scans(client)
     else:
-        from .profiles import start_client
+        from .clusters import start_client
 
         with start_client(profile, announce=announce) as own, _performance_report(report):
             all_scans(own)

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from . import profiles
+from . import clusters, profiles
 from .errors import FramebagError
 
 
@@ -49,7 +49,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     prof = profiles.load(args.name)
     if args.job_script:
-        print(profiles.job_script(prof), end="")
+        print(clusters.job_script(prof), end="")
         return 0
     print(f"# profile {prof.name!r} from {prof.source}")
     print(yaml.safe_dump(profiles.resolved(prof), sort_keys=False, default_flow_style=False),

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framebag import Workflow, load_workflow, profiles
+from framebag import Workflow, clusters, load_workflow, profiles
 from framebag.cli import build_parser
 from framebag.simulate import simulate
 
@@ -72,7 +72,7 @@ def test_yaml_batch_profile_block_previews_its_job_script(where, text, tmp_path)
     prof = profiles.load(path)
     if not prof.is_batch:
         pytest.skip(f"{where} is cluster {prof.cluster!r}: no job script")
-    script = profiles.job_script(prof)
+    script = clusters.job_script(prof)
     assert "distributed.cli.dask_worker" in script
     if prof.options.get("interface"):
         assert f"--interface {prof.options['interface']}" in script

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import yaml
 
-from framebag import FramebagError, Workflow, profiles
+from framebag import FramebagError, Workflow, clusters, profiles
 
 
 def _listening(pid: int) -> set[str]:
@@ -24,7 +24,7 @@ def _write(path, profile: dict):
 
 
 def test_the_local_clusters_scheduler_and_dashboard_listen_on_loopback_only():
-    with profiles.start_client("local", announce=False) as client:
+    with clusters.start_client("local", announce=False) as client:
         info = client.scheduler_info()
         port = info["services"]["dashboard"]
         ips = {c.laddr.ip: c.laddr.port for c in psutil.Process().net_connections(kind="inet")
@@ -63,9 +63,9 @@ def test_a_batch_profiles_printed_dashboard_link_is_where_the_dashboard_listens(
     p = profiles.load(_write(tmp_path / "slurm.yaml", {
         "cluster": "slurm", "options": {"cores": 1, "memory": "1GiB",
                                         "walltime": "00:10:00"}}))
-    cluster = profiles.make_cluster(p)  # the scheduler only: no job is submitted
+    cluster = clusters.make_cluster(p)  # the scheduler only: no job is submitted
     try:
-        profiles._announce(cluster, p)
+        clusters._announce(cluster, p)
     finally:
         listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process().net_connections(
             kind="inet") if c.status == psutil.CONN_LISTEN}
@@ -93,7 +93,7 @@ def test_a_tls_profile_loads_and_runs_over_tls(tmp_path, make_scan):
                                                       "dashboard_address": ":0"}})
     assert profiles.load(prof).options["security"] is True
     path, data = make_scan((4, 5), (8, 8))
-    with profiles.start_client(str(prof), announce=False) as client:
+    with clusters.start_client(str(prof), announce=False) as client:
         assert client.scheduler.address.startswith("tls://127.0.0.1:")
         res = TLS_WF.run(path, tmp_path / "out.h5", client=client)
     np.testing.assert_array_equal(res["total"], data.sum(axis=(2, 3)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from framebag import profiles
+from framebag import clusters, profiles
 from framebag.cli import main
 from framebag.errors import FramebagError
 
@@ -197,7 +197,7 @@ def test_python_on_compute_nodes_defaults_to_this_interpreter(tmp_path):
     p = profiles.load(write(tmp_path / "b.yaml", prologue))
     assert profiles.cluster_options(p)["python"] == "python"  # the one the prologue activates
     p = profiles.load(write(tmp_path / "c.yaml", {**prologue, "python": "/opt/env/bin/python"}))
-    script = profiles.job_script(p)
+    script = clusters.job_script(p)
     assert "\nsource /opt/env/bin/activate\n/opt/env/bin/python -m distributed.cli.dask_worker" \
         in script, script
 
@@ -232,13 +232,13 @@ def test_cli_lists_profiles_with_their_source(tmp_path, capsys):
 
 
 def test_slurm_job_script_memory_gib_vs_gb(tmp_path):
-    gib = profiles.job_script(profiles.load(write(tmp_path / "a.yaml", batch(
+    gib = clusters.job_script(profiles.load(write(tmp_path / "a.yaml", batch(
         "slurm", memory="32GiB", queue="debug", account="proj", processes=2))))
     assert "#SBATCH -p debug\n#SBATCH -A proj\n" in gib
     assert "#SBATCH --cpus-per-task=4\n#SBATCH --mem=32G\n#SBATCH -t 02:00:00" in gib
     assert "--nthreads 2 --memory-limit 16.00GiB --nworkers 2" in gib
     assert f"#SBATCH -o {tmp_path}/framebag-logs/dask-worker-%J.out" in gib
-    gb = profiles.job_script(profiles.load(write(tmp_path / "b.yaml", batch(
+    gb = clusters.job_script(profiles.load(write(tmp_path / "b.yaml", batch(
         "slurm", memory="32GB"))))
     assert "#SBATCH --mem=30G\n" in gb  # 32e9 bytes are 29.8 GiB, and SLURM's G is GiB
 
@@ -259,13 +259,13 @@ def test_pbs_job_script_up_to_the_submit_boundary(tmp_path, capsys):
     assert "--interface lo" in script
     job_cls = profiles.cluster_class("pbs").job_cls
     assert (job_cls.submit_command, job_cls.cancel_command) == ("qsub", "qdel")
-    computed = profiles.job_script(profiles.load(write(tmp_path / "p2.yaml", batch(
+    computed = clusters.job_script(profiles.load(write(tmp_path / "p2.yaml", batch(
         "pbs", memory="16GiB"))))
     assert "#PBS -l select=1:ncpus=4:mem=16GB\n" in computed
 
 
 def test_sge_job_script_up_to_the_submit_boundary(tmp_path):
-    script = profiles.job_script(profiles.load(write(tmp_path / "sge.yaml", batch(
+    script = clusters.job_script(profiles.load(write(tmp_path / "sge.yaml", batch(
         "sge", queue="all.q", project="p1", resource_spec="h_vmem=2G"))))
     header = [ln for ln in script.splitlines() if ln.startswith("#$")]
     assert header[:5] == ["#$ -N dask-worker", "#$ -q all.q", "#$ -P p1", "#$ -l h_vmem=2G",
@@ -275,14 +275,14 @@ def test_sge_job_script_up_to_the_submit_boundary(tmp_path):
 
 def test_job_script_of_a_local_profile_is_an_error():
     with pytest.raises(FramebagError, match="submits no batch jobs"):
-        profiles.job_script("local")
+        clusters.job_script("local")
 
 
 def test_cluster_rejection_is_one_sentence(tmp_path):
     path = write(tmp_path / "h.yaml", {"cluster": "htcondor",
                                        "options": {"cores": 1, "memory": "1GiB"}})
     with pytest.raises(FramebagError, match="HTCondorCluster rejected the options: .*disk"):
-        profiles.job_script(path)
+        clusters.job_script(path)
 
 
 # starting ------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_cluster_rejection_is_one_sentence(tmp_path):
 def test_address_profile_connects_to_a_running_scheduler(tmp_path, client, capsys):
     path = write(tmp_path / "addr.yaml", {"cluster": "address",
                                           "address": client.scheduler.address})
-    with profiles.start_client(path) as c:
+    with clusters.start_client(path) as c:
         assert c.scheduler.address == client.scheduler.address
         assert c.submit(sum, [1, 2, 3]).result() == 6
     assert "dashboard" in capsys.readouterr().err
@@ -302,7 +302,7 @@ def test_address_profile_unreachable(tmp_path):
     path = write(tmp_path / "addr.yaml", {"cluster": "address", "address": "tcp://127.0.0.1:9",
                                           "first_worker_timeout": 1})
     with pytest.raises(FramebagError, match="cannot reach the scheduler at tcp://127.0.0.1:9"):
-        with profiles.start_client(path):
+        with clusters.start_client(path):
             pass
 
 
@@ -310,7 +310,7 @@ def test_local_profile_starts_scales_and_stops(tmp_path, capfd):
     path = write(tmp_path / "one.yaml", {"cluster": "local", "scale": {"workers": 2},
                                          "options": {"n_workers": 1, "dashboard_address": ":0",
                                                      "memory_limit": "1GiB"}})
-    with profiles.start_client(path) as c:
+    with clusters.start_client(path) as c:
         c.wait_for_workers(2, timeout=30)
         pids = set(c.run(os.getpid).values())
         assert len(pids) == 2 and os.getpid() not in pids

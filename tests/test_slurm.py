@@ -20,8 +20,8 @@ import yaml
 
 import framebag
 from framebag import tuning
+from framebag.clusters import start_client
 from framebag.errors import FramebagError
-from framebag.profiles import start_client
 
 pytestmark = pytest.mark.slurm
 ROOT = Path(__file__).resolve().parents[1]
