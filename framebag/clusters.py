@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import FramebagError
-from .profiles import LOOPBACK, Profile, cluster_class, cluster_options, load
+from .profiles import LOOPBACK, Profile, cluster_class, cluster_options, load, override
 
-__all__ = ["start_client", "make_cluster", "job_script", "workers_skip_main", "dashboard_link"]
+__all__ = ["cluster", "start_client", "make_cluster", "job_script", "workers_skip_main",
+           "dashboard_link"]
 
 log = logging.getLogger("framebag")
 
@@ -460,3 +461,28 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
             finally:
                 if prof.is_batch:
                     _cancel(cluster, ledger.open_ids())
+
+
+@contextmanager
+def cluster(profile: str | os.PathLike | None = None, *, workers: int | None = None,
+            first_worker_timeout: float | None = None, announce: bool = True,
+            **options: Any) -> Iterator[Any]:
+    """Start a profile's cluster once for several runs: ``with framebag.cluster("slurm") as c:``.
+
+    Yields a connected ``distributed.Client`` to pass as ``client=`` to
+    :meth:`framebag.Workflow.run` and :meth:`~framebag.Workflow.run_many`, which
+    then start no cluster of their own. ``profile`` is a profile name or YAML file,
+    looked up as ``--profile`` is (default ``local``); ``workers`` (worker processes)
+    and ``options`` (the profile's ``options:``, e.g. ``memory="8GiB"``) override it
+    and are validated as the profile is, before anything starts. On leaving the
+    block, by return, error, Ctrl-C or SIGTERM, the client and the cluster are closed
+    and every batch job it submitted is cancelled (see :func:`start_client`)::
+
+        with framebag.cluster("local", workers=2) as client:
+            first = wf.run("a.h5", client=client)
+            second = wf.run("b.h5", client=client)
+    """
+    prof = override(load(profile), workers=workers, **options)
+    with start_client(prof, first_worker_timeout=first_worker_timeout,
+                      announce=announce) as client:
+        yield client

@@ -31,6 +31,7 @@ from the :class:`Profile` this module returns.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import os
@@ -47,7 +48,7 @@ import yaml
 from .errors import FramebagError
 
 __all__ = ["Profile", "find", "load", "search_path", "list_profiles", "cluster_class",
-           "cluster_options", "valid_options", "resolved", "KINDS"]
+           "cluster_options", "valid_options", "resolved", "override", "KINDS"]
 
 log = logging.getLogger("framebag")
 DEFAULT = "local"
@@ -493,3 +494,37 @@ def resolved(prof: Profile) -> dict[str, Any]:
     if prof.is_batch or prof.cluster == "address":
         out["first_worker_timeout"] = prof.first_worker_timeout
     return out
+
+
+def override(prof: Profile, *, workers: int | None = None, **options: Any) -> Profile:
+    """``prof`` with ``options`` replacing its ``options:`` and ``workers`` its scale,
+    validated as :func:`load` validates a profile's own (for :func:`framebag.cluster`).
+
+    ``workers`` is the number of worker processes: a local cluster starts that many,
+    a batch cluster scales to that many (``scale: {n: workers}``, no ``adapt:``).
+    A profile of kind ``address`` takes no overrides: its cluster runs already.
+    """
+    where = f"profile {str(prof.source)!r}"
+    if workers is None and not options:
+        return prof
+    if prof.cluster == "address":
+        given = ", ".join(["workers"] * (workers is not None) + sorted(options))
+        raise FramebagError(f"{where}: cluster 'address' connects to a running scheduler "
+                            f"and takes no {given}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise FramebagError(f"{where}: workers must be a whole number >= 1, not {workers!r}")
+    merged = {**prof.options, **options}
+    valid = valid_options(prof.cluster)
+    for key in options:
+        _check_option(where, prof.cluster, str(key), valid)
+    if "security" in options:
+        _check_security(where, options["security"])
+    if prof.cluster != "local":
+        _check_batch(where, prof.cluster, merged, valid)
+    scale, adapt = dict(prof.scale), prof.adapt
+    if workers is not None and prof.cluster == "local":
+        merged["n_workers"], scale, adapt = workers, {}, None
+    elif workers is not None:
+        scale, adapt = {"n": workers}, None
+    return dataclasses.replace(prof, options=merged, scale=scale, adapt=adapt)

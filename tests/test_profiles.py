@@ -318,3 +318,76 @@ def test_local_profile_starts_scales_and_stops(tmp_path, capfd):
     assert "framebag: dashboard http" in capfd.readouterr().err
     for pid in pids:  # the worker processes are gone
         assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+
+
+# the public cluster context ------------------------------------------------------------
+
+
+def test_cluster_context_serves_two_runs_then_stops(tmp_path, make_scan, capfd):
+    """``with framebag.cluster(...)``: one cluster, started once, runs both scans on the
+    same worker processes, and is gone after the block."""
+    import numpy as np
+
+    import framebag
+
+    wf = framebag.Workflow("where", data="entry/data/data", keys=["entry/keys/key_1"])
+
+    @wf.frame
+    def pid(frame):
+        return os.getpid()
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    (a, data_a), (b, data_b) = make_scan((4, 5)), make_scan((3, 6), seed=1)
+    # one worker where the profile would start one per core: the override is taken
+    with framebag.cluster("local", workers=1, dashboard_address=":0") as client:
+        workers = set(client.scheduler_info()["workers"])
+        pids = set(client.run(os.getpid).values())
+        first = wf.run(a, tmp_path / "a_out.h5", client=client, partition_bytes=256)
+        second = wf.run(b, tmp_path / "b_out.h5", client=client, partition_bytes=256)
+        assert set(client.scheduler_info()["workers"]) == workers
+    assert len(workers) == 1 and len(pids) == 1 and os.getpid() not in pids
+    assert set(first["pid"].ravel()) <= pids and set(second["pid"].ravel()) <= pids
+    np.testing.assert_array_equal(first["total"], data_a.sum(axis=(-2, -1)))
+    np.testing.assert_array_equal(second["total"], data_b.sum(axis=(-2, -1)))
+    assert capfd.readouterr().err.count("framebag: dashboard") == 1  # started once
+    assert client.status == "closed"
+    for p in pids:  # the worker processes are gone
+        assert subprocess.run(["kill", "-0", str(p)], capture_output=True).returncode != 0
+
+
+def test_cluster_overrides_are_validated_before_anything_starts(tmp_path):
+    import framebag
+
+    with pytest.raises(FramebagError, match="unknown option 'n_wrokers' for cluster 'local'"):
+        with framebag.cluster("local", n_wrokers=2):
+            pass
+    with pytest.raises(FramebagError, match="workers must be a whole number >= 1, not 0"):
+        with framebag.cluster("local", workers=0):
+            pass
+    path = write(tmp_path / "addr.yaml", {"cluster": "address", "address": "tcp://127.0.0.1:9"})
+    with pytest.raises(FramebagError, match="takes no workers"):
+        with framebag.cluster(path, workers=2):
+            pass
+    slurm = profiles.load(write(tmp_path / "s.yaml", batch("slurm")))
+    over = profiles.override(slurm, workers=3, memory="2GiB")
+    assert (over.scale, over.adapt, over.options["memory"]) == ({"n": 3}, None, "2GiB")
+    assert slurm.options["memory"] == "8GiB"  # the loaded profile is left as it was
+    with pytest.raises(FramebagError, match="'memory' 'lots' is not a size"):
+        profiles.override(slurm, memory="lots")
+
+
+def test_public_surface_is_the_api_only():
+    import framebag
+
+    assert set(framebag.__all__) == {"Workflow", "Fold", "histogram", "Results", "run",
+                                     "run_many", "cluster", "load_workflow", "FramebagError",
+                                     "__version__"}
+    for name in framebag.__all__:
+        assert getattr(framebag, name) is not None, name
+    assert framebag.run.__module__ == "framebag.engine"
+    assert not hasattr(framebag, "workers_skip_main")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        framebag.nope  # noqa: B018

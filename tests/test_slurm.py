@@ -179,6 +179,30 @@ def test_adaptive_profile_through_workflow_run(tmp_path, make_scan):
     assert gone(seen), f"jobs {seen} still queued after the run"
 
 
+def test_cluster_context_runs_two_scans_on_the_same_jobs(tmp_path, make_scan):
+    """``framebag.cluster(profile, workers=2)`` submits the jobs once; both runs' frames are
+    processed inside those jobs, on whatever nodes SLURM names, and the jobs end with
+    the block."""
+    (a, data_a), (b, data_b) = make_scan((6, 5), (16, 16)), make_scan((5, 4), (16, 16), seed=1)
+    wf_file = tmp_path / "where.py"
+    wf_file.write_text(SLURM_FRAMES)
+    wf = framebag.load_workflow(wf_file)
+    prof = write_profile(tmp_path / "one.yaml", jobs=1)  # the override asks for two
+    with framebag.cluster(prof, workers=2, announce=False) as client:
+        client.wait_for_workers(2, timeout=60)
+        jobs = set(client.run(lambda: os.environ.get("SLURM_JOB_ID")).values())
+        hosts = set(client.run(lambda: os.environ.get("SLURMD_NODENAME")).values())
+        first = wf.run(a, tmp_path / "a_out.h5", client=client, partition_bytes=4096)
+        second = wf.run(b, tmp_path / "b_out.h5", client=client, partition_bytes=4096)
+    assert len(jobs) == 2 and None not in jobs, jobs
+    assert hosts <= nodes(), hosts
+    np.testing.assert_array_equal(first["total"], data_a.sum(axis=(-2, -1)))
+    np.testing.assert_array_equal(second["total"], data_b.sum(axis=(-2, -1)))
+    used = {str(j) for r in (first, second) for j in np.unique(r["job"])}
+    assert used <= jobs, f"frames ran outside the context's jobs {jobs}: {used}"
+    assert gone(jobs), f"jobs {jobs} still queued after the block"
+
+
 def test_scancel_one_job_mid_run(tmp_path, make_scan):
     """One of two jobs is cancelled after the first partial arrives: dask moves its work to
     the other job and the run finishes correctly, or it stops clearly and --resume completes it."""
