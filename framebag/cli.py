@@ -17,11 +17,14 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .errors import FramebagError
 from .partitions import DEFAULT_PARTITION_BYTES
+from .progress import Progress, configure, summary_line
+from .progress import log as progress_log
 
 #: what ``framebag --help`` says framebag is (plain text: argparse prints it as is)
 DESCRIPTION = ("Per-frame jobs on HDF5 detector data, finished or live (SWMR), on a local "
@@ -222,9 +225,153 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from .progress import run_many_reported, run_reported
+def _prepare(workflow: str, plot: bool, report: str | None, quiet: bool) -> Any:
+    """Check ``--plot``'s and ``--report``'s optional dependencies before anything starts,
+    set up the log lines, and load the workflow."""
+    import importlib.util
 
+    from .errors import FramebagError
+    from .workflow import load_workflow
+
+    if plot:
+        from .plot import require_matplotlib
+
+        require_matplotlib()
+    if report and importlib.util.find_spec("bokeh") is None:
+        raise FramebagError(
+            f"--report {report}: dask's performance report needs bokeh; "
+            "install it with: pip install 'bokeh>=3.1'"
+        )
+    configure(quiet)
+    return load_workflow(workflow)
+
+
+def run_reported(workflow: str, input: str, output: str | None = None, *,  # noqa: A002
+                 quiet: bool = False, plot: bool = False, report: str | None = None,
+                 log_interval: float = 10.0, follow: bool = False, profile: str | None = None,
+                 **options: Any) -> Any:
+    """``framebag run``: load the workflow, run it with progress, print the summary.
+
+    ``plot`` writes quick-look PNGs afterwards (see :mod:`framebag.plot`);
+    ``report`` wraps the run in a ``distributed.performance_report`` written to
+    that file. Both check their optional dependencies before anything starts.
+    Returns the engine's ``Results``.
+    """
+    from contextlib import ExitStack
+
+
+    wf = _prepare(workflow, plot, report, quiet)
+    from .output import default_output_path
+
+    out_path = Path(output) if output else default_output_path(input, wf.name)
+    progress = Progress(follow=follow, interval=log_interval)
+    with ExitStack() as stack:
+        if progress.tty and progress.enabled:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.enter_context(logging_redirect_tqdm([logging.root, progress_log]))
+        stack.callback(progress.close)
+        try:
+            res: Any = wf.run(input, output, follow=follow, progress=progress,
+                              profile=profile, report=report, announce=not quiet, **options)
+        except KeyboardInterrupt as exc:
+            exc.output_written = out_path.exists()  # type: ignore[attr-defined]
+            raise
+        progress.finish(res.stats)
+    progress_log.info(summary_line(res, follow))
+    if report:
+        progress_log.info("performance report in %s", report)
+    if plot:
+        from .plot import write_pictures
+
+        pictures = write_pictures(res.output)
+        if pictures:
+            progress_log.info("pictures in %s: %s", pictures[0].parent,
+                     ", ".join(p.name for p in pictures))
+    return res
+
+
+def _reason(exc: BaseException) -> str:
+    """A failed scan's reason in one line: framebag's own sentence, or the exception named."""
+    from .errors import FramebagError
+
+    text = str(exc) if isinstance(exc, FramebagError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())
+
+
+def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = None, *,
+                      quiet: bool = False, plot: bool = False, report: str | None = None,
+                      log_interval: float = 10.0, follow: bool = False,
+                      profile: str | None = None, **options: Any) -> Any:
+    """``framebag run`` over several inputs: one cluster, a line per scan, then a summary.
+
+    Each scan gets its progress display and, at its end, one line: its summary, or
+    why it failed (shown under ``--quiet`` too). A failed scan does not stop the
+    next. If any failed, a :class:`FramebagError` names each with its reason, after
+    the others ran. Returns the engine's ``ManyResults``.
+    """
+    from contextlib import ExitStack
+
+    from .engine import run_many
+    from .errors import FramebagError
+    from .output import default_output_path
+
+    wf = _prepare(workflow, plot, report, quiet)
+    current: list[Progress] = []
+    started: list[Path] = []
+
+    def progress_for(inp: Path) -> Progress:
+        p = Progress(follow=follow, interval=log_interval)
+        current[:] = [p]
+        started.append(inp)
+        return p
+
+    def each(i: int, n: int, inp: Path, out: Path, res: Any) -> None:
+        p = current.pop() if current else None
+        if isinstance(res, BaseException):
+            if p is not None:
+                p.close()
+            progress_log.warning("scan %d of %d failed: %s: %s", i + 1, n, inp, _reason(res))
+            return
+        if p is not None:
+            p.finish(res.stats)
+            p.close()
+        progress_log.info("scan %d of %d, %s: %s", i + 1, n, inp, summary_line(res, follow))
+        if plot:
+            from .plot import write_pictures
+
+            pictures = write_pictures(res.output)
+            if pictures:
+                progress_log.info("pictures in %s: %s", pictures[0].parent,
+                         ", ".join(p.name for p in pictures))
+
+    with ExitStack() as stack:
+        if sys.stderr.isatty() and progress_log.isEnabledFor(logging.INFO):
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            stack.enter_context(logging_redirect_tqdm([logging.root, progress_log]))
+        try:
+            res = run_many(wf, inputs, out_dir, follow=follow, profile=profile, report=report,
+                           announce=not quiet, progress_for=progress_for, each=each, **options)
+        except KeyboardInterrupt as exc:
+            for p in current:
+                p.close()
+            outs = [default_output_path(i, wf.name) if out_dir is None
+                    else Path(out_dir) / default_output_path(i, wf.name).name for i in started]
+            exc.output_written = any(o.exists() for o in outs)  # type: ignore[attr-defined]
+            raise
+    failed, n = res.failed, len(res)
+    if failed:
+        listing = "".join(f"\n  {p}: {_reason(e)}" for p, e in failed.items())
+        raise FramebagError(f"{len(failed)} of {n} scans failed ({n - len(failed)} done, in "
+                            f"{res.wall:.1f} s):{listing}")
+    progress_log.info("all %d scans done in %.1f s", n, res.wall)
+    if report:
+        progress_log.info("performance report in %s", report)
+    return res
+
+
+def cmd_run(args: argparse.Namespace) -> int:
     inputs = _check_run_arguments(args)
     shown = dict(quiet=args.quiet, plot=args.plot, report=args.report,
                  log_interval=args.log_interval)
