@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ from .errors import FramebagError
 from .output import LIBVER, create_swmr, detach, os_reason
 from .partitions import cut
 
-__all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "frame_at", "frames_at",
+__all__ = ["DATA", "KEY", "FINISHED", "KEY_TIME", "simulate", "SimOptions", "frame_at", "frames_at",
            "expected_frames", "emission_order", "add_parser"]
 
 DATA = "entry/data/data"
@@ -187,110 +188,73 @@ def _simulated(path: Path) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class SimOptions:
+    """How :func:`simulate` writes a scan; each field is a ``framebag simulate`` option.
+
+    ``scan``/``frame``: the shapes; ``rate``: frames per second; ``writers``
+    interleaved writers, each ``writer_lag`` frames behind the one before;
+    ``snake``: every other row backwards; ``stall_after`` frames, stop writing for
+    ``stall_for`` seconds (default: until killed); ``growing``: an unlimited first
+    dim grown row by row; ``finished_shape``: ``scalar``, ``1`` or ``none``;
+    ``chunk_frames``/``compression``: the data's chunking and filter; ``seed``: the
+    frames' content; ``start_delay``: seconds before the first frame; ``drop``: flat
+    indices whose keys are never set; ``arm_for``, ``gate``, ``gate_after``: see
+    the module docstring.
+    """
+
+    scan: tuple[int, ...] = (20, 30)
+    frame: tuple[int, ...] = (128, 128)
+    rate: float = 500.0
+    writers: int = 1
+    writer_lag: int = 5
+    snake: bool = False
+    stall_after: int | None = None
+    stall_for: float = math.inf
+    growing: bool = False
+    dtype: str = "uint16"
+    finished_shape: str = "scalar"
+    chunk_frames: int = 1
+    compression: str | None = None
+    seed: int = 0
+    start_delay: float = 0.0
+    drop: tuple[int, ...] = ()
+    arm_for: float | None = None
+    gate: str | os.PathLike | None = None
+    gate_after: int | None = None
+
+
 def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
-             frame: tuple[int, ...] = (128, 128), rate: float = 500.0, *, writers: int = 1,
-             writer_lag: int = 5, snake: bool = False, stall_after: int | None = None,
-             stall_for: float = math.inf, growing: bool = False, dtype: str = "uint16",
-             finished_shape: str = "scalar", chunk_frames: int = 1,
-             compression: str | None = None, seed: int = 0, start_delay: float = 0.0,
-             overwrite: bool = False, drop: tuple[int, ...] = (),
-             arm_for: float | None = None, gate: str | os.PathLike | None = None,
-             gate_after: int | None = None) -> int:
+             frame: tuple[int, ...] = (128, 128), rate: float = 500.0, *,
+             overwrite: bool = False, **options: Any) -> int:
     """Write a simulated live scan to ``path`` and return the number of frames written.
 
-    Blocks until the scan is written (or, with ``stall_after`` and the default
-    ``stall_for``, until the process is killed). The finished flag is set only
-    when every frame was written. The frames at the flat indices ``drop`` are
-    written but their keys never set, like triggers a detector missed. Safe as
-    a ``multiprocessing`` target. ``arm_for`` and ``gate``: see the module docstring.
-    An existing ``path`` is replaced only when it is an earlier simulated scan, or
-    with ``overwrite``: one mistyped name must not destroy a real measurement.
+    ``options`` are the fields of :class:`SimOptions`. Blocks until the scan is
+    written (or, with ``stall_after`` and the default ``stall_for``, until the
+    process is killed). The finished flag is set only when every frame was
+    written. The frames at the flat indices ``drop`` are written but their keys
+    never set, like triggers a detector missed. Safe as a ``multiprocessing``
+    target. An existing ``path`` is replaced only when it is an earlier simulated
+    scan, or with ``overwrite``: one mistyped name must not destroy a real measurement.
     """
-    scan = tuple(int(s) for s in scan)
-    frame = tuple(int(s) for s in frame)
-    if not scan or min(scan) < 1 or not frame or min(frame) < 1:
-        raise FramebagError(f"--scan {scan} and --frame {frame} need positive sizes")
-    if rate <= 0:
-        raise FramebagError(f"--rate must be positive frames per second, got {rate}")
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise FramebagError(f"--dtype {dtype!r} is not a numpy dtype") from None
+    opts = SimOptions(scan=tuple(int(s) for s in scan), frame=tuple(int(s) for s in frame),
+                      rate=rate, **options)
     path = Path(path)
-    if path.exists() and not overwrite and not _simulated(path):
-        raise FramebagError(
-            f"simulate output {str(path)!r} exists and is not a scan framebag simulated; "
-            "simulate replaces only its own scans: choose another name, or pass --overwrite")
-    if not path.resolve().parent.is_dir():
-        raise FramebagError(f"simulate output directory {str(path.resolve().parent)!r} "
-                            "does not exist")
-    order = emission_order(scan, writers, snake, writer_lag)
-    dropped = np.asarray(drop, dtype=np.int64)
-    if dropped.size and (dropped.min() < 0 or dropped.max() >= order.size):
-        raise FramebagError(f"--drop {list(drop)}: frames are numbered 0 to {order.size - 1}")
-    held = _Gate(gate, gate_after, order.size)
-    inner = int(np.prod(scan[1:], dtype=np.int64))
-    def layout(f: h5py.File) -> None:
-        _create(f, scan, frame, dt, growing, finished_shape, chunk_frames, compression)
-
-    f = create_swmr(path, layout) if arm_for is None else h5py.File(path, "w", libver=LIBVER)
+    writer = _Writer(opts, _checked_dtype(opts, path, overwrite))
+    if opts.arm_for is None:
+        f = create_swmr(path, writer.layout)
+    else:
+        f = h5py.File(path, "w", libver=LIBVER)
     try:
-        if arm_for is not None:  # in place, unreadable until it goes SWMR
-            layout(f)
+        if opts.arm_for is not None:  # in place, unreadable until it goes SWMR
+            writer.layout(f)
             f.flush()
-            time.sleep(arm_for)
-            held.wait()
+            time.sleep(opts.arm_for)
+            writer.held.wait()
             f.swmr_mode = True
-        data, key, key_time = f[DATA], f[KEY], f[KEY_TIME]
-        # the writer's own copy of the keys: a batch's keys go out as one write of the
-        # rows it touched, which only ever turns zeros into ones
-        keys = np.zeros(scan + (1,) * len(frame), dtype=np.int32)
-        times = np.zeros(scan, dtype=np.float64)
-        if start_delay:
-            time.sleep(start_delay)
-        t0 = time.monotonic()
-        written = 0
-        rows = 0
-        n = order.size
-        while written < n:
-            if held.wait(written):
-                t0 = time.monotonic() - written / rate
-            if stall_after is not None and written >= stall_after:
-                _stall(stall_for)
-                stall_after = None
-                t0 = time.monotonic() - written / rate
-            due = min(n, int((time.monotonic() - t0) * rate) + 1)
-            if stall_after is not None:
-                due = min(due, stall_after)
-            due = held.cap(due)
-            batch = order[written:due]
-            if batch.size == 0:  # woke up a hair early: nothing is due yet
-                time.sleep(0.5 / rate)
-                continue
-            r0, r1 = int(batch.min()) // inner, int(batch.max()) // inner + 1
-            if growing and r1 > rows:
-                rows = r1
-                for ds in (data, key, key_time):
-                    ds.resize(rows, axis=0)
-            for a, b in cut(batch, scan[-1]):  # ascending runs within one scan row
-                start = np.unravel_index(a, scan)
-                sel = (*start[:-1], slice(start[-1], start[-1] + b - a))
-                data[sel] = frames_at(seed, np.arange(a, b), frame, dt)
-            data.flush()
-            keys.reshape(-1)[batch] = 1
-            if dropped.size:
-                keys.reshape(-1)[dropped] = 0
-            times.reshape(-1)[batch] = time.time()
-            key[r0:r1] = keys[r0:r1]
-            key_time[r0:r1] = times[r0:r1]
-            f.flush()
-            written = due
-            if written < n:
-                delay = t0 + written / rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-        held.wait()
-        if finished_shape != "none":
+        written = writer.write(f)
+        writer.held.wait()
+        if opts.finished_shape != "none":
             flag = f[FINISHED]
             flag[()] = 1
             flag.flush()
@@ -304,6 +268,106 @@ def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
     finally:
         if f.id.valid:
             f.close()
+
+
+def _checked_dtype(opts: SimOptions, path: Path, overwrite: bool) -> np.dtype:
+    """The frames' dtype, once the options and the output path are checked."""
+    if not opts.scan or min(opts.scan) < 1 or not opts.frame or min(opts.frame) < 1:
+        raise FramebagError(f"--scan {opts.scan} and --frame {opts.frame} need positive sizes")
+    if opts.rate <= 0:
+        raise FramebagError(f"--rate must be positive frames per second, got {opts.rate}")
+    try:
+        dt = np.dtype(opts.dtype)
+    except TypeError:
+        raise FramebagError(f"--dtype {opts.dtype!r} is not a numpy dtype") from None
+    if path.exists() and not overwrite and not _simulated(path):
+        raise FramebagError(
+            f"simulate output {str(path)!r} exists and is not a scan framebag simulated; "
+            "simulate replaces only its own scans: choose another name, or pass --overwrite")
+    if not path.resolve().parent.is_dir():
+        raise FramebagError(f"simulate output directory {str(path.resolve().parent)!r} "
+                            "does not exist")
+    return dt
+
+
+class _Writer:
+    """The schedule of one simulated scan: which frames are due when, and their writes."""
+
+    def __init__(self, opts: SimOptions, dt: np.dtype) -> None:
+        self.o, self.dt = opts, dt
+        self.order = emission_order(opts.scan, opts.writers, opts.snake, opts.writer_lag)
+        self.dropped = np.asarray(opts.drop, dtype=np.int64)
+        if self.dropped.size and (self.dropped.min() < 0 or
+                                  self.dropped.max() >= self.order.size):
+            raise FramebagError(f"--drop {list(opts.drop)}: frames are numbered 0 to "
+                                f"{self.order.size - 1}")
+        self.held = _Gate(opts.gate, opts.gate_after, self.order.size)
+        self.inner = int(np.prod(opts.scan[1:], dtype=np.int64))
+        self.stall_after = opts.stall_after
+        self.rows = 0
+        # the writer's own copy of the keys: a batch's keys go out as one write of the
+        # rows it touched, which only ever turns zeros into ones
+        self.keys = np.zeros(opts.scan + (1,) * len(opts.frame), dtype=np.int32)
+        self.times = np.zeros(opts.scan, dtype=np.float64)
+
+    def layout(self, f: h5py.File) -> None:
+        o = self.o
+        _create(f, o.scan, o.frame, self.dt, o.growing, o.finished_shape, o.chunk_frames,
+                o.compression)
+
+    def write(self, f: h5py.File) -> int:
+        """Write every frame at the scan's rate (held by the stall and the gate)."""
+        rate, n = self.o.rate, self.order.size
+        if self.o.start_delay:
+            time.sleep(self.o.start_delay)
+        dsets = (f[DATA], f[KEY], f[KEY_TIME])
+        t0 = time.monotonic()
+        written = 0
+        while written < n:
+            if self.held.wait(written):
+                t0 = time.monotonic() - written / rate
+            if self.stall_after is not None and written >= self.stall_after:
+                _stall(self.o.stall_for)
+                self.stall_after = None
+                t0 = time.monotonic() - written / rate
+            due = min(n, int((time.monotonic() - t0) * rate) + 1)
+            if self.stall_after is not None:
+                due = min(due, self.stall_after)
+            due = self.held.cap(due)
+            batch = self.order[written:due]
+            if batch.size == 0:  # woke up a hair early: nothing is due yet
+                time.sleep(0.5 / rate)
+                continue
+            self._write_batch(f, dsets, batch)
+            written = due
+            if written < n:
+                delay = t0 + written / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+        return written
+
+    def _write_batch(self, f: h5py.File, dsets: tuple[h5py.Dataset, ...],
+                     batch: np.ndarray) -> None:
+        """The frames at flat indices ``batch``, flushed, then their keys, flushed."""
+        o, scan = self.o, self.o.scan
+        data, key, key_time = dsets
+        r0, r1 = int(batch.min()) // self.inner, int(batch.max()) // self.inner + 1
+        if o.growing and r1 > self.rows:
+            self.rows = r1
+            for ds in (data, key, key_time):
+                ds.resize(self.rows, axis=0)
+        for a, b in cut(batch, scan[-1]):  # ascending runs within one scan row
+            start = np.unravel_index(a, scan)
+            sel = (*start[:-1], slice(start[-1], start[-1] + b - a))
+            data[sel] = frames_at(o.seed, np.arange(a, b), o.frame, self.dt)
+        data.flush()
+        self.keys.reshape(-1)[batch] = 1
+        if self.dropped.size:
+            self.keys.reshape(-1)[self.dropped] = 0
+        self.times.reshape(-1)[batch] = time.time()
+        key[r0:r1] = self.keys[r0:r1]
+        key_time[r0:r1] = self.times[r0:r1]
+        f.flush()
 
 
 class _Gate:
