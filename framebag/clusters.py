@@ -415,41 +415,19 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
 
     prof = profile if isinstance(profile, Profile) else load(profile)
     timeout = float(first_worker_timeout or prof.first_worker_timeout)
-    client: Client | None
     if prof.cluster == "address":
-        try:
-            client = Client(prof.address, timeout=timeout)
-        except OSError as exc:
-            raise FramebagError(f"profile {str(prof.source)!r}: cannot reach the scheduler at "
-                                f"{prof.address}: {exc}") from exc
-        try:
-            if announce:
-                _announce(client, prof)
-            yield client
-        finally:
-            client.close()
+        with _address_client(prof, timeout, announce) as running:
+            yield running
         return
-
     ledger = _Ledger()
     with _sigterm_interrupts():
         cluster = make_cluster(prof, ledger)
-        client = None
+        client: Client | None = None
         try:
             client = Client(cluster)
             if announce:
                 _announce(client, prof)
-            if prof.is_batch:
-                if prof.adapt is not None:
-                    first = max(1, int(prof.adapt.get("minimum_jobs") or 0))
-                    cluster.scale(jobs=first)
-                else:
-                    cluster.scale(**prof.scale)
-                _wait_first_worker(client, cluster, prof, ledger, timeout, report_every)
-                log.info("first worker connected; job(s) %s", ", ".join(ledger.submitted))
-            elif prof.scale:
-                cluster.scale(**prof.scale)
-            if prof.adapt is not None:
-                cluster.adapt(**prof.adapt)
+            _scale(client, cluster, prof, ledger, timeout, report_every)
             yield client
         finally:
             if client is not None:
@@ -461,6 +439,43 @@ def start_client(profile: str | os.PathLike | Profile | None = None, *,
             finally:
                 if prof.is_batch:
                     _cancel(cluster, ledger.open_ids())
+
+
+@contextmanager
+def _address_client(prof: Profile, timeout: float, announce: bool) -> Iterator[Any]:
+    """A client of the running scheduler an ``address`` profile names; closed on leaving,
+    the scheduler left running."""
+    from distributed import Client
+
+    try:
+        client = Client(prof.address, timeout=timeout)
+    except OSError as exc:
+        raise FramebagError(f"profile {str(prof.source)!r}: cannot reach the scheduler at "
+                            f"{prof.address}: {exc}") from exc
+    try:
+        if announce:
+            _announce(client, prof)
+        yield client
+    finally:
+        client.close()
+
+
+def _scale(client: Any, cluster: Any, prof: Profile, ledger: _Ledger, timeout: float,
+           report_every: float) -> None:
+    """Scale a started cluster as its profile says; for batch kinds, submit the first
+    jobs and wait for the first worker before ``adapt:`` takes over."""
+    if prof.is_batch:
+        if prof.adapt is not None:
+            first = max(1, int(prof.adapt.get("minimum_jobs") or 0))
+            cluster.scale(jobs=first)
+        else:
+            cluster.scale(**prof.scale)
+        _wait_first_worker(client, cluster, prof, ledger, timeout, report_every)
+        log.info("first worker connected; job(s) %s", ", ".join(ledger.submitted))
+    elif prof.scale:
+        cluster.scale(**prof.scale)
+    if prof.adapt is not None:
+        cluster.adapt(**prof.adapt)
 
 
 @contextmanager

@@ -202,22 +202,33 @@ def load(name: str | os.PathLike | None) -> Profile:
     options = raw.get("options") or {}
     if not isinstance(options, dict):
         raise FramebagError(f"{where}: 'options:' must be a mapping of option: value")
-    options = dict(options)
     timeout = raw.get("first_worker_timeout", DEFAULT_FIRST_WORKER_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise FramebagError(f"{where}: first_worker_timeout must be a positive number of seconds")
-
     if kind == "address":
-        extra = sorted(k for k in raw if k not in ("cluster", "address", "first_worker_timeout"))
-        if not raw.get("address"):
-            raise FramebagError(f"{where}: cluster 'address' needs address: tcp://host:8786")
-        if extra:
-            raise FramebagError(
-                f"{where}: cluster 'address' connects to a running scheduler and takes no "
-                f"{', '.join(extra)}"
-            )
-        return Profile(path.stem, path, kind, {}, {}, None, str(raw["address"]), float(timeout))
+        return _address_profile(where, path, raw, float(timeout))
+    options = _options(where, kind, raw, dict(options))
+    scale, adapt = _scaling(where, kind, raw)
+    return Profile(path.stem, path, kind, options, scale, adapt, None, float(timeout))
 
+
+def _address_profile(where: str, path: Path, raw: dict[str, Any], timeout: float) -> Profile:
+    """A profile of kind ``address``: a running scheduler's address and nothing else."""
+    extra = sorted(k for k in raw if k not in ("cluster", "address", "first_worker_timeout"))
+    if not raw.get("address"):
+        raise FramebagError(f"{where}: cluster 'address' needs address: tcp://host:8786")
+    if extra:
+        raise FramebagError(
+            f"{where}: cluster 'address' connects to a running scheduler and takes no "
+            f"{', '.join(extra)}"
+        )
+    return Profile(path.stem, path, "address", {}, {}, None, str(raw["address"]), timeout)
+
+
+def _options(where: str, kind: str, raw: dict[str, Any], options: dict[str, Any]
+             ) -> dict[str, Any]:
+    """The profile's ``options:`` with its top-level ``python``/``job_script_prologue``,
+    every key checked against the cluster class of ``kind``."""
     for key in ("python", "job_script_prologue"):
         if key in raw:
             if kind == "local":
@@ -227,7 +238,6 @@ def load(name: str | os.PathLike | None) -> Profile:
             options[key] = raw[key]
     if isinstance(options.get("job_script_prologue"), str):
         options["job_script_prologue"] = [options["job_script_prologue"]]
-
     valid = valid_options(kind)
     for key in options:
         _check_option(where, kind, str(key), valid)
@@ -235,7 +245,13 @@ def load(name: str | os.PathLike | None) -> Profile:
         _check_security(where, options["security"])
     if kind != "local":
         _check_batch(where, kind, options, valid)
+    return options
 
+
+def _scaling(where: str, kind: str, raw: dict[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The profile's ``(scale, adapt)``, checked; a batch profile with neither scales to
+    one job."""
     scale = raw.get("scale")
     adapt = raw.get("adapt")
     if scale is not None and adapt is not None:
@@ -252,7 +268,7 @@ def load(name: str | os.PathLike | None) -> Profile:
         high = adapt.get("maximum_jobs", adapt.get("maximum"))
         if high is not None and low > high:
             raise FramebagError(f"{where}: adapt minimum {low} is above its maximum {high}")
-    return Profile(path.stem, path, kind, options, dict(scale or {}), adapt, None, float(timeout))
+    return dict(scale or {}), adapt
 
 
 def cluster_class(kind: str) -> Any:
