@@ -6,6 +6,12 @@ the traceback is shown only with ``--debug``. Each subcommand other than
 ``COMMANDS`` below (a module exposing ``add_parser(subparsers)`` whose parser
 sets ``func``). ``--debug``, ``-v`` and ``-q`` are accepted before and after
 the subcommand.
+
+``run`` itself is here, parser and orchestration (load the workflow, show
+progress, print the summary, one cluster for several inputs), which is why this
+module is over 400 lines: it is the one home of ``framebag run``, shared by
+``submit`` (which passes run's options on); the progress display it drives is
+:mod:`framebag.progress`.
 """
 
 from __future__ import annotations
@@ -120,6 +126,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axes", nargs="+", metavar="PATH",
                    help="the scan's motor-position datasets, one per scan dim, slowest first "
                         "(1-d or scan-shaped): the output's scan axes (default: indices)")
+    _add_run_control(p)
+
+
+def _add_run_control(p: argparse.ArgumentParser) -> None:
+    """``run``'s options of how it runs: following, task sizes, errors, checkpoints, display."""
     p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="with --follow: stop after this many seconds with no new frame, "
@@ -259,17 +270,14 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
     """
     from contextlib import ExitStack
 
-
-    wf = _prepare(workflow, plot, report, quiet)
     from .output import default_output_path
 
+    wf = _prepare(workflow, plot, report, quiet)
     out_path = Path(output) if output else default_output_path(input, wf.name)
     progress = Progress(follow=follow, interval=log_interval)
     with ExitStack() as stack:
         if progress.tty and progress.enabled:
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            stack.enter_context(logging_redirect_tqdm([logging.root, progress_log]))
+            _redirect_logging_around_the_bar(stack)
         stack.callback(progress.close)
         try:
             res: Any = wf.run(input, output, follow=follow, progress=progress,
@@ -282,13 +290,25 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
     if report:
         progress_log.info("performance report in %s", report)
     if plot:
-        from .plot import write_pictures
-
-        pictures = write_pictures(res.output)
-        if pictures:
-            progress_log.info("pictures in %s: %s", pictures[0].parent,
-                     ", ".join(p.name for p in pictures))
+        _write_pictures(res.output)
     return res
+
+
+def _redirect_logging_around_the_bar(stack: Any) -> None:
+    """Log lines go above the tqdm bar, not through it, until ``stack`` closes."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    stack.enter_context(logging_redirect_tqdm([logging.root, progress_log]))
+
+
+def _write_pictures(output: str | os.PathLike) -> None:
+    """``--plot``: the quick-look PNGs of ``output``, and a line saying where they are."""
+    from .plot import write_pictures
+
+    pictures = write_pictures(output)
+    if pictures:
+        progress_log.info("pictures in %s: %s", pictures[0].parent,
+                          ", ".join(p.name for p in pictures))
 
 
 def _reason(exc: BaseException) -> str:
@@ -297,6 +317,47 @@ def _reason(exc: BaseException) -> str:
 
     text = str(exc) if isinstance(exc, FramebagError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())
+
+
+class _ScanLines:
+    """What ``framebag run`` shows of each of several scans: a progress display while it
+    runs (``progress_for``), then its summary or why it failed (``each``)."""
+
+    def __init__(self, follow: bool, log_interval: float, plot: bool) -> None:
+        self.follow, self.log_interval, self.plot = follow, log_interval, plot
+        self.current: list[Progress] = []
+        self.started: list[Path] = []
+
+    def progress_for(self, inp: Path) -> Progress:
+        p = Progress(follow=self.follow, interval=self.log_interval)
+        self.current[:] = [p]
+        self.started.append(inp)
+        return p
+
+    def each(self, i: int, n: int, inp: Path, out: Path, res: Any) -> None:
+        p = self.current.pop() if self.current else None
+        if isinstance(res, BaseException):
+            if p is not None:
+                p.close()
+            progress_log.warning("scan %d of %d failed: %s: %s", i + 1, n, inp, _reason(res))
+            return
+        if p is not None:
+            p.finish(res.stats)
+            p.close()
+        progress_log.info("scan %d of %d, %s: %s", i + 1, n, inp,
+                          summary_line(res, self.follow))
+        if self.plot:
+            _write_pictures(res.output)
+
+    def interrupted(self, exc: KeyboardInterrupt, workflow: str, out_dir: str | None) -> None:
+        """Close the display and tell ``main`` whether an output of a started scan exists."""
+        from .output import default_output_path
+
+        for p in self.current:
+            p.close()
+        outs = [default_output_path(i, workflow) if out_dir is None
+                else Path(out_dir) / default_output_path(i, workflow).name for i in self.started]
+        exc.output_written = any(o.exists() for o in outs)  # type: ignore[attr-defined]
 
 
 def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = None, *,
@@ -313,52 +374,18 @@ def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = No
     from contextlib import ExitStack
 
     from .engine import run_many
-    from .errors import FramebagError
-    from .output import default_output_path
 
     wf = _prepare(workflow, plot, report, quiet)
-    current: list[Progress] = []
-    started: list[Path] = []
-
-    def progress_for(inp: Path) -> Progress:
-        p = Progress(follow=follow, interval=log_interval)
-        current[:] = [p]
-        started.append(inp)
-        return p
-
-    def each(i: int, n: int, inp: Path, out: Path, res: Any) -> None:
-        p = current.pop() if current else None
-        if isinstance(res, BaseException):
-            if p is not None:
-                p.close()
-            progress_log.warning("scan %d of %d failed: %s: %s", i + 1, n, inp, _reason(res))
-            return
-        if p is not None:
-            p.finish(res.stats)
-            p.close()
-        progress_log.info("scan %d of %d, %s: %s", i + 1, n, inp, summary_line(res, follow))
-        if plot:
-            from .plot import write_pictures
-
-            pictures = write_pictures(res.output)
-            if pictures:
-                progress_log.info("pictures in %s: %s", pictures[0].parent,
-                         ", ".join(p.name for p in pictures))
-
+    shown = _ScanLines(follow, log_interval, plot)
     with ExitStack() as stack:
         if sys.stderr.isatty() and progress_log.isEnabledFor(logging.INFO):
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
-            stack.enter_context(logging_redirect_tqdm([logging.root, progress_log]))
+            _redirect_logging_around_the_bar(stack)
         try:
             res = run_many(wf, inputs, out_dir, follow=follow, profile=profile, report=report,
-                           announce=not quiet, progress_for=progress_for, each=each, **options)
+                           announce=not quiet, progress_for=shown.progress_for,
+                           each=shown.each, **options)
         except KeyboardInterrupt as exc:
-            for p in current:
-                p.close()
-            outs = [default_output_path(i, wf.name) if out_dir is None
-                    else Path(out_dir) / default_output_path(i, wf.name).name for i in started]
-            exc.output_written = any(o.exists() for o in outs)  # type: ignore[attr-defined]
+            shown.interrupted(exc, wf.name, out_dir)
             raise
     failed, n = res.failed, len(res)
     if failed:
