@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .describe import table
 from .errors import FramebagError
-from .inspect import table
 from .workflow import Workflow, load_workflow
 
 __all__ = ["Entry", "discover", "describe", "add_parser"]

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from .describe import framebag_groups
 from .errors import FramebagError
 from .hdf5 import attr_text, open_readonly
-from .inspect import framebag_groups
 from .output import nxdata_of, results
 
 __all__ = ["write_pictures", "require_matplotlib", "default_dir", "add_parser"]
