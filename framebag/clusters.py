@@ -14,6 +14,10 @@ dask-jobqueue, because they do not do it:
   again: importing dask-jobqueue 0.9 turns it into a silent ``sys.exit()``);
 - local worker processes that do not re-run the user's ``__main__``
   (:func:`workers_skip_main`).
+
+One module of about 500 lines because starting, waiting and stopping share one
+ledger of jobs and one cluster object; the waiting (SLURM's reasons, the
+messages) is most of it.
 """
 
 from __future__ import annotations
@@ -257,22 +261,7 @@ def _wait_first_worker(client: Any, cluster: Any, prof: Profile, ledger: _Ledger
         if now - last_check > 2 and ids:
             last_check = now
             states = _queue_states(kind, ids)
-            if states is not None and not states:
-                raise FramebagError(_no_worker_message(
-                    prof, ids, cluster, f"{kind} job(s) {', '.join(ids)} ended before any "
-                    "worker connected"))
-            stuck = {r for st, r in (states or {}).values() if st == "PENDING" and
-                     r in NEVER_STARTS}
-            if stuck and all(st == "PENDING" and r in NEVER_STARTS
-                             for st, r in (states or {}).values()):
-                reason = sorted(stuck)[0]
-                opts = cluster_options(prof)
-                asked = ", ".join(f"{k} {opts[k]}" for k in ("cores", "memory", "walltime",
-                                                             "queue") if opts.get(k))
-                raise FramebagError(
-                    f"profile {str(prof.source)!r}: {kind} job(s) {_shown(ids, states or {})} "
-                    f"can never start: {NEVER_STARTS[reason]} (asked: {asked}); lower the "
-                    "options in the profile to what the nodes have (sinfo -N -l shows them)")
+            _check_queue(prof, cluster, ids, states)
             if now - last_report >= report_every and now - start >= report_every:
                 last_report = now
                 log.warning("waiting for the first worker (%.0f s of %g s): %s job(s) %s",
@@ -282,6 +271,29 @@ def _wait_first_worker(client: Any, cluster: Any, prof: Profile, ledger: _Ledger
             raise FramebagError(_no_worker_message(
                 prof, ids, cluster, f"no worker connected within {timeout:g} s; "
                 f"{kind} job(s) {_shown(ids, states)}"))
+
+
+def _check_queue(prof: Profile, cluster: Any, ids: list[str],
+                 states: dict[str, tuple[str, str]] | None) -> None:
+    """Stop the wait for the first worker when no waiting can help: every job ended, or
+    every one pends for a reason that never clears (:data:`NEVER_STARTS`)."""
+    kind = prof.cluster
+    if states is not None and not states:
+        raise FramebagError(_no_worker_message(
+            prof, ids, cluster, f"{kind} job(s) {', '.join(ids)} ended before any "
+            "worker connected"))
+    stuck = {r for st, r in (states or {}).values() if st == "PENDING" and
+             r in NEVER_STARTS}
+    if stuck and all(st == "PENDING" and r in NEVER_STARTS
+                     for st, r in (states or {}).values()):
+        reason = sorted(stuck)[0]
+        opts = cluster_options(prof)
+        asked = ", ".join(f"{k} {opts[k]}" for k in ("cores", "memory", "walltime",
+                                                     "queue") if opts.get(k))
+        raise FramebagError(
+            f"profile {str(prof.source)!r}: {kind} job(s) {_shown(ids, states or {})} "
+            f"can never start: {NEVER_STARTS[reason]} (asked: {asked}); lower the "
+            "options in the profile to what the nodes have (sinfo -N -l shows them)")
 
 
 def _no_worker_message(prof: Profile, ids: list[str], cluster: Any, what: str) -> str:

@@ -72,14 +72,7 @@ def _inspect_input(p: Path, flagged: bool) -> str:
             return "\n".join(lines)
         lines += ["datasets:", *table(_rows(entries))]
         data, keys, finished = guess_layout(f)
-        flag_value = None
-        if finished:
-            try:
-                check_flag(f[finished], finished, str(p))
-                flag_value = np.asarray(f[finished][()]).ravel()[0]
-            except FramebagError as exc:
-                lines.append(f"finished flag: {exc}")
-                finished = None
+        finished, flag_value = _finished_flag(f, finished, p, lines)
     if data is None:
         lines.append("no data dataset found: framebag needs a numeric dataset of rank >= 2 "
                      "(scan dims, then frame dims)")
@@ -98,7 +91,6 @@ def _inspect_input(p: Path, flagged: bool) -> str:
         lines.append(f"the run would refuse this layout: {exc}")
         return "\n".join(lines)
     info = follower.data
-    n, total = int(complete.sum()), complete.size
     lines.append(f"likely data: {data}  (scan shape {info.scan_shape}, "
                  f"frame shape {info.frame_shape}, {info.dtype})")
     if keys:
@@ -106,8 +98,29 @@ def _inspect_input(p: Path, flagged: bool) -> str:
     else:
         lines.append("likely keys: none (with no keys, every frame the data hold is complete; "
                      "the scan dims are all but the last two: set --scan-rank N otherwise)")
+    lines += _run_lines(p, data, keys, finished, live, int(complete.sum()), complete.size)
+    return "\n".join(lines)
+
+
+def _finished_flag(f: h5py.File, finished: str | None, p: Path, lines: list[str]
+                   ) -> tuple[str | None, Any]:
+    """``(finished, its value)``; a flag the run would refuse is said in ``lines`` and
+    dropped."""
+    if not finished:
+        return finished, None
+    try:
+        check_flag(f[finished], finished, str(p))
+        return finished, np.asarray(f[finished][()]).ravel()[0]
+    except FramebagError as exc:
+        lines.append(f"finished flag: {exc}")
+        return None, None
+
+
+def _run_lines(p: Path, data: str, keys: list[str], finished: str | None, live: bool,
+               n: int, total: int) -> list[str]:
+    """The complete frames and a ready ``framebag run`` command for the layout found."""
     pct = 100.0 * n / total if total else 0.0
-    lines.append(f"complete frames: {n}/{total} ({pct:.1f}%)")
+    lines = [f"complete frames: {n}/{total} ({pct:.1f}%)"]
     cmd = ["framebag", "run", EXAMPLE_WORKFLOW, str(p), "--data", data]
     for k in keys:
         cmd += ["--keys", k]
@@ -126,7 +139,7 @@ def _inspect_input(p: Path, flagged: bool) -> str:
     if not live and n < total:
         lines.append(f"  (only the {n} complete frames are processed; if a detector is still "
                      "writing the file, add --follow)")
-    return "\n".join(lines)
+    return lines
 
 
 def _rows(entries: list[hdf5.Entry]) -> list[list[str]]:
@@ -152,15 +165,8 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
     lines = [f"framebag output {p} ({p.stat().st_size / 2**20:.1f} MiB)"]
     for wname, g in groups:
         a = g.attrs
-        status = attr_text(a.get("status")) or "unknown"
         lines.append(f"workflow {wname}  (/entry/{wname}, NXprocess)")
-        line = f"  status: {status}"
-        if a.get("ended_by") is not None and status != "running":
-            line += f" ({attr_text(a.get('ended_by'))})"
-        if status == "running":
-            line += (" - being written now" if flagged else "")
-            line += "; if its run was killed, continue it with the same command and --resume"
-        lines.append(line)
+        lines.append(_status_line(a, flagged))
         lines.append(f"  started {attr_text(a.get('start_time')) or '?'}, "
                      f"ended {attr_text(a.get('end_time')) or '-'}")
         lines.append(f"  framebag {attr_text(a.get('framebag_version')) or '?'}, workflow source "
@@ -196,16 +202,33 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
         lines += ["  results:", *table(rows, "    ")]
         if attr_text(g.attrs.get("default")):
             lines.append(f"  default plot: /entry/{wname}/{attr_text(g.attrs.get('default'))}")
-        errs = g["errors"][()] if "errors" in g else np.zeros(0)
-        scan_shape = done.shape if done is not None else None
-        lines.append(f"  errors: {len(errs)}" + (" (frames skipped by --on-error skip)"
-                                                  if len(errs) else ""))
-        for e in errs[:10]:
-            where = scan_index(e["flat"], scan_shape) if scan_shape else int(e["flat"])
-            lines.append(f"    frame {where} {attr_text(e['function'])}: {attr_text(e['message'])}")
-        if len(errs) > 10:
-            lines.append(f"    ... and {len(errs) - 10} more (dataset /entry/{wname}/errors)")
+        lines += _error_lines(g, wname, done.shape if done is not None else None)
     return "\n".join(lines)
+
+
+def _status_line(a: Any, flagged: bool) -> str:
+    """The output's status, what ended its run, and what to do with a run left running."""
+    status = attr_text(a.get("status")) or "unknown"
+    line = f"  status: {status}"
+    if a.get("ended_by") is not None and status != "running":
+        line += f" ({attr_text(a.get('ended_by'))})"
+    if status == "running":
+        line += (" - being written now" if flagged else "")
+        line += "; if its run was killed, continue it with the same command and --resume"
+    return line
+
+
+def _error_lines(g: h5py.Group, wname: str, scan_shape: tuple[int, ...] | None) -> list[str]:
+    """The output's count of skipped frames and the first ten of them."""
+    errs = g["errors"][()] if "errors" in g else np.zeros(0)
+    lines = [f"  errors: {len(errs)}" + (" (frames skipped by --on-error skip)"
+                                         if len(errs) else "")]
+    for e in errs[:10]:
+        where = scan_index(e["flat"], scan_shape) if scan_shape else int(e["flat"])
+        lines.append(f"    frame {where} {attr_text(e['function'])}: {attr_text(e['message'])}")
+    if len(errs) > 10:
+        lines.append(f"    ... and {len(errs) - 10} more (dataset /entry/{wname}/errors)")
+    return lines
 
 
 def _json(value: Any) -> dict[str, Any]:

@@ -26,6 +26,10 @@ Frames not done (or NaN) are masked: grey in maps, gaps in curves, left out of
 means. The file is read with ``swmr=True``, so a running output can be looked
 at. matplotlib is optional (the ``[plot]`` extra) and drawn through the Agg
 canvas directly, so no GUI backend or global ``pyplot`` state is touched.
+
+One module of a little over 400 lines because it is one job, one picture per
+result, whose helpers (masking, colour maps, axes labels) every kind of picture
+shares; none of it is used elsewhere.
 """
 
 from __future__ import annotations
@@ -121,6 +125,8 @@ def _about(g: Any) -> dict[str, Any]:
 
 def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
                 done: np.ndarray, about: dict[str, Any] | None = None) -> Any:
+    """The picture of one result (a stack's scan map, waterfall or mean frame; a fold's
+    curve or image), titled with its workflow, fold and parameters; None if it has none."""
     about = about or {"folds": {}, "parameters": {}, "input": ""}
     is_stack = attr_text(ds.attrs.get("fold")) == "stack"
     fold_info = about["folds"].get(name) or {}
@@ -134,57 +140,75 @@ def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
     axes = _nxdata_axes(ds, name)
     sub = (f"input {about['input']}, " if about["input"] else "") + f"{ndone}/{ntotal} frames done"
     if is_stack:
-        vshape = tuple(ds.shape[len(scan_shape):])
-        curve = len(scan_shape) == 1 and (vshape == () or (
-            len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS))
-        if ndone < ntotal and len(vshape) <= 1:
-            sub += "; gaps = not done" if curve else "; grey = not done"
-        scan_axes = axes[: len(scan_shape)] if axes else None
-        if vshape == ():
-            fig, ax = _fig(1)
-            _scan_map(fig, ax[0], _masked(ds[()], done), label, scan_axes)
-        elif len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS:
-            values = ds[()]
-            fig, ax = _fig(vshape[0])
-            for c in range(vshape[0]):
-                _scan_map(fig, ax[c], _masked(values[..., c], done),
-                          f"{name}[{c}]" + (f" ({units})" if units else ""), scan_axes)
-        elif len(vshape) == 1:
-            fig, ax = _fig(2)
-            _waterfall(fig, ax[0], ax[1], ds, scan_shape, done, label)
-        elif len(vshape) == 2:
-            mean = _stack_mean(ds, scan_shape, done)
-            if mean is None:
-                return None
-            fig, ax = _fig(1)
-            _image(fig, ax[0], mean, f"mean of {label}")
-            sub = sub.replace(f"{ndone}/{ntotal} frames done",
-                              f"mean over the {ndone}/{ntotal} frames done")
-        else:
-            return None
+        drawn = _stack_figure(name, ds, scan_shape, done, units, label, axes, sub)
     else:
-        value = np.asarray(ds[()])
-        if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
-            return None
-        fig, ax = _fig(1)
-        edges = np.asarray(fold_info.get("bin_edges") or [], dtype=np.float64)
-        along = axes[0] if axes and value.ndim == 1 and axes[0] is not None else None
-        if value.ndim == 2:
-            _image(fig, ax[0], value, label, axes)
-        elif fold == "histogram" and (along is not None or edges.size == value.size + 1):
-            centres = along[1] if along is not None else (edges[:-1] + edges[1:]) / 2
-            ax[0].plot(centres, value, drawstyle="steps-mid")
-            ax[0].set_xlabel(along[0] if along is not None else
-                             "value (bin centre)" + (f", {units}" if units else ""))
-            ax[0].set_ylabel("counts")
-        else:
-            ax[0].plot(along[1] if along is not None else np.arange(value.size), value,
-                       drawstyle="steps-mid")
-            ax[0].set_xlabel(along[0] if along is not None else f"{name} index")
-            ax[0].set_ylabel(label)
-        sub = sub.replace("frames done", "frames done, folded")
+        drawn = _fold_figure(name, ds, fold, fold_info, units, label, axes, sub)
+    if drawn is None:
+        return None
+    fig, sub = drawn
     fig.suptitle(f"{head}\n{sub}", fontsize=10)
     return fig
+
+
+def _stack_figure(name: str, ds: Any, scan_shape: tuple[int, ...], done: np.ndarray,
+                  units: str, label: str, axes: Any, sub: str) -> tuple[Any, str] | None:
+    """A stack's figure and its subtitle: a scan map per component, a waterfall of curves,
+    or the mean frame."""
+    ndone, ntotal = int(done.sum()), done.size
+    vshape = tuple(ds.shape[len(scan_shape):])
+    curve = len(scan_shape) == 1 and (vshape == () or (
+        len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS))
+    if ndone < ntotal and len(vshape) <= 1:
+        sub += "; gaps = not done" if curve else "; grey = not done"
+    scan_axes = axes[: len(scan_shape)] if axes else None
+    if vshape == ():
+        fig, ax = _fig(1)
+        _scan_map(fig, ax[0], _masked(ds[()], done), label, scan_axes)
+    elif len(vshape) == 1 and vshape[0] <= MAX_COMPONENTS:
+        values = ds[()]
+        fig, ax = _fig(vshape[0])
+        for c in range(vshape[0]):
+            _scan_map(fig, ax[c], _masked(values[..., c], done),
+                      f"{name}[{c}]" + (f" ({units})" if units else ""), scan_axes)
+    elif len(vshape) == 1:
+        fig, ax = _fig(2)
+        _waterfall(fig, ax[0], ax[1], ds, scan_shape, done, label)
+    elif len(vshape) == 2:
+        mean = _stack_mean(ds, scan_shape, done)
+        if mean is None:
+            return None
+        fig, ax = _fig(1)
+        _image(fig, ax[0], mean, f"mean of {label}")
+        sub = sub.replace(f"{ndone}/{ntotal} frames done",
+                          f"mean over the {ndone}/{ntotal} frames done")
+    else:
+        return None
+    return fig, sub
+
+
+def _fold_figure(name: str, ds: Any, fold: str, fold_info: dict[str, Any], units: str,
+                 label: str, axes: Any, sub: str) -> tuple[Any, str] | None:
+    """A fold's figure and its subtitle: an image, a histogram over its bins, or a curve."""
+    value = np.asarray(ds[()])
+    if value.dtype.kind not in "biuf" or value.ndim not in (1, 2):
+        return None
+    fig, ax = _fig(1)
+    edges = np.asarray(fold_info.get("bin_edges") or [], dtype=np.float64)
+    along = axes[0] if axes and value.ndim == 1 and axes[0] is not None else None
+    if value.ndim == 2:
+        _image(fig, ax[0], value, label, axes)
+    elif fold == "histogram" and (along is not None or edges.size == value.size + 1):
+        centres = along[1] if along is not None else (edges[:-1] + edges[1:]) / 2
+        ax[0].plot(centres, value, drawstyle="steps-mid")
+        ax[0].set_xlabel(along[0] if along is not None else
+                         "value (bin centre)" + (f", {units}" if units else ""))
+        ax[0].set_ylabel("counts")
+    else:
+        ax[0].plot(along[1] if along is not None else np.arange(value.size), value,
+                   drawstyle="steps-mid")
+        ax[0].set_xlabel(along[0] if along is not None else f"{name} index")
+        ax[0].set_ylabel(label)
+    return fig, sub.replace("frames done", "frames done, folded")
 
 
 def _nxdata_axes(ds: Any, name: str) -> list[tuple[str, np.ndarray] | None] | None:

@@ -27,6 +27,10 @@ The cluster classes are dask's ``LocalCluster`` and dask-jobqueue's
 
 Nothing here starts a cluster or submits a job: :mod:`framebag.clusters` does,
 from the :class:`Profile` this module returns.
+
+One module of about 550 lines because it is one job, a profile from YAML to the
+cluster class's keyword arguments: every check reads the same cluster classes'
+signatures and shares the same wording of errors.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ measurements (benchmarks/bench_latency.py).
 
 h5py does the writing; what is written by hand here is only the schedule
 (which frame is due when, in which order), which no library provides.
+
+One module of about 480 lines because the writer, its schedule, the frames' content
+(which tests use to compute the exact answer) and its command are one tool.
 """
 
 from __future__ import annotations
