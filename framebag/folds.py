@@ -259,6 +259,9 @@ def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # n
         c = counts(v)
         return c if acc is None else acc + c
 
+    def binop_many(acc: Any, values: Any) -> Any:
+        return acc if len(values) == 0 else binop(acc, values)  # no frame: nothing seen
+
     def combine(a: Any, b: Any) -> Any:
         if a is None:
             return b
@@ -266,7 +269,7 @@ def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # n
             return a
         return a + b
 
-    return Fold("histogram", _none, binop, combine, binop_many=binop,
+    return Fold("histogram", _none, binop, combine, binop_many=binop_many,
                 attrs={"bin_edges": edges.tolist()})
 
 
