@@ -140,6 +140,18 @@ class KeyFollower:
         self._finished_name = finished
         if not keys:
             return
+        self.scan_rank = self._keys_scan_rank(scan_rank)
+        #: the first scan dim is unlimited: the scan grows and is never "full"
+        self.growing = any((k.maxshape or k.shape)[0] is None for k in self._keys)
+        # a later scan dim is unlimited: it must not change during the run (see _grow)
+        self._later_unlimited = any((k.maxshape or k.shape)[d] is None
+                                    for k in self._keys for d in range(1, self.scan_rank))
+        self.data = self._describe_data(data)
+        self.scan_shape = self.data.scan_shape
+
+    def _keys_scan_rank(self, scan_rank: int | None) -> int:
+        """The scan rank the key datasets agree on, once each is checked to be a numeric
+        array of one scan shape (and of ``--scan-rank``, when given)."""
         for k in self._keys:
             if k.ndim == 0:
                 raise FramebagError(
@@ -158,20 +170,14 @@ class KeyFollower:
                     f"key dataset {k.name!r} in {self.path!r} has dtype {k.dtype}; "
                     "keys must be numeric"
                 )
-        self.scan_rank = ranks.pop()
-        if scan_rank is not None and scan_rank != self.scan_rank:
+        rank = ranks.pop()
+        if scan_rank is not None and scan_rank != rank:
             raise FramebagError(
                 f"--scan-rank {scan_rank} disagrees with the key datasets in {self.path!r}, "
-                f"whose scan rank is {self.scan_rank} ({self._key_names[0]!r} has shape "
+                f"whose scan rank is {rank} ({self._key_names[0]!r} has shape "
                 f"{self._keys[0].shape}); leave --scan-rank out when there are keys"
             )
-        #: the first scan dim is unlimited: the scan grows and is never "full"
-        self.growing = any((k.maxshape or k.shape)[0] is None for k in self._keys)
-        # a later scan dim is unlimited: it must not change during the run (see _grow)
-        self._later_unlimited = any((k.maxshape or k.shape)[d] is None
-                                    for k in self._keys for d in range(1, self.scan_rank))
-        self.data = self._describe_data(data)
-        self.scan_shape = self.data.scan_shape
+        return rank
 
     def _key(self, name: str) -> h5py.Dataset:
         try:
