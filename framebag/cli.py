@@ -136,14 +136,15 @@ def _add_run_control(p: argparse.ArgumentParser) -> None:
                    help="with --follow: stop after this many seconds with no new frame, "
                         "and wait this long for the input file to appear")
     p.add_argument("--latency", type=float, default=0.25, metavar="S",
-                   help="with --follow: send a partial partition after this many seconds")
+                   help="with --follow: send the complete frames waiting as a task, however few, "
+                        "after this many seconds")
     p.add_argument("--partition-bytes", type=_parse_bytes, metavar="SIZE",
                    default=f"{DEFAULT_PARTITION_BYTES // 2**20}MiB",
-                   help="target bytes of frames per slab read")
+                   help="the read budget: bytes of frames per read (one slab read on a worker)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a failing frame stops the run (raise) or is recorded and left (skip)")
     p.add_argument("--retries", type=int, default=2, metavar="N",
-                   help="retries of a failed partition")
+                   help="retries of a failed task")
     p.add_argument("--commit-interval", type=float, metavar="S",
                    help="seconds between checkpoints of the output (default: 0.5, or 0.1 with "
                         "--follow)")
