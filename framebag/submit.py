@@ -220,9 +220,22 @@ def submit(args: argparse.Namespace) -> int:
     os.makedirs(log_dir, exist_ok=True)
     path = Path(log_dir) / f"{DRIVER_NAME}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.sh"
     path.write_text(script)
+    job_id = _submitted(job, prof.cluster, path)
+    logs = log_files(prof.cluster, log_dir, job_id)
+    print(f"submitted driver job {job_id} ({prof.cluster}, profile {prof.name})")
+    print(f"  log:    {logs[0]}" + (f" (stdout: {logs[1]})" if len(logs) > 1 else ""))
+    for out in outputs:
+        print(f"  output: {out}")
+    print(f"  script: {path}")
+    sys.stdout.flush()
+    return 0
+
+
+def _submitted(job: Any, kind: str, path: Path) -> str:
+    """Submit the driver's script at ``path`` with the job class's command; its job id."""
     submit_cmd = shlex.split(job.submit_command)
     try:
-        if prof.cluster == "lsf":
+        if kind == "lsf":
             with open(path) as stdin:
                 done = subprocess.run(submit_cmd, stdin=stdin, capture_output=True, text=True,
                                       timeout=60)
@@ -237,15 +250,7 @@ def submit(args: argparse.Namespace) -> int:
         said = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}")
         raise FramebagError(f"submitting the driver job with {job.submit_command!r} failed: "
                             f"{said.splitlines()[-1]} (script kept in {path})")
-    job_id = found.group("job_id")
-    logs = log_files(prof.cluster, log_dir, job_id)
-    print(f"submitted driver job {job_id} ({prof.cluster}, profile {prof.name})")
-    print(f"  log:    {logs[0]}" + (f" (stdout: {logs[1]})" if len(logs) > 1 else ""))
-    for out in outputs:
-        print(f"  output: {out}")
-    print(f"  script: {path}")
-    sys.stdout.flush()
-    return 0
+    return str(found.group("job_id"))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
