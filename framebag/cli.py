@@ -242,7 +242,6 @@ def _prepare(workflow: str, plot: bool, report: str | None, quiet: bool) -> Any:
     set up the log lines, and load the workflow."""
     import importlib.util
 
-    from .errors import FramebagError
     from .workflow import load_workflow
 
     if plot:
@@ -314,8 +313,6 @@ def _write_pictures(output: str | os.PathLike) -> None:
 
 def _reason(exc: BaseException) -> str:
     """A failed scan's reason in one line: framebag's own sentence, or the exception named."""
-    from .errors import FramebagError
-
     text = str(exc) if isinstance(exc, FramebagError) else f"{type(exc).__name__}: {exc}"
     return " ".join(text.split())
 
