@@ -49,6 +49,7 @@ from .partitions import scan_index
 
 if TYPE_CHECKING:  # types only; run() and run_many() import the engine when called
     from .engine import ManyResults, Results
+    from .options import RunOptions
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "ValueKindError", "Partial",
            "load_workflow"]
@@ -368,36 +369,34 @@ class Workflow:
     # running -----------------------------------------------------------------
 
     def run(self, input: str | Path, output: str | Path | None = None, *,  # noqa: A002
-            client: Any = None, profile: str | None = None,
-            params: Mapping[str, Any] | None = None, **options: Any) -> Results:
+            client: Any = None, options: RunOptions | None = None, **given: Any) -> Results:
         """Run the workflow over ``input`` and return the results keyed by function name.
 
         With ``client`` (a ``distributed.Client``) no cluster is started; otherwise the
-        ``profile`` (default ``local``) is started and shut down. ``options`` are the
-        engine's run options (``data``, ``keys``, ``follow``, ``timeout``,
-        ``partition_bytes``, ``overwrite``, ``resume``, ``on_error`` ...).
+        ``profile`` (default ``local``) is started and shut down. ``options`` is a
+        :class:`~framebag.options.RunOptions`; keywords ``given`` are its fields
+        (``profile``, ``params``, ``data``, ``keys``, ``follow``, ``timeout``,
+        ``overwrite``, ``resume``, ``on_error`` ...) and replace single options.
         """
         from .engine import run
 
-        return run(self, input, output, client=client, profile=profile, params=params,
-                   **options)
+        return run(self, input, output, client=client, options=options, **given)
 
     def run_many(self, inputs: Iterable[str | Path], out_dir: str | Path | None = None, *,
-                 client: Any = None, profile: str | None = None,
-                 params: Mapping[str, Any] | None = None, **options: Any) -> ManyResults:
+                 client: Any = None, options: RunOptions | None = None,
+                 **given: Any) -> ManyResults:
         """Run the workflow over each of ``inputs`` on one cluster; one output per input.
 
         Outputs get the default names, next to each input or in ``out_dir`` (an
         existing directory). A scan that fails does not stop the others: the result
         maps each input path to its results (as :meth:`run` returns them) or to the
-        exception that stopped it; ``.failed`` and ``.succeeded`` split it. ``options``
-        are :meth:`run`'s and apply to each output on its own (``resume``,
+        exception that stopped it; ``.failed`` and ``.succeeded`` split it. The
+        options are :meth:`run`'s and apply to each output on its own (``resume``,
         ``overwrite``).
         """
         from .engine import run_many
 
-        return run_many(self, list(inputs), out_dir, client=client, profile=profile,
-                        params=params, **options)
+        return run_many(self, list(inputs), out_dir, client=client, options=options, **given)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, functions={list(self.functions)})"
