@@ -35,7 +35,7 @@ from . import fingerprint, hdf5
 from ._version import __version__
 from .errors import FramebagError, FrameError, ValueKindError
 from .folds import check_state
-from .keys import DataInfo, KeyFollower
+from .keys import DataInfo, EndOfScan, KeyFollower
 from .lock import OutputLock
 from .options import RunOptions
 from .output import (
@@ -581,7 +581,8 @@ class _Job:
         o = self.o
         follow = o.follow
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-        complete = self.follower.poll().ravel()
+        end = EndOfScan(self.follower, follow, o.timeout)
+        complete = end.poll()
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
             self._open_output(complete)
@@ -590,9 +591,6 @@ class _Job:
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
         opened = False
-        last_new = time.monotonic()
-        seen = int(complete.sum())
-        final_poll = not follow
         status = "failed"
         try:
             while True:
@@ -615,7 +613,7 @@ class _Job:
                     dispatcher.mark(np.flatnonzero(self.out.done))
                     processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
-                    runs = dispatcher.due(complete, now, flush=final_poll)
+                    runs = dispatcher.due(complete, now, flush=end.final)
                     if runs:
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
@@ -631,20 +629,14 @@ class _Job:
                     o.progress({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": complete.size,
                                    "inflight": len(inflight)})
-                if final_poll and not inflight and not self._backlog \
+                if end.final and not inflight and not self._backlog \
                         and not (complete & ~dispatcher.dispatched).any():
                     self._flush()
                     break
-                if follow and not final_poll:
-                    ended = self._should_end(complete, last_new)
-                    if ended:
-                        self.ended_by = ended
-                        final_poll = True  # one more poll: the last keys can land just before
-                    fresh = self.follower.poll().ravel()
-                    if int(fresh.sum()) > seen:
-                        seen = int(fresh.sum())
-                        last_new = time.monotonic()
-                    complete = fresh
+                if not end.final:
+                    complete = end.poll()
+                    if end.reason:
+                        self._ended(end.reason, complete)
                 if inflight and not finished_now:
                     # a finished file has no keys to poll: wake only when a task completes
                     # (each wake-up costs the driver about 0.5 ms of CPU)
@@ -655,7 +647,7 @@ class _Job:
                             wait(list(inflight), timeout=wake, return_when="FIRST_COMPLETED")
                     except TimeoutError:
                         pass
-                elif not inflight and follow and not final_poll:
+                elif not inflight and not end.final:
                     time.sleep(o.poll_interval)
             if not follow:
                 self.ended_by = "single_pass"
@@ -747,19 +739,16 @@ class _Job:
         futures = client.compute(parts)
         inflight.update(zip(futures, groups))
 
-    def _should_end(self, complete: np.ndarray, last_new: float) -> str:
-        """Which end condition of a followed run holds now, or "" (see progress.ENDED)."""
-        if not self.follower.growing and complete.all():
+    def _ended(self, reason: str, complete: np.ndarray) -> None:
+        """Record and log why a followed run ended (see :class:`EndOfScan`)."""
+        self.ended_by = reason
+        if reason == "keys_full":
             log.info("every frame of the scan %s is complete", self.info.scan_shape)
-            return "keys_full"
-        if self.follower.finished():
+        elif reason == "finished_flag":
             log.info("finished flag %r is set", self.follower.finished_name)
-            return "finished_flag"
-        if time.monotonic() - last_new > self.o.timeout:
+        else:
             log.warning("no new complete frame for %g s: stopping on the timeout with %d of %d "
                         "frames complete", self.o.timeout, int(complete.sum()), complete.size)
-            return "timeout"
-        return ""
 
     def _combine(self, client: Any, finished: list[Any],
                  inflight: dict[Any, list[tuple[int, int]]]) -> int:

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from .keys import ENDED
+
 __all__ = ["Progress", "configure", "summary_line", "run_reported", "run_many_reported", "LOGGER"]
 
 LOGGER = "framebag.progress"
@@ -200,16 +202,6 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-#: what ended a followed run, as ``stats["ended_by"]`` and the output's ``ended_by``
-#: attribute name it, and as the summary line says it (a run that does not follow
-#: ends as "single_pass", once every frame complete at its start is processed)
-ENDED = {
-    "finished_flag": "finished flag set",
-    "keys_full": "every frame of the scan complete",
-    "timeout": "no new complete frame within --timeout",
-}
 
 
 def summary_line(results: Any, follow: bool = False) -> str:
