@@ -258,6 +258,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_option(parser: argparse.ArgumentParser, command: str, rest: list[str]) -> str:
+    """One sentence on the first unknown option in ``rest``, with the closest known
+    one when there is a close one; "" when ``rest`` holds no option."""
+    import difflib
+
+    flags = [r.split("=", 1)[0] for r in rest if r.startswith("-")]
+    if not flags:
+        return ""
+    sub = next((p for p in _subparsers(parser) if p.prog.split()[-1] == command), parser)
+    known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; see framebag {command} --help"
+    return f"unrecognized option {flags[0]}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``framebag`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -266,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         if rest and (args.command not in ("run", "submit")
                      or any(r.startswith("-") for r in rest)):
+            unknown = _unknown_option(parser, args.command, rest)
+            if unknown:
+                print(f"framebag: error: {unknown}", file=sys.stderr)
+                return 2
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" and exit 2
         if rest:
             args.extra = [*args.extra, *rest]

@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -539,6 +540,18 @@ def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
     ) from exc
 
 
+def _did_you_mean(spec: str) -> str:
+    """A hint for a workflow named without its ``.py`` or as a path with dots."""
+    if Path(spec + ".py").is_file():
+        return f"; did you mean {spec}.py?"
+    dotted = spec.removesuffix(".py").replace("/", ".").replace(os.sep, ".").strip(".")
+    try:
+        found = dotted != spec and importlib.util.find_spec(dotted) is not None
+    except (ImportError, ValueError):
+        found = False
+    return f"; did you mean the module {dotted}?" if found else ""
+
+
 def load_workflow(spec: str | Path) -> Workflow:
     """Load the :class:`Workflow` in a Python file or an importable (dotted) module.
 
@@ -576,7 +589,7 @@ def load_workflow(spec: str | Path) -> Workflow:
         except ImportError as exc:
             raise FramebagError(
                 f"workflow {str(spec)!r} is neither a file nor an importable module ({exc})"
-            ) from exc
+                + _did_you_mean(str(spec))) from exc
         source = inspect.getsource(module).encode() if hasattr(module, "__file__") else b""
         where = str(spec)
     found = [v for v in vars(module).values() if isinstance(v, Workflow)]
