@@ -17,6 +17,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -300,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FramebagError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback too, and the same exit code as without --debug
+            traceback.print_exc()
         print(f"framebag: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
@@ -319,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
+            return 1
         print(f"framebag: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

@@ -30,3 +30,13 @@ def test_a_module_written_as_a_path_is_suggested_dotted(capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     rc, err = run_cli(capsys, "run", "framebag/workflows/frame_sum", "in.h5")
     assert_one_sentence(rc, err, "did you mean the module framebag.workflows.frame_sum?")
+
+
+def test_debug_adds_the_traceback_and_keeps_the_exit_code(capsys, tmp_path):
+    missing = str(tmp_path / "missing.h5")
+    rc, err = run_cli(capsys, "run", "framebag.workflows.frame_sum", missing)
+    rc_debug, err_debug = run_cli(capsys, "--debug", "run", "framebag.workflows.frame_sum",
+                                  missing)
+    assert rc == rc_debug == 2
+    assert "Traceback" in err_debug and "Traceback" not in err
+    assert err_debug.splitlines()[-1] == err.splitlines()[-1]
