@@ -17,18 +17,20 @@ module is over 400 lines: it is the one home of ``framebag run``, shared by
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
 from .errors import FramebagError
-from .partitions import DEFAULT_PARTITION_BYTES
+from .options import RunOptions
 from .progress import Progress, configure, summary_line
 from .progress import log as progress_log
 
@@ -39,6 +41,9 @@ DESCRIPTION = ("Per-frame jobs on HDF5 detector data, finished or live (SWMR), o
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".nxs", ".nx5", ".cxi")
 
 log = logging.getLogger("framebag")
+
+#: the fields of :class:`RunOptions` by name: ``run``'s flags take their defaults and help
+_FIELDS = {f.name: f for f in dataclasses.fields(RunOptions)}
 
 #: modules that add a subcommand each: ``add_parser(subparsers)``
 COMMANDS: list[str] = [".simulate", ".inspect", ".plot", ".catalog", ".profiles_cli", ".submit"]
@@ -108,55 +113,33 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", action=_Once,
                    help="output HDF5 file (default: <input stem>_<workflow>.h5 next to the "
                         "input); with several inputs, an existing directory for the outputs")
-    p.add_argument("--profile", metavar="NAME|FILE",
-                   help="cluster profile name or YAML file (default: local)")
+    _option(p, "profile")
     p.add_argument("--set", dest="params", action="append", default=[], metavar="NAME=VALUE",
-                   help="override a function parameter (repeatable)")
-    p.add_argument("--data", metavar="PATH", help="data dataset path (overrides the workflow's)")
-    p.add_argument("--keys", action="append", metavar="PATH",
-                   help="key dataset path (repeatable; overrides the workflow's)")
+                   help=_FIELDS["params"].metadata["help"])
+    _option(p, "data")
+    _option(p, "keys")
     p.add_argument("--no-keys", action="store_true",
                    help="run without key datasets, whatever the workflow names: every frame the "
                         "data hold is complete (see README, Your own data)")
-    p.add_argument("--scan-rank", type=int, metavar="N",
-                   help="without keys: the number of scan dims of the data (default: all "
-                        "but the last two)")
-    p.add_argument("--finished", metavar="PATH",
-                   help="finished-flag dataset path (overrides the workflow's)")
-    p.add_argument("--axes", nargs="+", metavar="PATH",
-                   help="the scan's motor-position datasets, one per scan dim, slowest first "
-                        "(1-d or scan-shaped): the output's scan axes (default: indices)")
-    _add_run_control(p)
-
-
-def _add_run_control(p: argparse.ArgumentParser) -> None:
-    """``run``'s options of how it runs: following, task sizes, errors, checkpoints, display."""
-    p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
-    p.add_argument("--timeout", type=float, default=60.0, metavar="S",
-                   help="with --follow: stop after this many seconds with no new frame, "
-                        "and wait this long for the input file to appear")
-    p.add_argument("--latency", type=float, default=0.25, metavar="S",
-                   help="with --follow: send the complete frames waiting as a task, however few, "
-                        "after this many seconds")
-    p.add_argument("--partition-bytes", type=_parse_bytes, metavar="SIZE",
-                   default=f"{DEFAULT_PARTITION_BYTES // 2**20}MiB",
-                   help="the read budget: bytes of frames per read (one slab read on a worker)")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="a failing frame stops the run (raise) or is recorded and left (skip)")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
-                   help="retries of a failed task")
-    p.add_argument("--commit-interval", type=float, metavar="S",
-                   help="seconds between checkpoints of the output (default: 0.5, or 0.1 with "
-                        "--follow)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted output")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    for name in ("scan_rank", "finished", "axes", "follow", "timeout", "latency"):
+        _option(p, name)
+    _option(p, "partition_bytes", type=_parse_bytes,
+            default=f"{RunOptions().partition_bytes // 2**20}MiB")
+    for name in ("on_error", "retries", "commit_interval", "resume", "overwrite"):
+        _option(p, name)
     p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)  # INPUTs after an option
     p.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                    help="seconds between progress lines when stderr is not a terminal")
     p.add_argument("--plot", action="store_true",
                    help="write quick-look PNGs of the results (needs matplotlib: [plot] extra)")
-    p.add_argument("--report", metavar="FILE",
-                   help="write a dask performance report (HTML) of the run to FILE")
+    _option(p, "report")
+
+
+def _option(p: argparse.ArgumentParser, name: str, **override: Any) -> None:
+    """Add the flag of run option ``name`` with the default and help of :class:`RunOptions`."""
+    f = _FIELDS[name]
+    kwargs = {"default": f.default, "help": f.metadata["help"], **f.metadata["cli"], **override}
+    p.add_argument(f.metadata["flag"], **kwargs)
 
 
 def _looks_hdf5(path: str) -> bool:
@@ -226,15 +209,10 @@ def _keys(args: argparse.Namespace) -> list[str] | None:
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine's run options from ``run``'s parsed arguments."""
-    return dict(
-        profile=args.profile, params=_parse_set(args.params),
-        data=args.data, keys=_keys(args), finished=args.finished, axes=args.axes,
-        follow=args.follow, scan_rank=args.scan_rank,
-        timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
-        overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
-        retries=args.retries, commit_interval=args.commit_interval,
-    )
+    """The run options (see :class:`RunOptions`) from ``run``'s parsed arguments."""
+    given = {name: getattr(args, name) for name, f in _FIELDS.items()
+             if f.metadata.get("flag") and name != "report"}
+    return dict(given, params=_parse_set(args.params), keys=_keys(args))
 
 
 def _prepare(workflow: str, plot: bool, report: str | None, quiet: bool) -> Any:
@@ -447,6 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unknown_option(parser: argparse.ArgumentParser, command: str, rest: list[str]) -> str:
+    """One sentence on the first unknown option in ``rest``, with the closest known
+    one when there is a close one; "" when ``rest`` holds no option."""
+    import difflib
+
+    flags = [r.split("=", 1)[0] for r in rest if r.startswith("-")]
+    if not flags:
+        return ""
+    sub = next((p for p in _subparsers(parser) if p.prog.split()[-1] == command), parser)
+    known = [o for a in sub._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; see framebag {command} --help"
+    return f"unrecognized option {flags[0]}{hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``framebag`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -455,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         if rest and (args.command not in ("run", "submit")
                      or any(r.startswith("-") for r in rest)):
+            unknown = _unknown_option(parser, args.command, rest)
+            if unknown:
+                print(f"framebag: error: {unknown}", file=sys.stderr)
+                return 2
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" and exit 2
         if rest:
             args.extra = [*args.extra, *rest]
@@ -470,8 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except FramebagError as exc:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback too, and the same exit code as without --debug
+            traceback.print_exc()
         print(f"framebag: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except BrokenPipeError:
@@ -489,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:
         if args.debug:
-            raise
+            traceback.print_exc()
+            return 1
         print(f"framebag: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

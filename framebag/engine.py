@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +35,9 @@ from . import fingerprint, hdf5
 from ._version import __version__
 from .errors import FramebagError, FrameError, ValueKindError
 from .folds import check_state
-from .keys import DataInfo, KeyFollower
+from .keys import DataInfo, EndOfScan, KeyFollower
 from .lock import OutputLock
+from .options import RunOptions
 from .output import (
     OutputFile,
     OutputWriteError,
@@ -282,75 +283,40 @@ class Results(dict):
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
-        *, client: Any = None, profile: str | None = None,
-        params: Mapping[str, Any] | None = None, data: str | None = None,
-        keys: list[str] | None = None, finished: str | None = None, follow: bool = False,
-        timeout: float = 60.0, poll_interval: float = 0.05, latency: float = 0.25,
-        partition_bytes: int = DEFAULT_PARTITION_BYTES, overwrite: bool = False,
-        resume: bool = False, on_error: str = "raise", retries: int = 2,
-        progress: Callable[[dict[str, Any]], None] | None = None,
-        report: str | os.PathLike | None = None, announce: bool = True,
-        commit_interval: float | None = None, axes: list[str] | None = None,
-        scan_rank: int | None = None) -> Results:
+        *, client: Any = None, options: RunOptions | None = None, **given: Any) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
 
-    ``keys=None`` takes the workflow's keys; ``keys=[]`` runs without keys (every
-    frame the data hold is complete; see :mod:`framebag.keys`), where
-    ``scan_rank`` sets the scan rank (default: the data's rank less 2).
+    ``options`` (a :class:`~framebag.options.RunOptions`) holds the run's options;
+    keywords ``given`` (its field names) replace single ones. ``keys=None`` takes
+    the workflow's keys; ``keys=[]`` runs without keys (every frame the data hold is
+    complete; see :mod:`framebag.keys`). With ``client`` no cluster is started.
 
     Validates everything it can (parameters, datasets, output path) before any
-    cluster starts, so bad input fails in well under a second. ``report`` writes
-    a ``distributed.performance_report`` of the run; ``announce`` prints the
-    dashboard link of a cluster started here. ``commit_interval`` is the seconds
-    between checkpoints of the output (default 0.1 when following, else 0.5).
-    ``axes`` are the input's datasets of motor positions, one per scan dim
-    (default: the workflow's), copied into the output as the scan axes.
+    cluster starts, so bad input fails in well under a second.
     """
-    if on_error not in ("raise", "skip"):
-        raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-    if partition_bytes <= 0:
-        raise FramebagError(f"--partition-bytes must be positive, got {partition_bytes}")
-    for option, value, least in (("--timeout", timeout, 0.0), ("--latency", latency, 0.0),
-                                 ("--retries", retries, 0),
-                                 ("--commit-interval", commit_interval or 0.0, 0.0)):
-        if value < least or (option == "--timeout" and value == 0):
-            what = "positive" if option == "--timeout" else "zero or more"
-            raise FramebagError(f"{option} must be {what}, got {value}")
-    resolved = workflow.resolve_params(params)
+    opts = RunOptions.of(options, **given)
+    resolved = workflow.resolve_params(opts.params)
     input_path = Path(input).resolve()
-    data = data or workflow.data or ""  # none given: KeyFollower says so
-    keys = list(workflow.keys if keys is None else keys)
-    axes = list(axes or workflow.axes)
-    finished_required = bool(finished)
-    finished = (finished or workflow.finished) if follow else None
+    finished_required = bool(opts.finished)
+    opts = opts.replace(
+        data=opts.data or workflow.data or "",  # none given: KeyFollower says so
+        keys=tuple(workflow.keys if opts.keys is None else opts.keys),
+        axes=tuple(opts.axes or workflow.axes),
+        finished=(opts.finished or workflow.finished) if opts.follow else None)
     out_path = Path(output) if output else default_output_path(input_path, workflow.name)
     lock = OutputLock(out_path)  # one run per output, held to the end (see framebag.lock)
-    OutputFile.check_target(out_path, overwrite, resume, Path(input), lock)
+    OutputFile.check_target(out_path, opts.overwrite, opts.resume, Path(input), lock)
     try:
-        return _run_locked(workflow, input_path, out_path, resolved, client=client,
-                           profile=profile, data=data, keys=keys, finished=finished,
-                           finished_required=finished_required, follow=follow,
-                           timeout=timeout, poll_interval=poll_interval, latency=latency,
-                           partition_bytes=partition_bytes, overwrite=overwrite,
-                           resume=resume, on_error=on_error, retries=retries,
-                           progress=progress, report=report, announce=announce,
-                           commit_interval=commit_interval, axes=axes, scan_rank=scan_rank)
+        return _run_locked(workflow, input_path, out_path, resolved, opts, client,
+                           finished_required)
     finally:
         lock.release()
 
 
 def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: dict[str, Any],
-                *, client: Any, profile: str | None, data: str | None, keys: list[str],
-                finished: str | None, finished_required: bool, follow: bool, timeout: float,
-                poll_interval: float, latency: float, partition_bytes: int, overwrite: bool,
-                resume: bool, on_error: str, retries: int,
-                progress: Callable[[dict[str, Any]], None] | None,
-                report: str | os.PathLike | None, announce: bool,
-                commit_interval: float | None, axes: list[str],
-                scan_rank: int | None = None) -> Results:
+                opts: RunOptions, client: Any, finished_required: bool) -> Results:
     """:func:`run` once the output is checked and locked."""
-    follower = _follower(input_path, data, keys, finished, follow, finished_required,
-                         timeout, poll_interval, scan_rank)
+    follower = _follower(input_path, opts, finished_required)
     read = [n for n in (follower.data.name, *follower.key_names) if n]
     for other, name in hdf5.files_behind(str(input_path), read).items():
         if same_file(out_path, other):  # an external link or a virtual source of the input
@@ -358,45 +324,48 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                 f"output file {str(out_path)!r} is the file {other!r} that dataset {name!r} of "
                 f"input file {str(input_path)!r} reads; the input is never written to: choose "
                 "another -o")
-    scan_axes = read_axes(str(input_path), axes, follower.data.scan_shape, follower.growing,
-                          workflow, refresh=False)
+    scan_axes = read_axes(str(input_path), list(opts.axes or ()), follower.data.scan_shape,
+                          follower.growing, workflow, refresh=False)
     first = follower.poll().ravel()
-    if not follow and not first.any():
+    if not opts.follow and not first.any():
         raise FramebagError(_none_complete(input_path, follower))
-    provenance = {
+    provenance = _provenance(workflow, input_path, resolved, opts, follower)
+    if opts.resume and not out_path.exists():
+        log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
+        opts = opts.replace(resume=False)
+    if opts.resume:
+        check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
+                        data=follower.data)
+    job = _Job(workflow, follower, out_path, resolved, provenance, opts, scan_axes)
+    if client is not None:
+        with _performance_report(opts.report):
+            return job.run(client)
+    from .clusters import start_client
+
+    with start_client(opts.profile, announce=opts.announce) as own_client, \
+            _performance_report(opts.report):
+        return job.run(own_client)
+
+
+def _provenance(workflow: Workflow, input_path: Path, resolved: dict[str, Any],
+                opts: RunOptions, follower: KeyFollower) -> dict[str, Any]:
+    """What the output records of how it was made (``--resume`` checks it)."""
+    return {
         "framebag_version": __version__,
         "workflow": workflow.name,
         "workflow_hash": workflow.source,
         "parameters": resolved,
         "input_file": str(input_path),
-        "data": data,
-        "keys": keys,
-        "finished": finished or "",
+        "data": opts.data,
+        "keys": list(opts.keys or ()),
+        "finished": opts.finished or "",
         fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
         # each function's fold, for readers of the output (framebag plot); not checked on resume
         "folds": {n: {"fold": f.fold.name, **f.fold.attrs, **({"units": f.units} if f.units
                                                                else {})}
                   for n, f in workflow.functions.items()},
-        "scan_axes": axes,
+        "scan_axes": list(opts.axes or ()),
     }
-    if resume and not out_path.exists():
-        log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
-        resume = False
-    if resume:
-        check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
-                        data=follower.data)
-    job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
-               timeout=timeout, poll_interval=poll_interval, latency=latency,
-               partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
-               on_error=on_error, retries=retries, progress=progress,
-               commit_interval=commit_interval, axes=axes, scan_axes=scan_axes)
-    if client is not None:
-        with _performance_report(report):
-            return job.run(client)
-    from .clusters import start_client
-
-    with start_client(profile, announce=announce) as own_client, _performance_report(report):
-        return job.run(own_client)
 
 
 def _none_complete(path: Path, follower: KeyFollower) -> str:
@@ -462,9 +431,7 @@ def read_axes(path: str, names: list[str], scan_shape: tuple[int, ...], growing:
     return out
 
 
-def _follower(path: Path, data: str | None, keys: list[str], finished: str | None, follow: bool,
-              finished_required: bool, timeout: float, poll_interval: float,
-              scan_rank: int | None = None) -> KeyFollower:
+def _follower(path: Path, opts: RunOptions, finished_required: bool) -> KeyFollower:
     """The run's key follower; a followed run first waits up to ``timeout`` for the input.
 
     A detector often creates its file only when the scan starts, and holds it
@@ -473,20 +440,21 @@ def _follower(path: Path, data: str | None, keys: list[str], finished: str | Non
     deadline = None
     while True:
         try:
-            return KeyFollower(path, data, keys, finished, live=follow,
-                               finished_required=finished_required, scan_rank=scan_rank)
+            return KeyFollower(path, opts.data, list(opts.keys or ()), opts.finished,
+                               live=opts.follow, finished_required=finished_required,
+                               scan_rank=opts.scan_rank)
         except hdf5.InputNotReady as exc:
-            if not follow:
+            if not opts.follow:
                 raise
             now = time.monotonic()
             if deadline is None:
-                deadline = now + timeout
+                deadline = now + opts.timeout
                 progress_log.info(
-                    "--follow: waiting up to %g s for the input (%s)", timeout, exc)
+                    "--follow: waiting up to %g s for the input (%s)", opts.timeout, exc)
             elif now >= deadline:
-                raise FramebagError(f"{exc}, after waiting {timeout:g} s for it "
+                raise FramebagError(f"{exc}, after waiting {opts.timeout:g} s for it "
                                     "(--timeout)") from None
-            time.sleep(max(poll_interval, 0.05))
+            time.sleep(max(opts.poll_interval, 0.05))
 
 
 def _performance_report(path: str | os.PathLike | None) -> Any:
@@ -499,7 +467,8 @@ def _performance_report(path: str | os.PathLike | None) -> Any:
 
 class _Job:
     def __init__(self, workflow: Workflow, follower: KeyFollower, out_path: Path,
-                 params: dict[str, Any], provenance: dict[str, Any], **opts: Any) -> None:
+                 params: dict[str, Any], provenance: dict[str, Any], opts: RunOptions,
+                 scan_axes: list[ScanAxis]) -> None:
         self.wf = workflow
         self.follower = follower
         self.info = follower.data
@@ -507,6 +476,7 @@ class _Job:
         self.params = params
         self.provenance = provenance
         self.o = opts
+        self.scan_axes = scan_axes
         self.out: OutputFile | None = None
         self.accs: dict[str, Any] = {}
         self.errors: list[tuple[int, str, str]] = []
@@ -526,11 +496,9 @@ class _Job:
         self._last_commit = 0.0
         self._broken = False
         self._write_failed = False  # the output is abandoned: nothing more is written to it
-        interval = opts.get("commit_interval")
         #: seconds between commits: a live reader sees results this often; fewer
         #: commits leave more CPU to the workers on a finished file
-        self.commit_interval = (0.1 if opts.get("follow") else 0.5) if interval is None \
-            else float(interval)
+        self.commit_interval = opts.resolved_commit_interval
 
     # setting up ------------------------------------------------------------------
 
@@ -551,13 +519,13 @@ class _Job:
                     self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
                     self.frame_seconds = min(self.frame_seconds, time.perf_counter() - t)
             except FrameError as exc:
-                if self.o["on_error"] != "skip":
+                if self.o.on_error != "skip":
                     raise
                 last = exc
                 continue
             schema = Schema()
             schema.frame_shape = tuple(d.frame_shape)
-            schema.scan_axes = self.o.get("scan_axes") or []
+            schema.scan_axes = self.scan_axes
             for name, fn in self.wf.functions.items():
                 schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs}
                 if fn.fold.is_stack:
@@ -587,7 +555,7 @@ class _Job:
 
     def _open_output(self, complete: np.ndarray) -> None:
         schema = self._probe_schema(complete)  # on resume too: a broken function fails early
-        if self.o["resume"]:
+        if self.o.resume:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
                                                     self.info.scan_shape, schema)
         else:  # with --overwrite, the old file is replaced atomically by the new one
@@ -598,7 +566,7 @@ class _Job:
         for name, fn in self.wf.functions.items():
             if not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
-        if self.o["resume"]:
+        if self.o.resume:
             self._commit([])  # rewrite results and done from the checkpoint, which rules
 
     # the loop ----------------------------------------------------------------------
@@ -611,20 +579,18 @@ class _Job:
         t0 = time.monotonic()
         tune_workers(client)  # malloc thresholds on every worker, whoever started it
         o = self.o
-        follow = o["follow"]
+        follow = o.follow
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-        complete = self.follower.poll().ravel()
+        end = EndOfScan(self.follower, follow, o.timeout)
+        complete = end.poll()
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
             self._open_output(complete)
         dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
-                                o["latency"], self.follower.growing)
+                                o.latency, self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
         opened = False
-        last_new = time.monotonic()
-        seen = int(complete.sum())
-        final_poll = not follow
         status = "failed"
         try:
             while True:
@@ -647,7 +613,7 @@ class _Job:
                     dispatcher.mark(np.flatnonzero(self.out.done))
                     processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
-                    runs = dispatcher.due(complete, now, flush=final_poll)
+                    runs = dispatcher.due(complete, now, flush=end.final)
                     if runs:
                         # one task per block: the runs of one block (frames that completed
                         # out of order) share a task instead of costing one task each
@@ -659,36 +625,30 @@ class _Job:
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
-                if o["progress"]:
-                    o["progress"]({"processed": processed, "complete": int(complete.sum()),
+                if o.progress:
+                    o.progress({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": complete.size,
                                    "inflight": len(inflight)})
-                if final_poll and not inflight and not self._backlog \
+                if end.final and not inflight and not self._backlog \
                         and not (complete & ~dispatcher.dispatched).any():
                     self._flush()
                     break
-                if follow and not final_poll:
-                    ended = self._should_end(complete, last_new)
-                    if ended:
-                        self.ended_by = ended
-                        final_poll = True  # one more poll: the last keys can land just before
-                    fresh = self.follower.poll().ravel()
-                    if int(fresh.sum()) > seen:
-                        seen = int(fresh.sum())
-                        last_new = time.monotonic()
-                    complete = fresh
+                if not end.final:
+                    complete = end.poll()
+                    if end.reason:
+                        self._ended(end.reason, complete)
                 if inflight and not finished_now:
                     # a finished file has no keys to poll: wake only when a task completes
                     # (each wake-up costs the driver about 0.5 ms of CPU)
-                    wake = o["poll_interval"] if follow else max(o["poll_interval"],
+                    wake = o.poll_interval if follow else max(o.poll_interval,
                                                                  self.commit_interval)
                     try:
                         with client.as_current():
                             wait(list(inflight), timeout=wake, return_when="FIRST_COMPLETED")
                     except TimeoutError:
                         pass
-                elif not inflight and follow and not final_poll:
-                    time.sleep(o["poll_interval"])
+                elif not inflight and not end.final:
+                    time.sleep(o.poll_interval)
             if not follow:
                 self.ended_by = "single_pass"
             elif self.follower.ahead:
@@ -731,7 +691,7 @@ class _Job:
         per_task = size * self.result_nbytes
         if not per_task:
             return 1 << 30
-        waiting = max(self.o["partition_bytes"], DEFAULT_PARTITION_BYTES)
+        waiting = max(self.o.partition_bytes, DEFAULT_PARTITION_BYTES)
         return self._nworkers * max(2, waiting // per_task)
 
     def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
@@ -741,16 +701,16 @@ class _Job:
         a live scan is sized per read, not by the frames complete so far.
         """
         size, self._read_frames = task_size(
-            self.info.frame_nbytes, self.o["partition_bytes"],
+            self.info.frame_nbytes, self.o.partition_bytes,
             chunk_run(self.info.scan_shape, self.info.chunks),
-            None if self.o["follow"] else int(complete.sum()), nworkers, self.frame_seconds,
+            None if self.o.follow else int(complete.sum()), nworkers, self.frame_seconds,
             self.result_nbytes,
         )
         return size
 
     def _copy_axes(self) -> None:
         """Copy a growing scan's positions (``--axes``) that the input holds now."""
-        names = self.o.get("axes") or []
+        names = list(self.o.axes or ())
         if names and self.out is not None:
             self.out.write_axes(read_axes(self.info.path, names, self.info.scan_shape, True,
                                           self.wf, refresh=True))
@@ -765,7 +725,7 @@ class _Job:
         """
         if self._spec is None:  # pure=False: fresh keys, never a previous run's results
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
-                                              self.o["on_error"], self.o["follow"],
+                                              self.o.on_error, self.o.follow,
                                               self._read_frames, self._kinds), pure=False)
         # a bag of one partition per task, ranked by its first frame: in one bag of them all
         # the scheduler runs the tasks in the order of their keys as strings (9, 8, ..., 2,
@@ -779,19 +739,16 @@ class _Job:
         futures = client.compute(parts)
         inflight.update(zip(futures, groups))
 
-    def _should_end(self, complete: np.ndarray, last_new: float) -> str:
-        """Which end condition of a followed run holds now, or "" (see progress.ENDED)."""
-        if not self.follower.growing and complete.all():
+    def _ended(self, reason: str, complete: np.ndarray) -> None:
+        """Record and log why a followed run ended (see :class:`EndOfScan`)."""
+        self.ended_by = reason
+        if reason == "keys_full":
             log.info("every frame of the scan %s is complete", self.info.scan_shape)
-            return "keys_full"
-        if self.follower.finished():
+        elif reason == "finished_flag":
             log.info("finished flag %r is set", self.follower.finished_name)
-            return "finished_flag"
-        if time.monotonic() - last_new > self.o["timeout"]:
+        else:
             log.warning("no new complete frame for %g s: stopping on the timeout with %d of %d "
-                        "frames complete", self.o["timeout"], int(complete.sum()), complete.size)
-            return "timeout"
-        return ""
+                        "frames complete", self.o.timeout, int(complete.sum()), complete.size)
 
     def _combine(self, client: Any, finished: list[Any],
                  inflight: dict[Any, list[tuple[int, int]]]) -> int:
@@ -835,14 +792,14 @@ class _Job:
             if isinstance(exc, FramebagError):  # bad input, the same on every try
                 raise FramebagError(f"{exc}; the frames done so far are kept") from exc
             attempts = self._attempts[start] = self._attempts.get(start, 0) + 1
-            if attempts <= self.o["retries"]:
+            if attempts <= self.o.retries:
                 log.warning("partition of frames %d..%d failed (%s: %s); retrying", start,
                             stop - 1, type(exc).__name__, exc)
                 self._submit(client, [group], inflight, attempt=attempts)
                 continue
             raise FramebagError(
                 f"partition of frames {self._span(start, stop)} failed after "
-                f"{self.o['retries']} retries ({type(exc).__name__}: {exc}); the frames done so "
+                f"{self.o.retries} retries ({type(exc).__name__}: {exc}); the frames done so "
                 "far are kept: rerun with --resume"
             ) from exc
         return count
@@ -852,7 +809,7 @@ class _Job:
         stacked results would pass the read budget."""
         for p in partials:
             nbytes = sum(v.nbytes for v in p.stacks.values())
-            if self._pending and self._pending_bytes + nbytes > self.o["partition_bytes"]:
+            if self._pending and self._pending_bytes + nbytes > self.o.partition_bytes:
                 self._flush()
             self._pending.append(p)
             self._pending_bytes += nbytes
@@ -1103,13 +1060,12 @@ def own_outputs_left_out(workflow_name: str, inputs: Sequence[str | os.PathLike]
 
 def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
              out_dir: str | os.PathLike | None = None, *, client: Any = None,
-             profile: str | None = None, params: Mapping[str, Any] | None = None,
-             announce: bool = True, report: str | os.PathLike | None = None,
+             options: RunOptions | None = None,
              progress_for: Callable[[Path], Callable[[dict[str, Any]], None] | None]
              | None = None,
              each: Callable[[int, int, Path, Path, Results | BaseException], None]
              | None = None,
-             **options: Any) -> ManyResults:
+             **given: Any) -> ManyResults:
     """Run ``workflow`` over each of ``inputs`` in turn, on one cluster, into one output each.
 
     Outputs get the default names (``<stem>_<workflow>.h5``), next to each input or
@@ -1122,7 +1078,7 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     an earlier run) is left out. ``progress_for(input)`` gives each run its
     ``progress`` callback; ``each`` is called after every scan with ``(position,
     number of scans, input, output, result or error)``.
-    ``report`` is one performance report over all the scans. Options that every scan
+    ``options.report`` is one performance report over all the scans. Options that every scan
     shares (parameters, the output directory, duplicate outputs) are checked before
     the cluster starts, and a bad one raises :class:`FramebagError` for the lot.
     """
@@ -1133,7 +1089,9 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
             ", ".join(str(p) for p in outputs_given))
     if not paths:
         raise FramebagError("run_many needs at least one input")
-    workflow.resolve_params(params)  # a bad --set fails once, not once per scan
+    opts = RunOptions.of(options, **given)
+    workflow.resolve_params(opts.params)  # a bad --set fails once, not once per scan
+    each_scan = opts.replace(report=None)
     outputs = many_outputs(workflow.name, paths, out_dir)
     done = ManyResults()
     done.outputs = outputs
@@ -1144,9 +1102,8 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
             out = outputs[inp]
             result: Results | BaseException
             try:
-                result = run(workflow, inp, out, client=c, params=params,
-                             progress=progress_for(inp) if progress_for else None,
-                             **options)
+                result = run(workflow, inp, out, client=c, options=each_scan.replace(
+                    progress=progress_for(inp) if progress_for else None))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed scan must not stop the rest
@@ -1157,12 +1114,13 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
                 each(i, len(paths), inp, out, result)
 
     if client is not None:
-        with _performance_report(report):
+        with _performance_report(opts.report):
             all_scans(client)
     else:
         from .clusters import start_client
 
-        with start_client(profile, announce=announce) as own, _performance_report(report):
+        with start_client(opts.profile, announce=opts.announce) as own, \
+                _performance_report(opts.report):
             all_scans(own)
     done.wall = time.monotonic() - t0
     return done

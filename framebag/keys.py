@@ -31,7 +31,8 @@ safe for a writer that writes a frame's data before it extends the dataset.
 The scan rank cannot come from keys then: it is ``scan_rank`` if given, else
 the data's rank less 2 (frames are images), and at least 1.
 
-The finished flag must hold one element; any other size is refused.
+The finished flag must hold one element; any other size is refused. When a
+followed scan has ended is :class:`EndOfScan`'s decision, apart from any file.
 A finished file is checked first (:func:`framebag.hdf5.check_finished`):
 a truncated or damaged input is refused before anything reads it.
 """
@@ -41,7 +42,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import h5py
 import numpy as np
@@ -49,7 +53,7 @@ import numpy as np
 from . import hdf5
 from .errors import FramebagError
 
-__all__ = ["DataInfo", "KeyFollower", "check_flag", "default_scan_rank"]
+__all__ = ["DataInfo", "KeyFollower", "EndOfScan", "ENDED", "check_flag", "default_scan_rank"]
 
 log = logging.getLogger("framebag")
 
@@ -375,3 +379,80 @@ class KeyFollower:
     @property
     def finished_name(self) -> str | None:
         return self._finished_name
+
+
+#: what ended a followed run, as ``stats["ended_by"]`` and the output's ``ended_by``
+#: attribute name it, and as the summary line says it (a run that does not follow
+#: ends as "single_pass", once every frame complete at its start is processed)
+ENDED = {
+    "finished_flag": "finished flag set",
+    "keys_full": "every frame of the scan complete",
+    "timeout": "no new complete frame within --timeout",
+}
+
+
+class KeySource(Protocol):
+    """What :class:`EndOfScan` needs of a key follower (an in-memory one in tests)."""
+
+    growing: bool
+
+    def poll(self) -> np.ndarray: ...
+
+    def finished(self) -> bool: ...
+
+
+class EndOfScan:
+    """The end-of-scan policy of a run: when to stop polling the keys.
+
+    A finished file is polled once. A followed one is polled until the first of:
+
+    * every frame of a scan of fixed shape is complete (``"keys_full"``; a
+      growing scan never ends this way);
+    * the finished flag is set (``"finished_flag"``);
+    * ``timeout`` seconds of ``clock`` pass with no new complete frame
+      (``"timeout"``), counted from the last poll that found one.
+
+    Once one holds, the keys are polled exactly once more (a writer may set the
+    last keys just before the flag), and from then on :meth:`poll` returns that
+    last mask: ``final`` is then true and no frame completes any more.
+    ``clock`` is a parameter so the policy can be tested without waiting.
+    """
+
+    def __init__(self, source: KeySource, live: bool, timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.live = live
+        self.timeout = timeout
+        self.clock = clock
+        #: why the scan ended ("" while it goes on); see :data:`ENDED`
+        self.reason = ""
+        #: the poll after the end has been made: the mask will not change any more
+        self.final = False
+        self._mask: np.ndarray | None = None
+        self._complete = 0
+        self._last_new = clock()
+
+    def poll(self) -> np.ndarray:
+        """The flat mask of the frames complete now (see :meth:`KeyFollower.poll`)."""
+        if self.final and self._mask is not None:
+            return self._mask
+        if self._mask is not None and not self.reason:
+            self.reason = self._ended(self._mask)
+        mask = self.source.poll().ravel()
+        now = self.clock()
+        complete = int(mask.sum())
+        if complete > self._complete:
+            self._complete = complete
+            self._last_new = now
+        self.final = bool(self.reason) or not self.live
+        self._mask = mask
+        return mask
+
+    def _ended(self, mask: np.ndarray) -> str:
+        if not self.source.growing and mask.all():
+            return "keys_full"
+        if self.source.finished():
+            return "finished_flag"
+        if self.clock() - self._last_new > self.timeout:
+            return "timeout"
+        return ""

@@ -31,6 +31,7 @@ project's dependencies provides.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -125,7 +126,7 @@ class OutputLock:
                 same = False
             if same:
                 self._fd = fd
-                self._write_holder(fd)
+                self._write_holder_or_give_up(fd)
                 return
             os.close(fd)
 
@@ -138,7 +139,20 @@ class OutputLock:
                 raise self._refusal(holder, unlockable=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         self._fd = fd
-        self._write_holder(fd)
+        self._write_holder_or_give_up(fd)
+
+    def _write_holder_or_give_up(self, fd: int) -> None:
+        """Write who holds the lock; if the disk is full, leave no lock file behind."""
+        try:
+            self._write_holder(fd)
+        except OSError as exc:
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            os.close(fd)
+            raise FramebagError(
+                f"cannot write the lock file {str(self.path)!r} of output "
+                f"{str(self.output)!r}: {exc.strerror}") from None
 
     @staticmethod
     def _write_holder(fd: int) -> None:

@@ -84,6 +84,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import io
 import json
 import os
 import re
@@ -476,16 +477,24 @@ class OutputFile:
 def create_swmr(path: Path, layout: Callable[[h5py.File], None]) -> h5py.File:
     """A new HDF5 file at ``path``, laid out by ``layout``, open for writing in SWMR mode.
 
-    It is laid out under a temporary name, goes SWMR, and only then moves into
-    place: readers can only ever find it in SWMR mode, so one that opens it early
-    never blocks the writer (HDF5 file locking). On failure nothing is left behind.
+    It is laid out in memory, written under a temporary name, goes SWMR, and only
+    then moves into place: readers can only ever find it in SWMR mode, so one that
+    opens it early never blocks the writer (HDF5 file locking). On failure nothing
+    is left behind. (Laying it out in memory first matters on a full disk: HDF5
+    cannot be closed safely after a write of its layout failed; it crashed there.)
     """
     path = Path(path)
     tmp = _temp_beside(path)
     f = None
     try:
-        f = h5py.File(tmp, "w", libver=LIBVER)
-        layout(f)
+        image = io.BytesIO()
+        with h5py.File(image, "w", libver=LIBVER) as mem:
+            layout(mem)
+        with open(tmp, "wb") as out:  # a full disk is a plain OSError here
+            out.write(image.getbuffer())
+            out.flush()
+            os.fsync(out.fileno())
+        f = h5py.File(tmp, "r+", libver=LIBVER)
         f.swmr_mode = True
         os.replace(tmp, path)
     except BaseException as exc:

@@ -25,6 +25,8 @@ import sys
 import time
 from typing import IO, Any
 
+from .keys import ENDED
+
 __all__ = ["Progress", "configure", "summary_line", "LOGGER"]
 
 LOGGER = "framebag.progress"
@@ -199,16 +201,6 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-#: what ended a followed run, as ``stats["ended_by"]`` and the output's ``ended_by``
-#: attribute name it, and as the summary line says it (a run that does not follow
-#: ends as "single_pass", once every frame complete at its start is processed)
-ENDED = {
-    "finished_flag": "finished flag set",
-    "keys_full": "every frame of the scan complete",
-    "timeout": "no new complete frame within --timeout",
-}
 
 
 def summary_line(results: Any, follow: bool = False) -> str:

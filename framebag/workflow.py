@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -49,6 +50,7 @@ from .partitions import scan_index
 
 if TYPE_CHECKING:  # types only; run() and run_many() import the engine when called
     from .engine import ManyResults, Results
+    from .options import RunOptions
 
 __all__ = ["Workflow", "FrameFunction", "FrameError", "ValueKindError", "Partial",
            "load_workflow"]
@@ -368,36 +370,34 @@ class Workflow:
     # running -----------------------------------------------------------------
 
     def run(self, input: str | Path, output: str | Path | None = None, *,  # noqa: A002
-            client: Any = None, profile: str | None = None,
-            params: Mapping[str, Any] | None = None, **options: Any) -> Results:
+            client: Any = None, options: RunOptions | None = None, **given: Any) -> Results:
         """Run the workflow over ``input`` and return the results keyed by function name.
 
         With ``client`` (a ``distributed.Client``) no cluster is started; otherwise the
-        ``profile`` (default ``local``) is started and shut down. ``options`` are the
-        engine's run options (``data``, ``keys``, ``follow``, ``timeout``,
-        ``partition_bytes``, ``overwrite``, ``resume``, ``on_error`` ...).
+        ``profile`` (default ``local``) is started and shut down. ``options`` is a
+        :class:`~framebag.options.RunOptions`; keywords ``given`` are its fields
+        (``profile``, ``params``, ``data``, ``keys``, ``follow``, ``timeout``,
+        ``overwrite``, ``resume``, ``on_error`` ...) and replace single options.
         """
         from .engine import run
 
-        return run(self, input, output, client=client, profile=profile, params=params,
-                   **options)
+        return run(self, input, output, client=client, options=options, **given)
 
     def run_many(self, inputs: Iterable[str | Path], out_dir: str | Path | None = None, *,
-                 client: Any = None, profile: str | None = None,
-                 params: Mapping[str, Any] | None = None, **options: Any) -> ManyResults:
+                 client: Any = None, options: RunOptions | None = None,
+                 **given: Any) -> ManyResults:
         """Run the workflow over each of ``inputs`` on one cluster; one output per input.
 
         Outputs get the default names, next to each input or in ``out_dir`` (an
         existing directory). A scan that fails does not stop the others: the result
         maps each input path to its results (as :meth:`run` returns them) or to the
-        exception that stopped it; ``.failed`` and ``.succeeded`` split it. ``options``
-        are :meth:`run`'s and apply to each output on its own (``resume``,
+        exception that stopped it; ``.failed`` and ``.succeeded`` split it. The
+        options are :meth:`run`'s and apply to each output on its own (``resume``,
         ``overwrite``).
         """
         from .engine import run_many
 
-        return run_many(self, list(inputs), out_dir, client=client, profile=profile,
-                        params=params, **options)
+        return run_many(self, list(inputs), out_dir, client=client, options=options, **given)
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, functions={list(self.functions)})"
@@ -540,6 +540,18 @@ def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
     ) from exc
 
 
+def _did_you_mean(spec: str) -> str:
+    """A hint for a workflow named without its ``.py`` or as a path with dots."""
+    if Path(spec + ".py").is_file():
+        return f"; did you mean {spec}.py?"
+    dotted = spec.removesuffix(".py").replace("/", ".").replace(os.sep, ".").strip(".")
+    try:
+        found = dotted != spec and importlib.util.find_spec(dotted) is not None
+    except (ImportError, ValueError):
+        found = False
+    return f"; did you mean the module {dotted}?" if found else ""
+
+
 def load_workflow(spec: str | Path) -> Workflow:
     """Load the :class:`Workflow` in a Python file or an importable (dotted) module.
 
@@ -577,7 +589,7 @@ def load_workflow(spec: str | Path) -> Workflow:
         except ImportError as exc:
             raise FramebagError(
                 f"workflow {str(spec)!r} is neither a file nor an importable module ({exc})"
-            ) from exc
+                + _did_you_mean(str(spec))) from exc
         source = inspect.getsource(module).encode() if hasattr(module, "__file__") else b""
         where = str(spec)
     found = [v for v in vars(module).values() if isinstance(v, Workflow)]

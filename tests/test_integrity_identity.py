@@ -377,6 +377,26 @@ def test_a_full_disk_is_one_line_and_the_output_resumes(small_tmpfs, tmp_path, c
     np.testing.assert_array_equal(res["summed"], expected.astype("int64").sum(axis=(0, 1)))
 
 
+@pytest.mark.parametrize("left", [0, 8192], ids=["no-room-for-the-lock", "room-for-the-lock"])
+def test_a_full_disk_before_the_output_exists_is_one_line_and_leaves_nothing(
+        small_tmpfs, tmp_path, left):
+    path = tmp_path / "v.h5"
+    simulate(path, (4, 5), (16, 16), rate=1e6)
+    filler = fill(small_tmpfs)
+    if left:  # the lock file fits; the output's layout does not (HDF5 crashed here once)
+        os.truncate(filler, filler.stat().st_size - left)
+    out = small_tmpfs / "out.h5"
+    proc = subprocess.run([sys.executable, "-m", "framebag.cli", "run",
+                           "framebag.workflows.frame_sum", str(path), "-o", str(out)],
+                          capture_output=True, text=True, env=CLI_ENV, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("framebag: error: cannot write ") and str(out) in last, last
+    assert "No space left on device" in last, last
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]  # no lock, no temp
+
+
 def test_simulate_on_a_full_disk_is_one_line(small_tmpfs, capsys):
     (small_tmpfs / "filler").write_bytes(b"\0" * ((32 << 20) - (256 << 10)))  # 256 kB left
     rc, err = run_cli(capsys, "simulate", str(small_tmpfs / "sim.h5"), "--scan", "20x20",

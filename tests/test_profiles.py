@@ -79,10 +79,13 @@ def test_missing_profile_names_the_places(tmp_path):
 
 def test_packaged_profiles_are_valid():
     names = {name for name, label, _, _ in profiles.list_profiles() if label == "packaged"}
-    assert {"local", "slurm", "pbs", "sge", "address"} <= names
-    for name in names:
+    assert {"local", "inline", "slurm", "pbs", "sge", "address"} <= names
+    for name in names - {"inline"}:
         prof = profiles.load(name)
         assert prof.cluster == name
+    inline = profiles.load("inline")  # a local cluster in the driver process, one thread
+    assert inline.cluster == "local" and inline.options["processes"] is False
+    assert inline.options["n_workers"] == inline.options["threads_per_worker"] == 1
     assert profiles.load("slurm").options["walltime"]
 
 
