@@ -440,10 +440,8 @@ def _unknown_option(parser: argparse.ArgumentParser, command: str, rest: list[st
     return f"unrecognized option {flags[0]}{hint}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``framebag`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit code of a command line argparse refused."""
     try:
         args, rest = parser.parse_known_args(argv)
         if rest and (args.command not in ("run", "submit")
@@ -457,6 +455,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.extra = [*args.extra, *rest]
     except SystemExit as exc:
         return int(exc.code or 0)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``framebag`` console script."""
+    parser = build_parser()
+    args = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    if isinstance(args, int):
+        return args
     level = logging.DEBUG if args.debug else (logging.INFO if args.verbose else logging.WARNING)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     log.setLevel(level)

@@ -564,8 +564,8 @@ def test_help_is_plain_and_run_help_shows_every_default():
                                   "the INPUT file: framebag run wf.py scan.h5"),
     (["run", "wf.py", "scan.h5", "-o", "a.h5", "-o", "b.h5"], "-o given twice (a.h5 and b.h5)"),
     (["run", "wf.py", "scan.h5", "--profile", "slrum"],
-     "no profile named 'slrum'; did you mean 'slurm'? the profiles are address, local, pbs, "
-     "sge, slurm"),
+     "no profile named 'slrum'; did you mean 'slurm'? the profiles are address, inline, local, "
+     "pbs, sge, slurm"),
 ])
 def test_usual_slips_in_run_arguments_say_what_to_do(tmp_path, argv, says):
     (tmp_path / "wf.py").write_text("")
