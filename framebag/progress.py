@@ -191,7 +191,9 @@ class Progress:
 
         # with no smoothed rate, tqdm shows (n - initial) / elapsed: the summary's rate
         bar._ema_dn, bar._ema_dt, bar.smoothing = EMA(0), EMA(0), 0
-        bar.start_t = bar._time() - wall
+        now = bar._time()
+        bar._time = lambda: now  # the last draws' elapsed is exactly the run's wall time
+        bar.start_t = now - wall
         if self.follow:
             bar.set_postfix_str("", refresh=False)
         bar.refresh()
