@@ -416,7 +416,8 @@ class Workflow:
                                 or (fold.is_stack and v.shape != k[2]))):
                             k = first[rname] = _value_kind(
                                 rname, v, start + i, scan_shape, fold.is_stack,
-                                kinds.get(rname) or expect.get(rname), kinds, who)
+                                declared.get(rname) or kinds.get(rname)
+                                or expect.get(rname), kinds, who)
                         if fold.is_stack:
                             out = outs[rname]
                             if out is None:
