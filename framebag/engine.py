@@ -600,7 +600,8 @@ class _Job:
         schema.frame_shape = tuple(d.frame_shape)
         schema.scan_axes = self.o.get("scan_axes") or []
         for name, fn in self.wf.functions.items():
-            schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs}
+            schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs,
+                                 "function": fn.function, "output": fn.key or ""}
             if fn.fold.is_stack:
                 v = p.stacks[name]
                 schema[name] = (True, v.shape[1:], v.dtype)

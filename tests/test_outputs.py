@@ -117,6 +117,9 @@ def test_outputs_are_results_of_their_own_equal_to_numpy(scan, client, tmp_path,
         assert folds == {"stats_mean": "stack", "stats_rows": "stack", "stats_total": "sum",
                          "stats_hist": "histogram", "stats_brightest": "max", "plain": "stack"}
         assert g["stats_mean"].attrs["units"] == "counts"
+        assert (g["stats_hist"].attrs["function"], g["stats_hist"].attrs["output"]) == \
+            ("stats", "hist")
+        assert g["plain"].attrs["function"] == "plain" and "output" not in g["plain"].attrs
         assert "units" not in g["stats_total"].attrs
         for name in wf.functions:  # each reachable from an NXdata group of its own
             assert g[f"{name}_nxdata"].attrs["signal"] == name
