@@ -585,7 +585,7 @@ class _Job:
                     wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
                     self.frame_seconds = min(self.frame_seconds, time.perf_counter() - t)
             except FrameError as exc:
-                if self.o["on_error"] != "skip":
+                if self.o["on_error"] != "skip" or isinstance(exc, ValueKindError):
                     raise
                 last = exc
                 continue

@@ -247,27 +247,26 @@ class Workflow:
                                          dtype=t)
                            for k, (u, s, t) in per_key.items()]
             for entry in entries:
-                self._check_name(entry.name, fname)
+                self._check_name(entry)
             for entry in entries:
                 self.functions[entry.name] = entry
             return f
 
         return register(func) if func is not None else register
 
-    def _check_name(self, rname: str, fname: str) -> None:
+    def _check_name(self, entry: FrameFunction) -> None:
         """Refuse a result name that the layout or another result already has."""
-        what = "result" if rname != fname else "function"
-        if rname in self.functions:
-            other = self.functions[rname].function
-            owner = "" if other == rname else f" (an output of function {other!r})"
-            raise ValueError(f"workflow {self.name!r} already has a {what} {rname!r}{owner}; "
-                             "rename the function or the output")
-        if rname in RESERVED:
-            raise ValueError(f"{what} name {rname!r} is reserved for the output layout; rename it")
-        if rname.endswith(NXDATA_SUFFIX) or AXIS_NAMES.fullmatch(rname):
-            raise ValueError(f"{what} name {rname!r} is reserved for the output's NXdata groups "
-                             f"(names ending in {NXDATA_SUFFIX!r}, and scan_0, frame_y, frame_x, "
-                             "bin_centres, bin_edges ...); rename it")
+        name = entry.name
+        if name in self.functions:
+            raise ValueError(f"workflow {self.name!r}: {_named(entry)} takes the name of its "
+                             f"{_named(self.functions[name])}; rename one of them")
+        if name in RESERVED:
+            raise ValueError(f"{_named(entry)}: {name!r} is reserved for the output layout; "
+                             "rename it")
+        if name.endswith(NXDATA_SUFFIX) or AXIS_NAMES.fullmatch(name):
+            raise ValueError(f"{_named(entry)}: {name!r} is reserved for the output's NXdata "
+                             f"groups (names ending in {NXDATA_SUFFIX!r}, and scan_0, frame_y, "
+                             "frame_x, bin_centres, bin_edges ...); rename it")
 
     def _calls(self) -> list[tuple[str, list[FrameFunction]]]:
         """The functions to call, each with its results (several with ``outputs=``)."""
@@ -662,6 +661,12 @@ def _what(v: Any) -> str:
     if a.dtype.kind not in NUMERIC:
         return f"{name} of dtype {a.dtype}" if isinstance(v, (np.ndarray, np.generic)) else name
     return f"{name} of shape {a.shape} dtype {a.dtype}"
+
+
+def _named(f: FrameFunction) -> str:
+    """A result named for a registration message."""
+    return f"function {f.name!r}" if f.key is None else \
+        f"result {f.name!r} (output {f.key!r} of function {f.function!r})"
 
 
 def _who(f: FrameFunction) -> str:

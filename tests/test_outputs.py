@@ -299,12 +299,13 @@ def test_output_names_that_clash_are_refused():
     def com(frame):
         return {"x": 1}
 
-    with pytest.raises(ValueError, match="already has a function 'com_x' .an output of "
-                                         "function 'com'"):
+    with pytest.raises(ValueError, match="function 'com_x' takes the name of its result "
+                                         "'com_x' .output 'x' of function 'com'"):
         @wf.frame
         def com_x(frame):
             return 1
-    with pytest.raises(ValueError, match="'s_nxdata' is reserved for the output's NXdata"):
+    with pytest.raises(ValueError, match="result 's_nxdata' .output 'nxdata' of function "
+                                         "'s'.: 's_nxdata' is reserved for the output's NXdata"):
         wf.frame(name="s", outputs={"nxdata": "sum"})(lambda frame: {"nxdata": 1})
     with pytest.raises(ValueError, match="units= names \\['z'\\], which are not keys"):
         wf.frame(outputs={"x": "stack"}, units={"z": "mm"})(lambda frame: {"x": 1})
