@@ -64,7 +64,8 @@ DECLARED = -1
 
 @dataclass
 class FrameFunction:
-    """One registered function: how to call it and how to fold its values."""
+    """One result of a registered function: how to call the function and how to fold
+    the values (one per function, or one per key of its ``outputs=``)."""
 
     name: str
     func: Callable[..., Any]
@@ -179,6 +180,8 @@ class Workflow:
         self.keys = [keys] if isinstance(keys, str) else list(keys or [])
         self.finished = finished
         self.axes = [axes] if isinstance(axes, str) else list(axes or [])
+        #: every result, by its name: a function's name, or ``<function>_<key>`` for each
+        #: key of its ``outputs=`` (those entries share one call, see :meth:`_calls`)
         self.functions: dict[str, FrameFunction] = {}
         self.source: str = ""
 
