@@ -255,7 +255,8 @@ RESUMED = PER_FRAME.replace('''def stats(frame):
         raise RuntimeError("a bad frame")
 ''') + '''
 
-@workflow.frames(outputs={"first": "stack", "sum": "sum"})
+@workflow.frames(outputs={"first": "stack", "sum": "sum"}, shape=(),
+                 dtype={"first": "uint16", "sum": "int64"})  # declared: not probed
 def pair(frames):
     if Path(__file__).with_suffix(".fail").exists() and (frames[:, 0, 0] % 5 == 1).any():
         raise RuntimeError("a bad frame in the stack")
