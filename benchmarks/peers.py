@@ -129,7 +129,8 @@ def _pairs() -> list[_Pair]:
 
     # both compute the moments in float32: their centres agree to far below a pixel
     def com(fb: dict, lt: dict) -> None:
-        _check("CoMUDF", fb["com"], lt["raw_com"].data.reshape(-1, 2), rtol=0, atol=1e-3)
+        _check("CoMUDF", np.stack([fb["com_y"], fb["com_x"]], axis=-1),
+               lt["raw_com"].data.reshape(-1, 2), rtol=0, atol=1e-3)
 
     examples = REPO / "workflows"
     return [

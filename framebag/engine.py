@@ -18,6 +18,7 @@ partition, but its future resolves once). Partials are combined in scan order
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -125,7 +126,9 @@ def _stopped(exc: FramebagError) -> str:
     if isinstance(exc, ReadError):
         return f"{exc}; the frames done so far are kept"
     text = str(exc)
-    if isinstance(exc, ValueKindError) or "needs one shape" in text or "which gave shape" in text:
+    if isinstance(exc, ValueKindError) and exc.fix:
+        fix = exc.fix
+    elif isinstance(exc, ValueKindError) or "needs one shape" in text or "which gave shape" in text:
         fix = ("make the function return one fixed shape for every frame (pad or cut its "
                "value to one length), then rerun with --overwrite; --on-error skip does "
                "not help here")
@@ -502,8 +505,40 @@ class _Job:
 
     # setting up ------------------------------------------------------------------
 
-    def _probe_schema(self, complete: np.ndarray) -> Schema:
-        """Run every function on a complete frame, on the driver, to learn result shapes."""
+    def _probe(self, complete: np.ndarray) -> Partial:
+        """Run every function on a complete frame, on the driver, to learn result shapes,
+        except those whose results all declare their shape and dtype (``shape=``,
+        ``dtype=``): their partial is made from the declaration, without calling them.
+
+        The frame cost (which sizes the tasks) is timed on the functions probed; with none
+        probed it is unknown, and tasks are sized by the read budget alone.
+        """
+        d = self.info
+        declared = self.wf.declared(tuple(d.frame_shape))
+        skipped = {f.function for f in self.wf.functions.values()} - \
+            {f.function for name, f in self.wf.functions.items() if name not in declared}
+        wf = self.wf
+        if skipped:
+            wf = copy.copy(self.wf)
+            wf.functions = {n: f for n, f in self.wf.functions.items()
+                            if f.function not in skipped}
+        p = Partial(0, 1, np.ones(1, dtype=bool))
+        if wf.functions:
+            p = self._probe_frames(complete, wf)
+        for name, f in self.wf.functions.items():
+            if f.function in skipped:
+                dtype, shape, _ = declared[name]
+                value = np.zeros(shape, dtype=dtype)
+                if f.fold.is_stack:
+                    p.stacks[name] = value[np.newaxis]
+                else:
+                    p.accs[name] = f.fold.binop(f.fold.initial(), value)
+        p.kinds.update(declared)
+        self._kinds = p.kinds
+        return p
+
+    def _probe_frames(self, complete: np.ndarray, wf: Workflow) -> Partial:
+        """``wf`` applied to the first complete frame it does not fail on, timed."""
         d = self.info
         last: Exception | None = None
         for i in np.flatnonzero(complete)[:20]:
@@ -511,47 +546,53 @@ class _Job:
                               d.dtype, refresh=self.follower.live)
             try:
                 t = time.perf_counter()
-                p = self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
-                self._kinds = p.kinds
+                p = wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
                 self.frame_seconds = time.perf_counter() - t
                 if self.frame_seconds < 0.01:  # the first call pays for warming up: again
                     t = time.perf_counter()
-                    self.wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
+                    wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
                     self.frame_seconds = min(self.frame_seconds, time.perf_counter() - t)
             except FrameError as exc:
-                if self.o.on_error != "skip":
+                if self.o.on_error != "skip" or isinstance(exc, ValueKindError):
                     raise
                 last = exc
                 continue
-            schema = Schema()
-            schema.frame_shape = tuple(d.frame_shape)
-            schema.scan_axes = self.scan_axes
-            for name, fn in self.wf.functions.items():
-                schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs}
-                if fn.fold.is_stack:
-                    v = p.stacks[name]
-                    schema[name] = (True, v.shape[1:], v.dtype)
-                    self.result_nbytes += v[0].nbytes
-                else:
-                    try:  # the checkpoint stores it as plain arrays: nothing is ever pickled
-                        check_state(p.accs[name])
-                    except TypeError as exc:
-                        raise FramebagError(
-                            f"fold {fn.fold.name!r} of function {name!r} keeps an accumulator "
-                            f"that is not fold state: {exc}; it must be numpy arrays or numeric "
-                            "scalars, or tuples, lists and dicts (string keys) of them"
-                        ) from None
-                    schema.accs[name] = p.accs[name]
-                    v = np.asarray(fn.fold.finalize(p.accs[name]))
-                    if v.dtype.kind not in "biufc":
-                        raise FramebagError(
-                            f"fold {fn.fold.name!r} of function {name!r} finalizes to "
-                            f"{type(v).__name__} of dtype {v.dtype}; it must give a numeric array"
-                        )
-                    schema[name] = (False, v.shape, v.dtype)
-            self._ordered = order_matters(schema.accs.values())
-            return schema
+            return p
         raise FramebagError(f"every frame tried failed; the last: {last}")
+
+    def _probe_schema(self, complete: np.ndarray) -> Schema:
+        """The output's schema from :meth:`_probe`: each result's shape, dtype and fold."""
+        d = self.info
+        p = self._probe(complete)
+        schema = Schema()
+        schema.frame_shape = tuple(d.frame_shape)
+        schema.scan_axes = self.scan_axes
+        for name, fn in self.wf.functions.items():
+            schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs,
+                                 "function": fn.function, "output": fn.key or ""}
+            if fn.fold.is_stack:
+                v = p.stacks[name]
+                schema[name] = (True, v.shape[1:], v.dtype)
+                self.result_nbytes += v[0].nbytes
+            else:
+                try:  # the checkpoint stores it as plain arrays: nothing is ever pickled
+                    check_state(p.accs[name])
+                except TypeError as exc:
+                    raise FramebagError(
+                        f"fold {fn.fold.name!r} of function {name!r} keeps an accumulator "
+                        f"that is not fold state: {exc}; it must be numpy arrays or numeric "
+                        "scalars, or tuples, lists and dicts (string keys) of them"
+                    ) from None
+                schema.accs[name] = p.accs[name]
+                v = np.asarray(fn.fold.finalize(p.accs[name]))
+                if v.dtype.kind not in "biufc":
+                    raise FramebagError(
+                        f"fold {fn.fold.name!r} of function {name!r} finalizes to "
+                        f"{type(v).__name__} of dtype {v.dtype}; it must give a numeric array"
+                    )
+                schema[name] = (False, v.shape, v.dtype)
+        self._ordered = order_matters(schema.accs.values())
+        return schema
 
     def _open_output(self, complete: np.ndarray) -> None:
         schema = self._probe_schema(complete)  # on resume too: a broken function fails early

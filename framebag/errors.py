@@ -21,3 +21,7 @@ class ValueKindError(FrameError):
     """A function returned a value that is not numeric, or not of its first value's dtype
     (or shape, for a stack). Never skipped by ``on_error="skip"``: it is a bug in the
     function, not a bad frame."""
+
+    #: what fixes it, for the sentence that stops the run; "" for the usual advice (one
+    #: fixed shape and dtype for every frame)
+    fix: str = ""

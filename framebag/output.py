@@ -617,8 +617,10 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         else:
             ds = g.create_dataset(name, shape=shape, dtype=dtype, fletcher32=True,
                                   chunks=_chunks(tuple(shape), np.dtype(dtype).itemsize))
-        ds.attrs["function"] = name
         meta = schema.meta.get(name, {})
+        ds.attrs["function"] = meta.get("function") or name
+        if meta.get("output"):  # one result of several (outputs=): its key in the dict
+            ds.attrs["output"] = meta["output"]
         if not is_stack and meta.get("fold"):
             ds.attrs["fold"] = meta["fold"]
         if meta.get("units") and meta.get("fold") != "histogram":  # a histogram counts

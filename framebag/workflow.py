@@ -33,12 +33,13 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -60,9 +61,13 @@ _INDEX = "index"
 #: numpy dtype kinds a function may return: bool, integers, floats, complex
 NUMERIC = "biufc"
 
+#: the flat index a declared kind carries in :data:`Kinds` (no frame showed it)
+DECLARED = -1
+
 @dataclass
 class FrameFunction:
-    """One registered function: how to call it and how to fold its values."""
+    """One result of a registered function: how to call the function and how to fold
+    the values (one per function, or one per key of its ``outputs=``)."""
 
     name: str
     func: Callable[..., Any]
@@ -72,6 +77,27 @@ class FrameFunction:
     defaults: dict[str, Any]
     #: the units of the function's values (the ``units=`` of the decorator), or ""
     units: str = ""
+    #: the registered function's name: ``name`` itself, or for one result of ``outputs=``
+    #: the function that returns it (``name`` is then ``<function>_<key>``)
+    function: str = ""
+    #: this result's key in the dict the function returns (``outputs=``), or None
+    key: str | None = None
+    #: the declared value shape (``shape=``; ``"frame"``: the frame's shape) and dtype
+    #: (``dtype=``), both or neither: a declared result is not probed on the driver
+    shape: tuple[int, ...] | str | None = None
+    dtype: np.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self.function = self.function or self.name
+
+    def declared(self, frame_shape: tuple[int, ...],
+                 ) -> tuple[np.dtype, tuple[int, ...], int] | None:
+        """``(dtype, value shape, DECLARED)`` when shape and dtype are declared, else None."""
+        if self.dtype is None or self.shape is None:
+            return None
+        shape = tuple(frame_shape) if self.shape == "frame" else self.shape
+        assert isinstance(shape, tuple)
+        return self.dtype, shape, DECLARED
 
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
         return {k: params.get(k, v) for k, v in self.defaults.items()}
@@ -156,47 +182,113 @@ class Workflow:
         self.keys = [keys] if isinstance(keys, str) else list(keys or [])
         self.finished = finished
         self.axes = [axes] if isinstance(axes, str) else list(axes or [])
+        #: every result, by its name: a function's name, or ``<function>_<key>`` for each
+        #: key of its ``outputs=`` (those entries share one call, see :meth:`_calls`)
         self.functions: dict[str, FrameFunction] = {}
         self.source: str = ""
 
     # registration ------------------------------------------------------------
 
     def frame(self, func: Callable[..., Any] | None = None, *, fold: Any = None,
-              name: str | None = None, units: str = "", **fold_options: Any) -> Any:
+              name: str | None = None, units: str | Mapping[str, str] = "",
+              outputs: Mapping[str, Any] | None = None, shape: Any = None, dtype: Any = None,
+              **fold_options: Any) -> Any:
         """Register a function of one frame. Usable bare or as ``@frame(fold=...)``.
 
         ``units`` (e.g. ``"counts"``, ``"mm"``) are the units of the values it
         returns; the output records them on the result (see the README's output layout).
+
+        ``outputs={"x": "stack", "total": "sum", ...}`` makes several results of one
+        call: the function returns a dict with exactly these keys, and each value
+        is folded by its own fold (any ``fold=`` spec, or a :class:`~framebag.Fold`
+        such as ``histogram(bins=64, range=(0, 1000))``) into the result
+        ``<function>_<key>``. ``units``, ``shape`` and ``dtype`` then take one value
+        for every key, or a dict per key.
+
+        ``shape`` (a tuple, ``()`` for a scalar, or ``"frame"``) and ``dtype`` declare
+        the value of one frame; with both declared for each of its results, the
+        driver never calls the function to probe it. A value that differs from its
+        declaration stops the run.
         """
-        return self._register(func, fold, name, False, fold_options, units)
+        return self._register(func, fold, name, False, fold_options, units, outputs, shape,
+                              dtype)
 
     def frames(self, func: Callable[..., Any] | None = None, *, fold: Any = None,
-               name: str | None = None, units: str = "", **fold_options: Any) -> Any:
-        """Register a batched function: a stack ``(n, *frame_shape)`` in, ``n`` values out."""
-        return self._register(func, fold, name, True, fold_options, units)
+               name: str | None = None, units: str | Mapping[str, str] = "",
+               outputs: Mapping[str, Any] | None = None, shape: Any = None, dtype: Any = None,
+               **fold_options: Any) -> Any:
+        """Register a batched function: a stack ``(n, *frame_shape)`` in, ``n`` values out
+        (with ``outputs=``, a dict of arrays with ``n`` values each). ``shape`` declares
+        one frame's value, as for :meth:`frame`."""
+        return self._register(func, fold, name, True, fold_options, units, outputs, shape,
+                              dtype)
 
     def _register(self, func: Any, fold: Any, name: str | None, batched: bool,
-                  fold_options: dict[str, Any], units: str = "") -> Any:
-        if not isinstance(units, str):
-            raise TypeError(f"units must be a string such as 'mm' or 'counts', not {units!r}")
+                  fold_options: dict[str, Any], units: Any = "",
+                  outputs: Mapping[str, Any] | None = None, shape: Any = None,
+                  dtype: Any = None) -> Any:
+        keys = _output_keys(outputs, fold, fold_options)
+        # per output key ("" for a function of one result): its units, shape and dtype
+        per_key = {k: (_per_key("units", units, k, keys, _check_units),
+                       _per_key("shape", shape, k, keys, _check_shape),
+                       _per_key("dtype", dtype, k, keys, _check_dtype)) for k in keys or [""]}
+        for k, (_, s, t) in per_key.items():
+            if (s is None) != (t is None):
+                given, missing = ("shape", "dtype") if t is None else ("dtype", "shape")
+                which = f" for output {k!r}" if k else ""
+                raise TypeError(f"{given}= is declared{which} but {missing}= is not: declare "
+                                "both (or neither) so the driver can skip probing it")
 
         def register(f: Callable[..., Any]) -> Callable[..., Any]:
             fname = name or f.__name__
-            if fname in self.functions:
-                raise ValueError(f"workflow {self.name!r} already has a function {fname!r}")
-            if fname in RESERVED:
-                raise ValueError(f"{fname!r} is reserved for the output layout; rename it")
-            if fname.endswith(NXDATA_SUFFIX) or AXIS_NAMES.fullmatch(fname):
-                raise ValueError(f"{fname!r} is reserved for the output's NXdata groups (names "
-                                 f"ending in {NXDATA_SUFFIX!r}, and scan_0, frame_y, frame_x, "
-                                 "bin_centres, bin_edges ...); rename it")
-            self.functions[fname] = FrameFunction(
-                fname, f, _folds.resolve(fold, **fold_options), batched, *_signature(f),
-                units=units,
-            )
+            signature = _signature(f)
+            if outputs is None:
+                u, s, t = per_key[""]
+                entries = [FrameFunction(fname, f, _folds.resolve(fold, **fold_options), batched,
+                                         *signature, units=u, shape=s, dtype=t)]
+            else:
+                entries = [FrameFunction(f"{fname}_{k}", f, _folds.resolve(outputs[k]), batched,
+                                         *signature, units=u, function=fname, key=k, shape=s,
+                                         dtype=t)
+                           for k, (u, s, t) in per_key.items()]
+            for entry in entries:
+                self._check_name(entry)
+            for entry in entries:
+                self.functions[entry.name] = entry
             return f
 
         return register(func) if func is not None else register
+
+    def _check_name(self, entry: FrameFunction) -> None:
+        """Refuse a result name that the layout or another result already has."""
+        name = entry.name
+        if name in self.functions:
+            raise ValueError(f"workflow {self.name!r}: {_named(entry)} takes the name of its "
+                             f"{_named(self.functions[name])}; rename one of them")
+        if name in RESERVED:
+            raise ValueError(f"{_named(entry)}: {name!r} is reserved for the output layout; "
+                             "rename it")
+        if name.endswith(NXDATA_SUFFIX) or AXIS_NAMES.fullmatch(name):
+            raise ValueError(f"{_named(entry)}: {name!r} is reserved for the output's NXdata "
+                             f"groups (names ending in {NXDATA_SUFFIX!r}, and scan_0, frame_y, "
+                             "frame_x, bin_centres, bin_edges ...); rename it")
+
+    def _calls(self) -> list[tuple[str, list[FrameFunction]]]:
+        """The functions to call, each with its results (several with ``outputs=``)."""
+        calls: dict[str, list[FrameFunction]] = {}
+        for f in self.functions.values():
+            calls.setdefault(f.function, []).append(f)
+        return list(calls.items())
+
+    def declared(self, frame_shape: tuple[int, ...]) -> Kinds:
+        """The kinds of every result whose shape and dtype are declared (``shape=``,
+        ``dtype=``), with :data:`DECLARED` for the flat index."""
+        out: Kinds = {}
+        for name, f in self.functions.items():
+            kind = f.declared(frame_shape)
+            if kind is not None:
+                out[name] = kind
+        return out
 
     # parameters --------------------------------------------------------------
 
@@ -234,55 +326,70 @@ class Workflow:
 
         Each frame is computed by all functions before it is folded, so a frame
         that fails in any function (with ``on_error="skip"``) is left out of all.
+        A function with ``outputs=`` is called once per frame (or stack); its dict
+        must have exactly those keys, and each value is checked and folded as a
+        result of its own.
 
-        Every value must be numeric and of one dtype per function (and one shape,
-        for a stack): the first value of each function is checked against
-        ``expect`` (the kinds an earlier partial showed, see :attr:`Partial.kinds`),
-        every later one against the first, by its type and dtype only -- a value
-        is converted only when its type differs. A value that breaks this raises
+        Every value must be numeric and of one dtype per result (and one shape,
+        for a stack): the first value of each result is checked against its
+        declared shape and dtype, or else ``expect`` (the kinds an earlier partial
+        showed, see :attr:`Partial.kinds`), every later one against the first, by
+        its type and dtype only -- a value is converted only when its type
+        differs. A value that breaks this, or a dict with other keys, raises
         :class:`ValueKindError`, whatever ``on_error`` says.
         """
         n = len(frames)
         done = np.ones(n, dtype=bool)
         errors: list[tuple[int, str, str]] = []
-        per_frame = [f for f in self.functions.values() if not f.batched]
-        batched = [f for f in self.functions.values() if f.batched]
-        kwargs = {f.name: f.bind(params) for f in self.functions.values()}
-        expect = expect or {}
+        calls = self._calls()
+        per_frame = [(fname, rs) for fname, rs in calls if not rs[0].batched]
+        batched = [(fname, rs) for fname, rs in calls if rs[0].batched]
+        kwargs = {fname: rs[0].bind(params) for fname, rs in calls}
+        declared = self.declared(frames.shape[1:])
+        expect = {**expect, **declared} if expect and declared else (expect or declared)
         kinds: Kinds = {}
         index: Any = None  # the scan indices, made only when a function asks for them
-        if any(f.wants_index for f in self.functions.values()):
+        if any(rs[0].wants_index for _, rs in calls):
             index = np.stack(np.unravel_index(np.arange(start, start + n), scan_shape), axis=1)
 
         values: dict[str, Any] = {}
-        for f in batched:
-            kw = dict(kwargs[f.name])
+        for fname, rs in batched:
+            f = rs[0]
+            kw = dict(kwargs[fname])
             if f.wants_index:
                 kw[_INDEX] = index
+            got: dict[str, Any]
             try:
-                out = np.asarray(f.func(frames, **kw))
-                if len(out) != n:
-                    raise ValueError(f"returned {len(out)} values for a stack of {n} frames")
-                values[f.name] = out
+                got = _batched_values(rs, f.func(frames, **kw), n, start, scan_shape)
+            except ValueKindError:
+                raise
             except Exception as exc:  # noqa: BLE001 - reported with the frame, below
                 if on_error != "skip" or n == 1:
-                    self._fail(f.name, start, scan_shape, exc, on_error, errors, done, 0)
-                    values[f.name] = None
+                    self._fail(fname, start, scan_shape, exc, on_error, errors, done, 0)
+                    got = dict.fromkeys(r.name for r in rs)
                 else:
-                    values[f.name] = self._batched_one_by_one(
-                        f, frames, kw, start, scan_shape, errors, done, index
-                    )
-            if values[f.name] is not None:
-                kinds[f.name] = _batched_kind(f.name, values[f.name], start, scan_shape,
-                                              f.fold.is_stack, expect.get(f.name))
+                    got = self._batched_one_by_one(rs, frames, kw, start, scan_shape, errors,
+                                                   done, index)
+            for r in rs:
+                values[r.name] = got[r.name]
+                if got[r.name] is not None:
+                    kinds[r.name] = _batched_kind(r.name, got[r.name], start, scan_shape,
+                                                  r.fold.is_stack, expect.get(r.name),
+                                                  _who(r))
 
         stacks: dict[str, np.ndarray] = {}
         accs: dict[str, Any] = {f.name: f.fold.initial() for f in self.functions.values()
                                 if not f.fold.is_stack}
         if per_frame:
-            calls = [(f.name, f.func, kwargs[f.name], f.wants_index, f.fold) for f in per_frame]
-            outs: dict[str, Any] = {f.name: None for f in per_frame if f.fold.is_stack}
-            # per function, of its first value here: (type, dtype, shape, whether the type is
+            # one entry per call; ``keys``: the dict keys of outputs=, split into the row
+            calls_ = [(fname, rs[0].func, kwargs[fname], rs[0].wants_index,
+                       None if rs[0].key is None else
+                       (tuple(str(r.key) for r in rs), frozenset(str(r.key) for r in rs)))
+                      for fname, rs in per_frame]
+            # one entry per result, in the order of the values in a row
+            slots = [(r.name, r.fold, _who(r)) for _, rs in per_frame for r in rs]
+            outs: dict[str, Any] = {name: None for name, fold, _ in slots if fold.is_stack}
+            # per result, of its first value here: (type, dtype, shape, whether the type is
             # an array, whose dtype and shape vary by instance); the hot path's check
             first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
             alive = done.tolist()  # frames a batched function failed on are skipped
@@ -290,70 +397,91 @@ class Workflow:
                 if not alive[i]:
                     continue
                 frame = frames[i]
-                row = []
-                for fname, func, kw, wants_index, _ in calls:
+                row: list[Any] = []
+                for fname, func, kw, wants_index, keys in calls_:
                     try:
                         v = func(frame, index=tuple(index[i]), **kw) if wants_index \
                             else func(frame, **kw)
                     except Exception as exc:  # noqa: BLE001
                         self._fail(fname, start + i, scan_shape, exc, on_error, errors, done, i)
                         break
-                    row.append(v)
+                    if keys is None:
+                        row.append(v)
+                    elif isinstance(v, Mapping) and v.keys() == keys[1]:
+                        row.extend([v[k] for k in keys[0]])
+                    else:
+                        _keys_error(fname, keys[0], v, start + i, scan_shape)
                 else:
-                    for (fname, _, _, _, fold), v in zip(calls, row):
-                        k = first.get(fname)
+                    for (rname, fold, who), v in zip(slots, row):
+                        k = first.get(rname)
                         t = type(v)
                         if k is None or t is not k[0] or k[3] is None or (k[3] and (
                                 (v.dtype is not k[1] and v.dtype != k[1])
                                 or (fold.is_stack and v.shape != k[2]))):
-                            k = first[fname] = _value_kind(
-                                fname, v, start + i, scan_shape, fold.is_stack,
-                                kinds.get(fname) or expect.get(fname), kinds)
+                            k = first[rname] = _value_kind(
+                                rname, v, start + i, scan_shape, fold.is_stack,
+                                declared.get(rname) or kinds.get(rname)
+                                or expect.get(rname), kinds, who)
                         if fold.is_stack:
-                            out = outs[fname]
+                            out = outs[rname]
                             if out is None:
-                                out = outs[fname] = np.zeros((n, *k[2]), dtype=k[1])
+                                out = outs[rname] = np.zeros((n, *k[2]), dtype=k[1])
                             out[i] = v
                         else:
                             try:
-                                accs[fname] = fold.binop(accs[fname], v)
+                                accs[rname] = fold.binop(accs[rname], v)
                             except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
-                                _fold_error(fname, fold, accs[fname], v, start + i, scan_shape,
-                                            exc)
-            for fname, out in outs.items():
+                                _fold_error(rname, fold, accs[rname], v, start + i, scan_shape,
+                                            exc, who)
+            for rname, out in outs.items():
                 if out is not None:
-                    stacks[fname] = out
+                    stacks[rname] = out
 
-        for f in batched:
-            vals = values[f.name]
-            if vals is None:
-                continue
-            if f.fold.is_stack:
-                if not done.all():
-                    vals = np.array(vals, copy=True)
-                    vals[~done] = 0
-                stacks[f.name] = vals
-            else:
-                accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
+        for _, rs in batched:
+            for r in rs:
+                vals = values[r.name]
+                if vals is None:
+                    continue
+                if r.fold.is_stack:
+                    if not done.all():
+                        vals = np.array(vals, copy=True)
+                        vals[~done] = 0
+                    stacks[r.name] = vals
+                else:
+                    accs[r.name] = r.fold.add_many(accs[r.name],
+                                                   vals if done.all() else vals[done])
         return Partial(start, start + n, done, stacks, accs, errors, kinds=kinds)
 
-    def _batched_one_by_one(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
-                            start: int, scan_shape: tuple[int, ...], errors: list,
-                            done: np.ndarray, index: Any) -> np.ndarray | None:
-        """After a batched call failed under on_error='skip', find the failing frames."""
-        rows: list[Any] = []
+    def _batched_one_by_one(self, rs: list[FrameFunction], frames: np.ndarray,
+                            kw: dict[str, Any], start: int, scan_shape: tuple[int, ...],
+                            errors: list, done: np.ndarray, index: Any) -> dict[str, Any]:
+        """After a batched call failed under on_error='skip', find the failing frames.
+
+        Returns each result's values (frames that failed hold zeros), or None for a
+        result no frame gave.
+        """
+        f = rs[0]
+        rows: dict[str, list[Any]] = {r.name: [] for r in rs}
         for i in range(len(frames)):
             if f.wants_index:
                 kw[_INDEX] = index[i : i + 1]
+            got: dict[str, Any] | None
             try:
-                rows.append(np.asarray(f.func(frames[i : i + 1], **kw))[0])
+                got = _batched_values(rs, f.func(frames[i : i + 1], **kw), 1, start + i,
+                                      scan_shape)
+            except ValueKindError:
+                raise
             except Exception as exc:  # noqa: BLE001
-                self._fail(f.name, start + i, scan_shape, exc, "skip", errors, done, i)
-                rows.append(None)
-        good = next((r for r in rows if r is not None), None)
-        if good is None:
-            return None
-        return np.stack([np.zeros_like(good) if r is None else r for r in rows])
+                self._fail(f.function, start + i, scan_shape, exc, "skip", errors, done, i)
+                got = None
+            for r in rs:
+                rows[r.name].append(None if got is None else got[r.name][0])
+        out: dict[str, Any] = {}
+        for name, col in rows.items():
+            good = next((r for r in col if r is not None), None)
+            out[name] = None if good is None else np.stack(
+                [np.zeros_like(good) if r is None else r for r in col])
+        return out
 
     @staticmethod
     def _fail(fname: str, flat: int, scan_shape: tuple[int, ...], exc: Exception,
@@ -426,6 +554,78 @@ def _signature(f: Callable[..., Any]) -> tuple[bool, dict[str, Any]]:
     return wants_index, defaults
 
 
+_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _output_keys(outputs: Mapping[str, Any] | None, fold: Any,
+                 fold_options: Mapping[str, Any]) -> list[str] | None:
+    """The keys of ``outputs=`` (checked), or None for a function of one result."""
+    if outputs is None:
+        return None
+    if fold is not None or fold_options:
+        raise TypeError("outputs= gives each key its fold: drop fold= and its options "
+                        "(a histogram output takes framebag.histogram(bins, range))")
+    if not isinstance(outputs, Mapping) or not outputs:
+        raise TypeError("outputs= must be a non-empty dict of key -> fold, such as "
+                        "{'x': 'stack', 'total': 'sum'}")
+    for k in outputs:
+        if not isinstance(k, str) or not _KEY.fullmatch(k):
+            raise ValueError(f"output key {k!r} must be letters, digits or '_' (it names a "
+                             "dataset)")
+    return list(outputs)
+
+
+def _per_key(option: str, value: Any, key: str, keys: list[str] | None,
+             check: Callable[[Any], Any]) -> Any:
+    """One output's ``units``/``shape``/``dtype``: the value given, or its entry in a dict
+    of them per output key (only with ``outputs=``; every key named must be an output)."""
+    if isinstance(value, Mapping):
+        if keys is None:
+            raise TypeError(f"{option}= is a dict, which needs outputs= (one entry per output "
+                            "key)")
+        extra = sorted(set(value) - set(keys))
+        if extra:
+            raise ValueError(f"{option}= names {extra}, which are not keys of outputs= "
+                             f"({keys})")
+        value = value.get(key)
+    return check(value)
+
+
+def _check_units(units: Any) -> str:
+    if units is None:
+        return ""
+    if not isinstance(units, str):
+        raise TypeError(f"units must be a string such as 'mm' or 'counts', not {units!r}")
+    return units
+
+
+def _check_shape(shape: Any) -> tuple[int, ...] | str | None:
+    if shape is None or shape == "frame":
+        return shape
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else shape
+    try:
+        out = tuple(int(d) for d in dims)
+    except (TypeError, ValueError):
+        out = None
+    if out is None or isinstance(shape, str) or any(d < 0 for d in out) or any(
+            isinstance(d, bool) or not isinstance(d, (int, np.integer)) for d in dims):
+        raise TypeError(f"shape must be a tuple of lengths (() for a scalar) or 'frame', "
+                        f"not {shape!r}")
+    return out
+
+
+def _check_dtype(dtype: Any) -> np.dtype | None:
+    if dtype is None:
+        return None
+    try:
+        out = np.dtype(dtype)
+    except TypeError:
+        out = None
+    if out is None or out.kind not in NUMERIC:
+        raise TypeError(f"dtype must be a numeric numpy dtype such as 'float32', not {dtype!r}")
+    return out
+
+
 def _convert(key: str, value: Any, default: Any) -> Any:
     if not isinstance(value, str) or isinstance(default, str):
         return value
@@ -466,17 +666,63 @@ def _what(v: Any) -> str:
     return f"{name} of shape {a.shape} dtype {a.dtype}"
 
 
+def _named(f: FrameFunction) -> str:
+    """A result named for a registration message."""
+    return f"function {f.name!r}" if f.key is None else \
+        f"result {f.name!r} (output {f.key!r} of function {f.function!r})"
+
+
+def _who(f: FrameFunction) -> str:
+    """A result named for a message: its function, and its output key with ``outputs=``."""
+    return f"function {f.function!r}" if f.key is None else \
+        f"function {f.function!r} (output {f.key!r})"
+
+
+def _earlier(ref: tuple[np.dtype, tuple[int, ...], int], scan_shape: tuple[int, ...],
+             is_stack: bool) -> str:
+    """What a value was held against: a declaration, or an earlier frame's value."""
+    if ref[2] == DECLARED:
+        return (f"it declares shape {ref[1]} dtype {ref[0]} (shape= and dtype= of its "
+                "decorator)")
+    earlier = f"shape {ref[1]} dtype {ref[0]}" if is_stack else f"dtype {ref[0]}"
+    return f"{earlier} on frame {scan_index(ref[2], scan_shape)}"
+
+
+def _unlike(dtype: np.dtype, shape: tuple[int, ...], ref: tuple[np.dtype, tuple[int, ...], int],
+            is_stack: bool) -> bool:
+    """Whether a value of ``dtype`` and ``shape`` breaks ``ref`` (a declaration fixes the shape
+    of a folded result too: the output is laid out from it)."""
+    return dtype != ref[0] or ((is_stack or ref[2] == DECLARED) and shape != ref[1])
+
+
+def _fix(ref: tuple[np.dtype, tuple[int, ...], int], is_stack: bool) -> str:
+    if ref[2] == DECLARED:
+        return "a declared result must match what the function returns"
+    return ("a stacked result needs one shape and dtype" if is_stack
+            else "every value of a function needs one dtype")
+
+
+def _mismatch(message: str, ref: tuple[np.dtype, tuple[int, ...], int]) -> ValueKindError:
+    err = ValueKindError(message)
+    if ref[2] == DECLARED:
+        err.fix = ("correct shape= and dtype= on the function's decorator (or drop them, to "
+                   "probe it), then rerun with --overwrite")
+    return err
+
+
 def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_stack: bool,
                 ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                kinds: Kinds) -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
-    """Check a value whose type differs from the function's first value here (or the first).
+                kinds: Kinds, who: str = "") -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
+    """Check a value whose type differs from the result's first value here (or the first).
 
     Returns its ``(type, dtype, shape, is_array)`` for the hot path's check (``is_array``
     None: a list, tuple or Python int, checked on every frame) and, for
-    a function's first value, records ``(dtype, shape, flat)`` in ``kinds``. Raises
+    a result's first value, records ``(dtype, shape, flat)`` in ``kinds``. Raises
     :class:`ValueKindError` for a value that is not numeric, or whose dtype (or shape,
-    for a stack) differs from ``ref``.
+    for a stack or a declared result) differs from ``ref``. ``who`` names the result in
+    messages (default: function ``fname``).
     """
+    who = who or f"function {fname!r}"
     try:
         a = np.asarray(v)
     except Exception:  # noqa: BLE001 - e.g. a ragged list numpy refuses
@@ -484,17 +730,12 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     where = scan_index(flat, scan_shape)
     if a.dtype.kind not in NUMERIC:
         raise ValueKindError(
-            f"function {fname!r} returned {_what(v)} on frame {where}; a function must return "
+            f"{who} returned {_what(v)} on frame {where}; a function must return "
             "a number or a numeric array"
         )
-    if ref is not None and (a.dtype != ref[0] or (is_stack and a.shape != ref[1])):
-        earlier = f"shape {ref[1]} dtype {ref[0]}" if is_stack else f"dtype {ref[0]}"
-        raise ValueKindError(
-            f"function {fname!r} returned {_what(v)} on frame {where}, but {earlier} on frame "
-            f"{scan_index(ref[2], scan_shape)}; "
-            + ("a stacked result needs one shape and dtype" if is_stack
-               else "every value of a function needs one dtype")
-        )
+    if ref is not None and _unlike(a.dtype, a.shape, ref, is_stack):
+        raise _mismatch(f"{who} returned {_what(v)} on frame {where}, but "
+                        f"{_earlier(ref, scan_shape, is_stack)}; {_fix(ref, is_stack)}", ref)
     kinds.setdefault(fname, (a.dtype, a.shape, flat))
     # a list, tuple or Python int has no dtype of its own: [1, 2.5] after [1, 2], or an
     # int past int64, would be cast (or overflow) in the stack, so each is checked again
@@ -504,39 +745,85 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
 
 def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],
                   is_stack: bool, ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                  ) -> tuple[np.dtype, tuple[int, ...], int]:
+                  who: str = "") -> tuple[np.dtype, tuple[int, ...], int]:
     """Check a batched function's values (one per frame) as :func:`_value_kind` does."""
+    who = f"batched {who or f'function {fname!r}'}"
     if values.dtype.kind not in NUMERIC:
         bad = next((i for i, v in enumerate(values)
                     if np.asarray(v).dtype.kind not in NUMERIC), 0) if values.ndim else 0
         v = values[bad] if values.ndim else values
         raise ValueKindError(
-            f"batched function {fname!r} returned {_what(v)} for frame "
+            f"{who} returned {_what(v)} for frame "
             f"{scan_index(start + bad, scan_shape)} (in an array of dtype {values.dtype}); "
             "a function must return numbers or numeric arrays"
         )
     shape = values.shape[1:]
-    if ref is not None and (values.dtype != ref[0] or (is_stack and shape != ref[1])):
-        earlier = f"shape {ref[1]} dtype {ref[0]}" if is_stack else f"dtype {ref[0]}"
-        raise ValueKindError(
-            f"batched function {fname!r} returned values of shape {shape} dtype "
-            f"{values.dtype} for frames from {scan_index(start, scan_shape)}, but {earlier} "
-            f"for frame {scan_index(ref[2], scan_shape)}; "
-            + ("a stacked result needs one shape and dtype" if is_stack
-               else "every value of a function needs one dtype")
-        )
+    if ref is not None and _unlike(values.dtype, shape, ref, is_stack):
+        raise _mismatch(
+            f"{who} returned values of shape {shape} dtype {values.dtype} for frames from "
+            f"{scan_index(start, scan_shape)}, but {_earlier(ref, scan_shape, is_stack)}; "
+            f"{_fix(ref, is_stack)}", ref)
     return values.dtype, shape, start
 
 
+def _batched_values(rs: list[FrameFunction], out: Any, n: int, start: int,
+                    scan_shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """A batched call's ``out`` as one array of ``n`` values per result.
+
+    A dict with other keys than ``outputs=`` raises :class:`ValueKindError`; a wrong
+    number of values raises ValueError (the function failed on these frames).
+    """
+    f = rs[0]
+    if f.key is None:
+        arrays = {f.name: np.asarray(out)}
+    else:
+        keys = tuple(r.key for r in rs if r.key is not None)
+        if not isinstance(out, Mapping) or out.keys() != set(keys):
+            _keys_error(f.function, keys, out, start, scan_shape, batched=True)
+        arrays = {r.name: np.asarray(out[r.key]) for r in rs}
+    for r in rs:
+        got = len(arrays[r.name])
+        if got != n:
+            of = f" for output {r.key!r}" if r.key is not None else ""
+            raise ValueError(f"returned {got} values{of} for a stack of {n} frames")
+    return arrays
+
+
+def _keys_error(fname: str, keys: tuple[str, ...], v: Any, flat: int,
+                scan_shape: tuple[int, ...], batched: bool = False) -> NoReturn:
+    """Raise the one sentence for a function whose returned value is not a dict with
+    exactly the keys of its ``outputs=``."""
+    who = f"batched function {fname!r}" if batched else f"function {fname!r}"
+    where = f"for frames from {scan_index(flat, scan_shape)}" if batched else \
+        f"on frame {scan_index(flat, scan_shape)}"
+    want = list(keys)
+    if not isinstance(v, Mapping):
+        message = (f"{who} returned {_what(v)} {where}, but it has outputs= {want}: it "
+                   "must return a dict with exactly those keys")
+    else:
+        got = list(v.keys())
+        missing = [k for k in want if k not in v]
+        extra = [k for k in got if k not in keys]
+        parts = ([f"missing {missing}"] if missing else []) + \
+            ([f"extra {extra}"] if extra else [])
+        message = (f"{who} returned a dict with keys {got} {where}, but its outputs= are "
+                   f"{want} ({', '.join(parts)})")
+    err = ValueKindError(message)
+    err.fix = ("return a dict with exactly the keys of outputs= for every frame, then rerun "
+               "with --overwrite")
+    raise err
+
+
 def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
-                scan_shape: tuple[int, ...], exc: Exception) -> None:
+                scan_shape: tuple[int, ...], exc: Exception, who: str = "") -> None:
     try:
         earlier = f"shape {np.shape(fold.finalize(acc))} before"
     except Exception:  # noqa: BLE001 - a custom fold's accumulator may not finalize
         earlier = "the earlier frames"
     raise FrameError(
-        f"function {fname!r}: fold {fold.name!r} failed on frame {scan_index(flat, scan_shape)}, "
-        f"which gave shape {np.shape(v)} against {earlier} ({type(exc).__name__}: {exc})"
+        f"{who or f'function {fname!r}'}: fold {fold.name!r} failed on frame "
+        f"{scan_index(flat, scan_shape)}, which gave shape {np.shape(v)} against {earlier} "
+        f"({type(exc).__name__}: {exc})"
     ) from exc
 
 

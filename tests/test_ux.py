@@ -311,7 +311,7 @@ def test_workflows_lists_examples_and_local_files(tmp_path, monkeypatch, capsys)
     assert [ln.split()[:3] for ln in fs.splitlines()[4:7]] == [
         ["total", "stack", "per"], ["roi", "stack", "per"], ["brightest", "max", "per"]]
     assert "y0=0 y1=10" in fs and "parameters: --set y0=0 --set y1=10" in fs
-    assert "com  stack  batched" in blocks["framebag.workflows.centre_of_mass"]
+    assert "com_intensity  stack  batched" in blocks["framebag.workflows.centre_of_mass"]
     mine = blocks[str(Path("workflows") / "mine.py")]
     assert "My beamline's workflow." in mine
     assert "where  sum  batched, gets index  scale=2.5" in mine

@@ -21,39 +21,46 @@ def _func(path: str, name: str):
     return load_workflow(path).functions[name].func
 
 
-def _com64(stack: np.ndarray) -> np.ndarray:
+def _com64(stack: np.ndarray) -> dict[str, np.ndarray]:
+    """Centre x, y and intensity of each frame, in float64 (the reference)."""
     f = stack.astype(np.float64)
     y, x = np.indices(f.shape[1:])
     with np.errstate(invalid="ignore", divide="ignore"):
         total = f.sum(axis=(1, 2))
-        return np.stack([(f * y).sum(axis=(1, 2)) / total, (f * x).sum(axis=(1, 2)) / total], 1)
+        return {"x": (f * x).sum(axis=(1, 2)) / total, "y": (f * y).sum(axis=(1, 2)) / total,
+                "intensity": total}
 
 
 def test_centre_of_mass_float32_is_within_a_thousandth_of_a_pixel():
-    com = _func("workflows/centre_of_mass.py", "com")
+    com = _func("workflows/centre_of_mass.py", "com_x")  # one call gives x, y and intensity
     rng = np.random.default_rng(1)
     # bright frames: totals far above 2**24, where float32 sums round
     stack = rng.integers(40000, 65536, size=(40, 128, 128)).astype(np.uint16)
     stack[:, 100:, 100:] = 65535
     stack[7] = 0
-    got = com(stack)
-    assert got.shape == (40, 2) and got.dtype == np.float32
-    assert np.isnan(got[7]).all()
-    np.testing.assert_allclose(got, _com64(stack), rtol=0, atol=1e-3, equal_nan=True)
+    got, want = com(stack), _com64(stack)
+    assert list(got) == ["x", "y", "intensity"]
+    for name in ("x", "y"):
+        assert got[name].shape == (40,) and got[name].dtype == np.float32
+        assert np.isnan(got[name][7])
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-3, equal_nan=True)
+    assert got["intensity"].dtype == np.float32 and got["intensity"][7] == 0
+    np.testing.assert_allclose(got["intensity"], want["intensity"], rtol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "uint32", "int32"])
 def test_centre_of_mass_keeps_float64_for_wider_data(dtype):
-    com = _func("workflows/centre_of_mass.py", "com")
+    com = _func("workflows/centre_of_mass.py", "com_x")
     rng = np.random.default_rng(2)
     stack = rng.integers(0, 2**30, size=(5, 33, 17)).astype(dtype)
-    got = com(stack)
-    assert got.dtype == np.float64
-    np.testing.assert_allclose(got, _com64(stack), rtol=1e-12)
+    got, want = com(stack), _com64(stack)
+    for name in ("x", "y", "intensity"):
+        assert got[name].dtype == np.float64
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-12)
 
 
 def test_centre_of_mass_makes_no_float_copy_of_the_stack():
-    com = _func("workflows/centre_of_mass.py", "com")
+    com = _func("workflows/centre_of_mass.py", "com_x")
     stack = np.random.default_rng(3).integers(0, 100, size=(256, 128, 128)).astype(np.uint16)
     com(stack[:2])  # imports and first-call allocations out of the way
     tracemalloc.start()
