@@ -290,6 +290,8 @@ while time.monotonic() < deadline:
     # a count that points into it, so the table is at least as long as they say
     count.refresh(); offset.refresh(); data.refresh()
     c, o = count[()], offset[()]
+    m = min(len(c), len(o))  # a growing scan may grow between the two refreshes
+    c, o = c[:m], o[:m]
     rows = data[()]
     done = o >= 0
     for idx in zip(*np.nonzero(done)):
@@ -303,19 +305,22 @@ while time.monotonic() < deadline:
     if n and gated is None:
         gated = n
         open(gate, "w").close()  # the writer goes on only once rows were seen live
-    if n == c.size or violations:
+    if n == int(np.prod(scan)) or violations:
         break
     time.sleep(0.005)
 json.dump({{"seen": seen, "violations": violations, "gated": gated}}, open(report, "w"))
 '''
 
 
-def test_live_swmr_reader_watches_count_grow(tmp_path, client, unchanged):
+@pytest.mark.parametrize("growing", [False, True])
+def test_live_swmr_reader_watches_count_grow(tmp_path, client, unchanged, growing):
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (6, 10)
     gate, report = tmp_path / "rows-seen", tmp_path / "report.json"
-    # the writer stops after 15 frames until the reader has seen rows in the output
-    proc = start_writer(path, scan, rate=300, gate=gate, gate_after=15)
+    # the writer stops after 15 frames until the reader has seen rows in the output; a
+    # growing scan grows the count and offset maps too
+    proc = start_writer(path, scan, rate=300, gate=gate, gate_after=15,
+                        **({"growing": True} if growing else {}))
     script = tmp_path / "reader.py"
     script.write_text(READER.format(frame=FRAME))
     reader = subprocess.Popen([sys.executable, str(script), str(out), str(gate), str(report),
