@@ -320,7 +320,7 @@ class Results(dict):
         except ImportError:
             raise ImportError("Results.to_xarray() needs xarray, which is not installed: "
                               "pip install 'framebag[xarray]'") from None
-        dims = getattr(self, "dims", {})
+        dims = dict(getattr(self, "dims", {}))
         coords: dict[str, Any] = dict(getattr(self, "coords", {}))
         for name, (cdims, values) in getattr(self, "aux_coords", {}).items():
             coords[name] = (cdims, values)
@@ -328,8 +328,9 @@ class Results(dict):
         scan_dims: tuple[str, ...] = ()
         for name, value in self.items():
             if isinstance(value, Ragged):  # its count map: xarray has no ragged variables
+                dims[f"{name}_count"] = dims.get(name) or tuple(
+                    f"scan_{k}" for k in range(len(value.shape)))
                 name, value = f"{name}_count", value.counts
-                dims[name] = tuple(f"scan_{k}" for k in range(value.ndim))
             value = np.asarray(value)
             names = dims.get(name) or tuple(f"{name}_dim_{k}" for k in range(value.ndim))
             attrs = {"fold": self.folds.get(name, "")} if hasattr(self, "folds") else {}
@@ -1111,7 +1112,17 @@ def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> Non
                                                data.dtype, data.shape[0]))
             res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
             res.units[name] = attr_text(data.attrs.get("units"))
-            res.dims[name] = scan_dims
+            nx = nxdata_of(g, name)  # the count map's: its scan axes
+            axes = [attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))] \
+                if nx is not None else []
+            dims = []
+            for k, dim in enumerate(scan_dims):
+                axis = axes[k] if k < len(axes) else "."
+                if nx is not None and axis != "." and axis in nx:
+                    dim = axis
+                    res.coords.setdefault(dim, nx[axis][()])
+                dims.append(dim)
+            res.dims[name] = tuple(dims)
             continue
         dict.__setitem__(res, name, _UNREAD)  # read when looked up (see Results)
         res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"

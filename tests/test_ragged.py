@@ -510,3 +510,14 @@ def test_inspect_and_plot_show_a_ragged_result(tmp_path, client, make_scan, caps
     assert main(["plot", str(out), "-o", str(tmp_path / "pics")]) == 0
     assert (tmp_path / "pics" / "rg_rows.png").stat().st_size > 1000
 
+
+
+def test_to_xarray_gives_a_ragged_result_as_its_count_map(tmp_path, client, make_scan):
+    pytest.importorskip("xarray")
+    path, data = make_scan((3, 4), (8, 8))
+    res = ragged_workflow().run(path, tmp_path / "o.h5", client=client)
+    ds = res.to_xarray()
+    assert ds["rows_count"].dims == ("scan_0", "scan_1")
+    np.testing.assert_array_equal(ds["rows_count"].values, data[..., 0, 0].astype(int) % 4)
+    np.testing.assert_array_equal(ds["scan_1"].values, np.arange(4))
+    assert res.dims["rows"] == ("scan_0", "scan_1")  # to_xarray left the results as they were
