@@ -521,3 +521,30 @@ def test_to_xarray_gives_a_ragged_result_as_its_count_map(tmp_path, client, make
     np.testing.assert_array_equal(ds["rows_count"].values, data[..., 0, 0].astype(int) % 4)
     np.testing.assert_array_equal(ds["scan_1"].values, np.arange(4))
     assert res.dims["rows"] == ("scan_0", "scan_1")  # to_xarray left the results as they were
+
+
+def test_a_batched_ragged_function_that_fails_skips_only_its_bad_frames():
+    wf = Workflow("b", data=DATA, keys=[KEY])
+
+    @wf.frames(fold="ragged")
+    def spots(frames):
+        if (frames[:, 0, 0] == 13).any():
+            raise ValueError("bad frame")
+        out = [rows_of(f) for f in frames]
+        if len(frames) > 1:
+            out[1] = out[1].astype(np.float32)  # another dtype: that frame alone is skipped
+        return out
+
+    frames = np.random.default_rng(1).integers(0, 1000, (6, 4, 4)).astype(np.int32)
+    frames[:, 0, 0] = [4, 5, 6, 13, 7, 0]
+    p = wf.apply(frames, 0, (6,), {}, on_error="skip")
+    np.testing.assert_array_equal(p.done, [True, True, True, False, True, True])
+    assert [e[0] for e in p.errors] == [3]
+    counts, rows = p.ragged["spots"]
+    np.testing.assert_array_equal(counts, [0, 1, 2, 0, 3, 0])
+    np.testing.assert_array_equal(rows, np.concatenate([rows_of(frames[i]) for i in (1, 2, 4)]))
+    p = wf.apply(frames[:3], 0, (6,), {}, on_error="skip")  # the call works: frame 1's dtype
+    np.testing.assert_array_equal(p.done, [True, False, True])
+    assert "float32" in p.errors[0][2] and "int64" in p.errors[0][2]
+    with pytest.raises(FramebagError, match=r"'spots' failed on frame \(1,\).*float32"):
+        wf.apply(frames[:3], 0, (6,), {}, on_error="raise")
