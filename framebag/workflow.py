@@ -298,7 +298,7 @@ class Workflow:
                         v = func(frame, index=tuple(index[i]), **kw) if wants_index \
                             else func(frame, **kw)
                         if fold.is_ragged:
-                            v = _ragged_value(fname, v, start + i, scan_shape,
+                            v = _ragged_value(v, scan_shape,
                                               kinds.get(fname) or expect.get(fname))
                     except Exception as exc:  # noqa: BLE001
                         self._fail(fname, start + i, scan_shape, exc, on_error, errors, done, i)
@@ -378,7 +378,7 @@ class Workflow:
             if v is None or not done[i]:
                 continue
             try:
-                out[i] = v = _ragged_value(f.name, v, start + i, scan_shape,
+                out[i] = v = _ragged_value(v, scan_shape,
                                            kinds.get(f.name) or expect.get(f.name))
             except ValueError as exc:
                 self._fail(f.name, start + i, scan_shape, exc, on_error, errors, done, i)
@@ -555,9 +555,10 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     return type(v), a.dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
 
 
-def _ragged_value(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...],
+def _ragged_value(v: Any, scan_shape: tuple[int, ...],
                   ref: tuple[np.dtype, tuple[int, ...], int] | None) -> Any:
-    """A ragged function's value as an array of rows, checked against ``ref``.
+    """A ragged function's value as an array of rows, checked against ``ref`` (the first
+    frame's dtype, shape and flat index; the caller's message names this frame).
 
     Raises ValueError (a failure of this frame, which ``on_error="skip"`` skips) for
     a scalar, or rows of another shape or dtype than the first frame's. A value
