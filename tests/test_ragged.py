@@ -218,7 +218,7 @@ def test_a_frame_with_other_rows_is_one_sentence_and_skip_skips_it(tmp_path, cli
 @given(st.data())
 def test_random_ragged_lengths_and_masks_equal_a_numpy_loop(client, data):
     ny = data.draw(st.integers(1, 4), label="ny")
-    nx = data.draw(st.integers(1, 7), label="nx")
+    nx = data.draw(st.integers(2, 7), label="nx")  # a last scan dim of 1 reads as a frame dim
     ks = np.array(data.draw(st.lists(st.integers(0, 6), min_size=ny * nx, max_size=ny * nx),
                             label="k")).reshape(ny, nx)
     complete = np.array(data.draw(st.lists(st.booleans(), min_size=ny * nx,
