@@ -65,7 +65,7 @@ from .tuning import tune_workers
 if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
     from .workflow import Workflow
 
-__all__ = ["run", "run_many", "Results", "ManyResults", "RunSpec", "process_partition",
+__all__ = ["run", "run_many", "Results", "Ragged", "ManyResults", "RunSpec", "process_partition",
            "process_groups"]
 
 log = logging.getLogger("framebag")
@@ -147,6 +147,66 @@ def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[P
 _UNREAD = object()
 
 
+class Ragged:
+    """A ragged result of :class:`Results`: per frame an array of rows, ``(k, *row_shape)``.
+
+    ``ragged[iy, ix]`` is that frame's rows (``k`` may be 0; a frame not done has
+    none); ``counts`` is the scan-shaped count map, ``offsets`` where each frame's
+    rows start in ``rows`` (-1: not done), ``rows`` the whole table. They are
+    read from the output when first used, and kept.
+    """
+
+    def __init__(self, res: Results, name: str, scan_shape: tuple[int, ...],
+                 row_shape: tuple[int, ...], dtype: np.dtype, total: int) -> None:
+        self._res, self.name = res, name
+        self.shape, self.row_shape, self.dtype, self.total = scan_shape, row_shape, dtype, total
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def _array(self, what: str) -> np.ndarray:
+        if what not in self._arrays:
+            res = self._res
+            res._check_unchanged(self.name)
+            import h5py
+
+            with h5py.File(res.output, "r") as f:
+                g = f[f"{res._group}/{self.name}"]
+                for key in ("count", "offset", "data"):
+                    if key == what or (what != "data" and key != "data"):
+                        self._arrays[key] = g[key][()]
+        return self._arrays[what]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The number of rows of each frame, scan-shaped (0 where not done)."""
+        return self._array("count")
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """The row of each frame's first entry in :attr:`rows`, scan-shaped (-1: not done)."""
+        return self._array("offset")
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The whole table of rows, ``(total, *row_shape)``, in the order they were committed."""
+        return self._array("data")
+
+    def __getitem__(self, index: int | tuple[int, ...]) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) != len(self.shape) or not all(isinstance(i, (int, np.integer))
+                                                     for i in index):
+            raise IndexError(f"ragged result {self.name!r} is indexed by one scan index of "
+                             f"{len(self.shape)} integers, not {index!r}")
+        k, at = int(self.counts[index]), int(self.offsets[index])
+        return self.rows[at : at + k] if k else np.zeros((0, *self.row_shape), self.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"Ragged({self.name!r}, scan {self.shape}, {self.total} rows of shape "
+                f"{self.row_shape} {self.dtype})")
+
+
 class Results(dict):
     """The results keyed by function name, plus ``done``, ``output``, ``errors`` and ``stats``.
 
@@ -177,15 +237,18 @@ class Results(dict):
     _group = ""
     _stamp: tuple[int, int, int] = (0, 0, 0)
 
+    def _check_unchanged(self, name: str) -> None:
+        st = os.stat(self.output)
+        if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != self._stamp:
+            raise FramebagError(f"output file {str(self.output)!r} changed after the run "
+                                f"ended; read result {name!r} from it directly")
+
     def _load(self, name: str) -> Any:
         value = dict.__getitem__(self, name)
         if value is _UNREAD:
             import h5py
 
-            st = os.stat(self.output)
-            if (st.st_ino, st.st_mtime_ns, st.st_ctime_ns) != self._stamp:
-                raise FramebagError(f"output file {str(self.output)!r} changed after the run "
-                                    f"ended; read result {name!r} from it directly")
+            self._check_unchanged(name)
             with h5py.File(self.output, "r") as f:
                 value = f[f"{self._group}/{name}"][()]
             dict.__setitem__(self, name, value)
@@ -210,6 +273,8 @@ class Results(dict):
     def _meta(self, name: str) -> tuple[Any, Any]:
         """A result's shape and dtype, without reading its values when they are not read yet."""
         value = dict.__getitem__(self, name)
+        if isinstance(value, Ragged):
+            return f"{value.shape}, {value.total} rows of shape {value.row_shape}", value.dtype
         if value is not _UNREAD:
             return np.shape(value), getattr(value, "dtype", type(value).__name__)
         try:
@@ -259,13 +324,17 @@ class Results(dict):
         except ImportError:
             raise ImportError("Results.to_xarray() needs xarray, which is not installed: "
                               "pip install 'framebag[xarray]'") from None
-        dims = getattr(self, "dims", {})
+        dims = dict(getattr(self, "dims", {}))
         coords: dict[str, Any] = dict(getattr(self, "coords", {}))
         for name, (cdims, values) in getattr(self, "aux_coords", {}).items():
             coords[name] = (cdims, values)
         data_vars: dict[str, Any] = {}
         scan_dims: tuple[str, ...] = ()
         for name, value in self.items():
+            if isinstance(value, Ragged):  # its count map: xarray has no ragged variables
+                dims[f"{name}_count"] = dims.get(name) or tuple(
+                    f"scan_{k}" for k in range(len(value.shape)))
+                name, value = f"{name}_count", value.counts
             value = np.asarray(value)
             names = dims.get(name) or tuple(f"{name}_dim_{k}" for k in range(value.ndim))
             attrs = {"fold": self.folds.get(name, "")} if hasattr(self, "folds") else {}
@@ -570,7 +639,12 @@ class _Job:
         for name, fn in self.wf.functions.items():
             schema.meta[name] = {"fold": fn.fold.name, "units": fn.units, **fn.fold.attrs,
                                  "function": fn.function, "output": fn.key or ""}
-            if fn.fold.is_stack:
+            if fn.fold.is_ragged:  # its checkpointed state: the table's committed rows
+                rows = p.ragged[name][1]
+                assert rows is not None  # the probe's frame is done
+                schema[name] = (False, rows.shape[1:], rows.dtype)
+                schema.accs[name] = np.int64(0)
+            elif fn.fold.is_stack:
                 v = p.stacks[name]
                 schema[name] = (True, v.shape[1:], v.dtype)
                 self.result_nbytes += v[0].nbytes
@@ -605,7 +679,11 @@ class _Job:
         self._recorder = fingerprint.Recorder(self.follower.key_names, self.out.group,
                                               self.follower.live)
         for name, fn in self.wf.functions.items():
-            if not fn.fold.is_stack:
+            if fn.fold.is_ragged:  # rows past the checkpoint's are a crashed run's: cut
+                self.accs[name] = np.int64(self.accs.get(name, 0))
+                if self.o.resume:
+                    self.out.reset_ragged(name, int(self.accs[name]))
+            elif not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
         if self.o.resume:
             self._commit([])  # rewrite results and done from the checkpoint, which rules
@@ -849,7 +927,8 @@ class _Job:
         """Add released partials to the next commit, committing first whenever their
         stacked results would pass the read budget."""
         for p in partials:
-            nbytes = sum(v.nbytes for v in p.stacks.values())
+            nbytes = sum(v.nbytes for v in p.stacks.values()) + sum(
+                r.nbytes for _, r in p.ragged.values() if r is not None)
             if self._pending and self._pending_bytes + nbytes > self.o.partition_bytes:
                 self._flush()
             self._pending.append(p)
@@ -896,6 +975,11 @@ class _Job:
             want = self.out.value_shape(name)
             if values.shape[1:] != want:
                 self._mismatch(name, p, f"shape {values.shape[1:]}, not {want}")
+        for name, (_, rows) in p.ragged.items():
+            want_rows = self.out.row_kind(name)
+            if rows is not None and (rows.shape[1:], rows.dtype) != want_rows:
+                self._mismatch(name, p, f"rows of shape {rows.shape[1:]} dtype {rows.dtype}, "
+                               f"not {want_rows[0]} {want_rows[1]}")
         for name, acc in p.accs.items():
             fold = self.wf.functions[name].fold
             want = self.out.value_shape(name)
@@ -909,9 +993,12 @@ class _Job:
         assert self.out is not None
         newly = []
         runs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
+        ragged: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]] = {}
         for p in partials:
             for name, values in p.stacks.items():
                 runs.setdefault(name, []).append((p.start, p.stop, values))
+            for name, (counts, rows) in p.ragged.items():
+                ragged.setdefault(name, []).append((p.start, p.done, counts, rows))
             for name, acc in p.accs.items():
                 fold = self.wf.functions[name].fold
                 had = self.accs[name]
@@ -930,9 +1017,11 @@ class _Job:
             self.errors.extend(p.errors)
         for name, stacked in runs.items():
             self.out.write_stack(name, stacked)  # one write per result for the whole commit
+        for name, parts in ragged.items():  # the rows, then their count and offset
+            self.accs[name] = np.int64(self.out.write_ragged(name, parts, int(self.accs[name])))
         results = {}
         for name, acc in self.accs.items():
-            if acc is not None:
+            if acc is not None and not self.wf.functions[name].fold.is_ragged:
                 results[name] = self.wf.functions[name].fold.finalize(acc)
         newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
         self._recorder.note(self.info, newly_done)  # flushed by the commit, before its checkpoint
@@ -1005,6 +1094,8 @@ def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> Non
 
     Dims are named from each result's NXdata ``@axes`` (see :meth:`Results.to_xarray`).
     """
+    import h5py
+
     from .hdf5 import attr_text
     from .output import nxdata_of
 
@@ -1013,6 +1104,24 @@ def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> Non
     scan_dims = tuple(f"scan_{k}" for k in range(scan_rank))
     for name in names:
         ds = g[name]
+        if isinstance(ds, h5py.Group):  # a ragged result (see output._layout_ragged)
+            data = ds["data"]
+            dict.__setitem__(res, name, Ragged(res, name, ds["count"].shape, data.shape[1:],
+                                               data.dtype, data.shape[0]))
+            res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
+            res.units[name] = attr_text(data.attrs.get("units"))
+            nx = nxdata_of(g, name)  # the count map's: its scan axes
+            axes = [attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))] \
+                if nx is not None else []
+            dims = []
+            for k, dim in enumerate(scan_dims):
+                axis = axes[k] if k < len(axes) else "."
+                if nx is not None and axis != "." and axis in nx:
+                    dim = axis
+                    res.coords.setdefault(dim, nx[axis][()])
+                dims.append(dim)
+            res.dims[name] = tuple(dims)
+            continue
         dict.__setitem__(res, name, _UNREAD)  # read when looked up (see Results)
         res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
         res.units[name] = attr_text(ds.attrs.get("units"))

@@ -15,6 +15,12 @@ Every fold is a monoid, as in ``dask.bag.Bag.fold``:
 the driver at the frame's scan index, so its accumulator never crosses the wire
 as anything but the stacked values of one partition.
 
+``ragged`` is special too: per frame an array whose first dim (the number of
+rows, 0 included) varies. Inside a task its accumulator is the list of the done
+frames' arrays, in frame order; :func:`pack_ragged` turns it into per-frame
+counts and one table of rows, and the driver appends those rows to the output's
+table (it never combines two tasks' accumulators).
+
 The accumulator ``None`` means "no frame yet" for every built-in fold, so the
 value's shape and dtype come from the first frame and need not be declared.
 
@@ -32,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Fold", "stack", "histogram", "resolve", "BUILTIN", "check_state", "NUMERIC"]
+__all__ = ["Fold", "stack", "ragged", "pack_ragged", "histogram", "resolve", "BUILTIN",
+           "check_state", "NUMERIC"]
 
 #: the numpy dtype kinds an accumulator's arrays and scalars may have
 NUMERIC = "biufc"
@@ -49,6 +56,8 @@ class Fold:
     finalize: Callable[[Any], Any] = field(default=lambda acc: acc)
     binop_many: Callable[[Any, Any], Any] | None = None
     is_stack: bool = False
+    #: a ``ragged`` result: a variable number of rows per frame (see :func:`ragged`)
+    is_ragged: bool = False
     #: what a reader of the output needs to draw the result (a histogram's ``bin_edges``)
     attrs: dict[str, Any] = field(default_factory=dict)
 
@@ -245,6 +254,38 @@ def stack() -> Fold:
     return Fold("stack", _none, _stack_unused, _stack_unused, is_stack=True)
 
 
+def _ragged_binop(acc: Any, v: Any) -> Any:
+    if acc is None:
+        return [v]
+    acc.append(v)
+    return acc
+
+
+def _ragged_unused(a: Any, b: Any) -> Any:
+    raise RuntimeError("ragged rows are appended by the engine, not combined")
+
+
+def ragged() -> Fold:
+    """Per frame an array of rows whose count varies: ``(k, *row_shape)``, ``k >= 0``.
+
+    The row shape and dtype are fixed by the first frame (the probe); the
+    output keeps one flat table of rows with each frame's ``count`` and ``offset``.
+    """
+    return Fold("ragged", _none, _ragged_binop, _ragged_unused, is_ragged=True)
+
+
+def pack_ragged(values: list[np.ndarray] | None, done: np.ndarray,
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(counts, rows)`` of a task's ragged accumulator: ``values`` holds one array per
+    done frame, in frame order; ``counts`` has one entry per frame (0 where not done)
+    and ``rows`` is their arrays concatenated (None if no frame is done)."""
+    counts = np.zeros(len(done), dtype=np.int64)
+    if not values:
+        return counts, None
+    counts[np.flatnonzero(done)] = [len(v) for v in values]
+    return counts, np.concatenate(values) if len(values) > 1 else np.asarray(values[0])
+
+
 def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # noqa: A002
     """Counts of all values of every frame in fixed bins (``np.histogram`` edges)."""
     edges = np.histogram_bin_edges([], bins=bins, range=range) if np.ndim(bins) == 0 else bins
@@ -275,6 +316,7 @@ def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # n
 
 BUILTIN: dict[str, Callable[[], Fold]] = {
     "stack": stack,
+    "ragged": ragged,
     "sum": lambda: Fold("sum", _none, _sum_binop, _merge(np.add), binop_many=_sum_many),
     "mean": lambda: _moments_fold("mean", lambda acc: acc[1]),
     "var": lambda: _moments_fold("var", _var),

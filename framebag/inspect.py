@@ -33,7 +33,7 @@ from .describe import _filters, framebag_groups, guess_layout, open_for_write, t
 from .errors import FramebagError
 from .hdf5 import attr_text
 from .keys import KeyFollower, check_flag
-from .output import NXDATA_SUFFIX, nxdata_of, results
+from .output import NXDATA_SUFFIX, nxdata_of, ragged_results, results
 from .partitions import scan_index
 
 __all__ = ["inspect_file", "add_parser", "EXAMPLE_WORKFLOW"]
@@ -199,7 +199,20 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
                 if nx is not None else ""
             group = f"{name}{NXDATA_SUFFIX}: {axes or 'scalar'}" if nx is not None else "none"
             rows.append([name, str(d.shape), str(d.dtype), fold, units or "-", group])
-        lines += ["  results:", *table(rows, "    ")]
+        counts = []
+        for name, rg in ragged_results(g):  # a table of rows, with count and offset per frame
+            data, count = rg["data"], rg["count"][()]
+            units = attr_text(data.attrs.get("units"))
+            shape = "(" + ", ".join(["k", *map(str, data.shape[1:])]) + ") per frame"
+            rows.append([name, shape, str(data.dtype), "ragged", units or "-",
+                         f"{name}{NXDATA_SUFFIX}: count"])
+            per = count[done] if done is not None and done.shape == count.shape else count
+            counts.append(f"    {name}: {data.shape[0]} rows in /entry/{wname}/{name}/data; "
+                          f"per frame done: min {per.min() if per.size else '-'}, max "
+                          f"{per.max() if per.size else '-'}, mean "
+                          f"{per.mean() if per.size else 0:.3g}")
+        lines += ["  results:", *table(rows, "    "), *(["  ragged rows:"] + counts
+                                                      if counts else [])]
         if attr_text(g.attrs.get("default")):
             lines.append(f"  default plot: /entry/{wname}/{attr_text(g.attrs.get('default'))}")
         lines += _error_lines(g, wname, done.shape if done is not None else None)

@@ -107,6 +107,7 @@ from .lock import OutputLock
 from .partitions import blocks, selection_shape
 
 __all__ = ["OutputFile", "Schema", "ScanAxis", "default_output_path", "RESERVED", "results",
+           "ragged_results",
            "create_swmr", "open_existing", "NXDATA_SUFFIX", "nxdata_of"]
 
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
@@ -288,6 +289,12 @@ class OutputFile:
                                              else ds.shape)
         return self._value_shapes[name]
 
+    def row_kind(self, name: str) -> tuple[tuple[int, ...], np.dtype]:
+        """The row shape and dtype of ragged result ``name``'s table."""
+        if name not in self._value_shapes:
+            self._value_shapes[name] = self.group[name]["data"].shape[1:]
+        return self._value_shapes[name], self.group[name]["data"].dtype
+
     def write_stack(self, name: str, runs: list[tuple[int, int, np.ndarray]],
                     batch_bytes: int = 64 << 20) -> None:
         """Place the stacked values of one commit's runs at their scan indices, in one write.
@@ -355,6 +362,57 @@ class OutputFile:
         values = np.ascontiguousarray(values)
         ds.id.write(h5py.h5s.create_simple(values.shape), fspace, values)
 
+    def write_ragged(self, name: str, parts: list[tuple[int, np.ndarray, np.ndarray,
+                                                         np.ndarray | None]],
+                     rows_before: int) -> int:
+        """Append one commit's rows of ragged result ``name``; set their frames' count, offset.
+
+        ``parts`` holds ``(start, done, counts, rows)`` of flat runs that do not
+        overlap (a partial's frames, see :class:`framebag.partials.Partial`);
+        ``rows_before`` is the table's committed length (the checkpoint's).
+        The rows go to ``data[rows_before:]`` in one write and are flushed before
+        any ``count`` or ``offset`` that points at them, so an SWMR reader never
+        sees a frame's rows past the end of the table. Returns the new length,
+        which the caller's checkpoint records.
+        """
+        g = self.group[name]
+        parts = sorted(parts, key=lambda p: p[0])
+        new = [p[3] for p in parts if p[3] is not None and len(p[3])]
+        end = rows_before + sum(len(r) for r in new)
+        if new:
+            table = g["data"]
+            if table.shape[0] < end:
+                table.resize(end, axis=0)
+            table[rows_before:end] = new[0] if len(new) == 1 else np.concatenate(new)
+            self.f.flush()
+        at = rows_before
+        counts, offsets = [], []
+        for start, done, count, _ in parts:
+            offset = at + np.cumsum(count) - count
+            offset[~done] = -1
+            at += int(count.sum())
+            stop = start + len(done)
+            counts.append((start, stop, count))
+            offsets.append((start, stop, offset))
+        self.write_stack(f"{name}/count", counts)
+        self.write_stack(f"{name}/offset", offsets)
+        return end
+
+    def reset_ragged(self, name: str, rows: int) -> None:
+        """On resume: cut ragged result ``name``'s table to the checkpoint's ``rows`` and
+        clear ``count``, ``offset`` of the frames not done (a crash after their rows were
+        written and before the checkpoint that marks them done leaves them set)."""
+        g = self.group[name]
+        if g["data"].shape[0] > rows:
+            g["data"].resize(rows, axis=0)
+        not_done = ~self.done.reshape(self.scan_shape)
+        for what, fill in (("count", 0), ("offset", -1)):
+            ds = g[what]
+            values = ds[()]
+            if (values[not_done] != fill).any():
+                values[not_done] = fill
+                ds[...] = values
+
     def commit(self, newly_done: np.ndarray, results: dict[str, np.ndarray],
                accs: dict[str, Any], errors: list[tuple[int, str, str]]) -> None:
         """Make one combine step durable: results, then checkpoint, then ``done``."""
@@ -396,6 +454,9 @@ class OutputFile:
             if isinstance(ds, h5py.Dataset) and (ds.name.endswith("/done")
                                                  or ds.attrs.get("fold") == "stack"):
                 ds.resize(scan_shape[0], axis=0)
+            elif isinstance(ds, h5py.Group) and ds.attrs.get("fold") == "ragged":
+                ds["count"].resize(scan_shape[0], axis=0)
+                ds["offset"].resize(scan_shape[0], axis=0)
         for ds in self.scan_axes():
             dim = int(ds.attrs["scan_dim"])
             if dim == 0 or ds.ndim > 1:
@@ -605,6 +666,10 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
     for k, v in provenance.items():
         g.attrs[k] = v if isinstance(v, (str, int, float)) else json.dumps(v)
     for name, (is_stack, shape, dtype) in schema.items():
+        if schema.meta.get(name, {}).get("fold") == "ragged":
+            _layout_ragged(g, name, scan_shape, tuple(shape), np.dtype(dtype),
+                           schema.meta[name].get("units", ""), grow, chunk_scan)
+            continue
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
             ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
@@ -634,6 +699,43 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         fingerprint.layout(g, len(provenance["keys"]), int(np.prod(scan_shape, dtype=np.int64)))
     _layout_checkpoint(g, {name: schema.accs.get(name) for name, (is_stack, _, _)
                            in schema.items() if not is_stack})
+
+
+def _layout_ragged(g: h5py.Group, name: str, scan_shape: tuple[int, ...],
+                   row_shape: tuple[int, ...], dtype: np.dtype, units: str,
+                   grow: tuple[int | None], chunk_scan: tuple[int, ...]) -> None:
+    """A ragged result: group ``<name>`` with the table ``data`` and ``count``, ``offset``.
+
+    ``data`` is ``(total rows, *row_shape)``, growing along its first dim as
+    commits append rows (in commit order, not scan order); ``count`` and
+    ``offset`` are scan-shaped int64: frame ``i``'s rows are
+    ``data[offset[i] : offset[i] + count[i]]``. A frame not done has count 0 and
+    offset -1; a done frame with no rows has count 0 and an offset >= 0.
+    """
+    rg = g.create_group(name)
+    rg.attrs["fold"] = "ragged"
+    rg.attrs["function"] = name
+    row = int(np.prod(row_shape, dtype=np.int64)) * dtype.itemsize
+    chunk_rows = max(1, min(1 << 16, (1 << 20) // max(1, row)))
+    data = rg.create_dataset("data", shape=(0, *row_shape), maxshape=(None, *row_shape),
+                             dtype=dtype, chunks=(chunk_rows, *(max(1, n) for n in row_shape)),
+                             fletcher32=True, fillvalue=np.zeros((), dtype))
+    data.attrs["long_name"] = f"{name} rows of every frame done (see count, offset)"
+    if units:
+        data.attrs["units"] = units
+    for what, fill in (("count", 0), ("offset", -1)):
+        ds = rg.create_dataset(what, shape=scan_shape, dtype=np.int64, fillvalue=fill,
+                               maxshape=grow + tuple(scan_shape[1:]), fletcher32=True,
+                               chunks=_chunks(chunk_scan, 8))
+        ds.attrs["long_name"] = f"{name}: rows per frame" if what == "count" else \
+            f"{name}: row of each frame's first entry in data (-1: not done)"
+
+
+def ragged_results(group: h5py.Group) -> list[tuple[str, h5py.Group]]:
+    """``(function name, group)`` of every ragged result in a workflow's output group."""
+    return [(name, obj) for name, obj in group.items()
+            if name not in RESERVED and isinstance(obj, h5py.Group)
+            and _text(obj.attrs.get("fold")) == "ragged"]
 
 
 def _fold_units(fold: str, units: str) -> str:
@@ -674,10 +776,11 @@ def _layout_nxdata(g: h5py.Group, scan_shape: tuple[int, ...], schema: Schema,
         nx = g.create_group(name + NXDATA_SUFFIX)
         first = first or nx.name.rsplit("/", 1)[-1]
         nx.attrs["NX_class"] = "NXdata"
-        nx.attrs["signal"] = name
-        nx[name] = g[name]
+        ragged = meta.get("fold") == "ragged"  # plotted as its count map
+        nx.attrs["signal"] = "count" if ragged else name
+        nx["count" if ragged else name] = g[name]["count"] if ragged else g[name]
         axes: list[str] = []
-        if is_stack:
+        if is_stack or ragged:
             if scan_axes is None:
                 scan_axes, scan_names = _layout_scan_axes(nx, scan_shape, schema.scan_axes,
                                                           growing)
@@ -689,8 +792,9 @@ def _layout_nxdata(g: h5py.Group, scan_shape: tuple[int, ...], schema: Schema,
                     nx.attrs[ds.name.rsplit("/", 1)[-1] + "_indices"] = \
                         np.arange(len(scan_shape), dtype=np.int64)
             axes += scan_names
-        axes += _layout_value_axes(nx, name, tuple(shape), meta, schema.frame_shape,
-                                   taken=set(nx))
+        if not ragged:
+            axes += _layout_value_axes(nx, name, tuple(shape), meta, schema.frame_shape,
+                                       taken=set(nx))
         if axes:
             nx.attrs["axes"] = axes
         for k, axis in enumerate(axes):
@@ -1280,10 +1384,14 @@ def _check_layout(path: Path, group: h5py.Group, schema: Schema, rank: int) -> N
     """Refuse an output whose result datasets are not what this run would write."""
     for name, (is_stack, shape, dtype) in schema.items():
         ds = group.get(name)
+        lead = rank if is_stack else 0
+        if schema.meta.get(name, {}).get("fold") == "ragged":  # its table's rows
+            lead = 1
+            ds = ds.get("data") if isinstance(ds, h5py.Group) else None
         if not isinstance(ds, h5py.Dataset):
             raise FramebagError(f"--resume: {str(path)!r} has no result dataset {name!r}; use "
                                 "--overwrite to start again")
-        have = tuple(ds.shape[rank:] if is_stack else ds.shape)
+        have = tuple(ds.shape[lead:])
         if ds.dtype != np.dtype(dtype) or have != tuple(shape):
             raise FramebagError(
                 f"--resume: result {group.name}/{name} of {str(path)!r} has dtype {ds.dtype} and "

@@ -24,7 +24,9 @@ class Partial:
 
     ``stacks`` holds, for each ``stack`` function, the values of the read's frames
     (frames not done hold zeros); ``accs`` holds the accumulator of every other
-    function; ``errors`` lists ``(flat_index, function, message)`` of skipped frames.
+    function; ``ragged`` holds, for each ``ragged`` function, ``(counts, rows)``: the
+rows each frame gave (0 where not done) and their rows, concatenated in frame order
+(None if there are none); ``errors`` lists ``(flat_index, function, message)`` of skipped frames.
     """
 
     start: int
@@ -36,3 +38,5 @@ class Partial:
     failure: str = ""
     #: every function's dtype and value shape, as its first value in this partial showed
     kinds: Kinds = field(default_factory=dict)
+    #: per ``ragged`` function: ``(counts, rows)``, see above
+    ragged: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)

@@ -46,7 +46,7 @@ import numpy as np
 from .describe import framebag_groups
 from .errors import FramebagError
 from .hdf5 import attr_text, open_readonly
-from .output import nxdata_of, results
+from .output import nxdata_of, ragged_results, results
 
 __all__ = ["write_pictures", "require_matplotlib", "default_dir", "add_parser"]
 
@@ -95,9 +95,12 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
             scan_shape = tuple(int(x) for x in g.attrs["scan_shape"])
             done = g["done"][()].astype(bool) if "done" in g else np.ones(scan_shape, bool)
             about = _about(g)
-            for name, ds in results(g):
+            pictured = [(name, ds, False) for name, ds in results(g)] + \
+                [(name, rg["count"], True) for name, rg in ragged_results(g)]
+            for name, ds, ragged in pictured:
                 path = outdir / f"{wname}_{name}.png"
-                fig = _figure_for(wname, name, ds, scan_shape, done, about)
+                fig = _ragged_figure(wname, name, ds, scan_shape, done, about) if ragged \
+                    else _figure_for(wname, name, ds, scan_shape, done, about)
                 if fig is None:
                     log.debug("no picture for %s/%s of shape %s", wname, name, ds.shape)
                     continue
@@ -209,6 +212,26 @@ def _fold_figure(name: str, ds: Any, fold: str, fold_info: dict[str, Any], units
         ax[0].set_xlabel(along[0] if along is not None else f"{name} index")
         ax[0].set_ylabel(label)
     return fig, sub.replace("frames done", "frames done, folded")
+
+
+def _ragged_figure(wname: str, name: str, count: Any, scan_shape: tuple[int, ...],
+                   done: np.ndarray, about: dict[str, Any]) -> Any:
+    """A ragged result's picture: its count map (rows per frame), frames not done grey."""
+    if len(scan_shape) > 2:
+        return None
+    counts = count[()]
+    fig, ax = _fig(1)
+    _scan_map(fig, ax[0], _masked(counts, done), f"{name}: rows per frame",
+              _nxdata_axes(count.parent, name))  # its parent: the workflow group
+    params = ", ".join(f"{k}={v}" for k, v in about["parameters"].items())
+    n = int(done.sum())
+    sub = (f"input {about['input']}, " if about["input"] else "") + \
+        f"{n}/{done.size} frames done, {int(counts.sum())} rows"
+    if n < done.size:
+        sub += "; grey = not done"
+    fig.suptitle(f"workflow {wname}: {name} (fold ragged); {params or 'no parameters'}\n{sub}",
+                 fontsize=10)
+    return fig
 
 
 def _nxdata_axes(ds: Any, name: str) -> list[tuple[str, np.ndarray] | None] | None:

@@ -253,6 +253,11 @@ class Workflow:
                            for k, (u, s, t) in per_key.items()]
             for entry in entries:
                 self._check_name(entry)
+                if entry.fold.is_ragged and (outputs is not None or entry.shape is not None):
+                    raise ValueError(
+                        f"{_named(entry)}: fold 'ragged' takes neither outputs= nor shape=/dtype= "
+                        "(its row shape comes from the probe); register it as a function of "
+                        "its own")
             for entry in entries:
                 self.functions[entry.name] = entry
             return f
@@ -358,6 +363,10 @@ class Workflow:
             kw = dict(kwargs[fname])
             if f.wants_index:
                 kw[_INDEX] = index
+            if f.fold.is_ragged:  # (never with outputs=: see _register)
+                values[f.name] = self._ragged_batched(f, frames, kw, start, scan_shape, on_error,
+                                                      errors, done, index, kinds, expect)
+                continue
             got: dict[str, Any]
             try:
                 got = _batched_values(rs, f.func(frames, **kw), n, start, scan_shape)
@@ -384,7 +393,8 @@ class Workflow:
             # one entry per call; ``keys``: the dict keys of outputs=, split into the row
             calls_ = [(fname, rs[0].func, kwargs[fname], rs[0].wants_index,
                        None if rs[0].key is None else
-                       (tuple(str(r.key) for r in rs), frozenset(str(r.key) for r in rs)))
+                       (tuple(str(r.key) for r in rs), frozenset(str(r.key) for r in rs)),
+                       rs[0].fold.is_ragged)
                       for fname, rs in per_frame]
             # one entry per result, in the order of the values in a row
             slots = [(r.name, r.fold, _who(r)) for _, rs in per_frame for r in rs]
@@ -398,10 +408,13 @@ class Workflow:
                     continue
                 frame = frames[i]
                 row: list[Any] = []
-                for fname, func, kw, wants_index, keys in calls_:
+                for fname, func, kw, wants_index, keys, rows_of in calls_:
                     try:
                         v = func(frame, index=tuple(index[i]), **kw) if wants_index \
                             else func(frame, **kw)
+                        if rows_of:
+                            v = _ragged_value(v, scan_shape,
+                                              kinds.get(fname) or expect.get(fname))
                     except Exception as exc:  # noqa: BLE001
                         self._fail(fname, start + i, scan_shape, exc, on_error, errors, done, i)
                         break
@@ -442,7 +455,9 @@ class Workflow:
                 vals = values[r.name]
                 if vals is None:
                     continue
-                if r.fold.is_stack:
+                if r.fold.is_ragged:
+                    accs[r.name] = [vals[i] for i in np.flatnonzero(done)]
+                elif r.fold.is_stack:
                     if not done.all():
                         vals = np.array(vals, copy=True)
                         vals[~done] = 0
@@ -450,7 +465,51 @@ class Workflow:
                 else:
                     accs[r.name] = r.fold.add_many(accs[r.name],
                                                    vals if done.all() else vals[done])
-        return Partial(start, start + n, done, stacks, accs, errors, kinds=kinds)
+        ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), done)
+                  for f in self.functions.values() if f.fold.is_ragged}
+        return Partial(start, start + n, done, stacks, accs, errors, kinds=kinds, ragged=ragged)
+
+    def _ragged_batched(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
+                        start: int, scan_shape: tuple[int, ...], on_error: str, errors: list,
+                        done: np.ndarray, index: Any, kinds: Kinds, expect: Kinds,
+                        ) -> list[Any] | None:
+        """A batched ragged function's arrays, one per frame (None where it failed).
+
+        It returns a list of ``n`` arrays. A frame whose array breaks the row shape or
+        dtype is a failure of that frame, skipped under ``on_error="skip"``; when the
+        whole call fails, each frame is tried on its own, as for other batched functions.
+        """
+        n = len(frames)
+        try:
+            out = list(f.func(frames, **kw))
+            if len(out) != n:
+                raise ValueError(f"returned {len(out)} arrays for a stack of {n} frames")
+        except Exception as exc:  # noqa: BLE001 - reported with the frame
+            if on_error != "skip" or n == 1:
+                self._fail(f.name, start, scan_shape, exc, on_error, errors, done, 0)
+                return None
+            out = []
+            for i in range(n):
+                if f.wants_index:
+                    kw[_INDEX] = index[i : i + 1]
+                try:
+                    out.append(list(f.func(frames[i : i + 1], **kw))[0])
+                except Exception as one:  # noqa: BLE001
+                    self._fail(f.name, start + i, scan_shape, one, "skip", errors, done, i)
+                    out.append(None)
+        for i, v in enumerate(out):
+            if v is None or not done[i]:
+                continue
+            try:
+                out[i] = v = _ragged_value(v, scan_shape,
+                                           kinds.get(f.name) or expect.get(f.name))
+            except ValueError as exc:
+                self._fail(f.name, start + i, scan_shape, exc, on_error, errors, done, i)
+                out[i] = None
+                continue
+            _value_kind(f.name, v, start + i, scan_shape, False,
+                        kinds.get(f.name) or expect.get(f.name), kinds)
+        return out
 
     def _batched_one_by_one(self, rs: list[FrameFunction], frames: np.ndarray,
                             kw: dict[str, Any], start: int, scan_shape: tuple[int, ...],
@@ -741,6 +800,30 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     # int past int64, would be cast (or overflow) in the stack, so each is checked again
     fixed = isinstance(v, (float, complex, np.generic)) or isinstance(v, np.ndarray)
     return type(v), a.dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
+
+
+def _ragged_value(v: Any, scan_shape: tuple[int, ...],
+                  ref: tuple[np.dtype, tuple[int, ...], int] | None) -> Any:
+    """A ragged function's value as an array of rows, checked against ``ref`` (the first
+    frame's dtype, shape and flat index; the caller's message names this frame).
+
+    Raises ValueError (a failure of this frame, which ``on_error="skip"`` skips) for
+    a scalar, or rows of another shape or dtype than the first frame's. A value
+    that is not numeric is returned as it is, for :func:`_value_kind` to refuse.
+    """
+    a = np.asarray(v)
+    if a.dtype.kind not in NUMERIC:
+        return v
+    if a.ndim == 0:
+        raise ValueError(f"returned {_what(v)}; a ragged result is an array of rows "
+                         "(k, ...), where k may vary and be 0")
+    if ref is not None and (a.dtype != ref[0] or a.shape[1:] != ref[1][1:]):
+        rows = ", ".join(["k", *map(str, ref[1][1:])])
+        raise ValueError(
+            f"returned {_what(v)}, but rows of shape ({rows}) dtype {ref[0]} on frame "
+            f"{scan_index(ref[2], scan_shape)}; only the first dim of a ragged result may vary"
+        )
+    return a
 
 
 def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],
