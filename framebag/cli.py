@@ -117,6 +117,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--axes", nargs="+", metavar="PATH",
                    help="the scan's motor-position datasets, one per scan dim, slowest first "
                         "(1-d or scan-shaped): the output's scan axes (default: indices)")
+    p.add_argument("--roi", metavar="SLICES|PATH|FILE:PATH",
+                   help="process only part of the scan: numpy-style slices over the scan dims "
+                        "(10:20,::2), or a boolean scan-shaped dataset in the input (PATH) or "
+                        "in another file (FILE.h5:PATH); see README, Part of a scan")
     p.add_argument("--follow", action="store_true", help="follow a live (SWMR) file")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                    help="with --follow: stop after this many seconds with no new frame, "
@@ -215,7 +219,7 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         profile=args.profile, params=_parse_set(args.params),
         data=args.data, keys=_keys(args), finished=args.finished, axes=args.axes,
-        follow=args.follow, scan_rank=args.scan_rank,
+        follow=args.follow, scan_rank=args.scan_rank, roi=args.roi,
         timeout=args.timeout, latency=args.latency, partition_bytes=args.partition_bytes,
         overwrite=args.overwrite, resume=args.resume, on_error=args.on_error,
         retries=args.retries, commit_interval=args.commit_interval,

@@ -32,6 +32,7 @@ import dask.bag as db
 import numpy as np
 
 from . import fingerprint, hdf5
+from . import roi as regions
 from ._version import __version__
 from .errors import FramebagError, FrameError, ValueKindError
 from .folds import check_state
@@ -44,6 +45,7 @@ from .output import (
     Schema,
     check_resumable,
     default_output_path,
+    open_existing,
     same_file,
     write_error,
 )
@@ -161,6 +163,8 @@ class Results(dict):
     """
 
     done: np.ndarray
+    #: the frames the run was to process (``roi=``), or None for the whole scan
+    roi: np.ndarray | None = None
     output: Path
     errors: list[tuple[tuple[int, ...], str, str]]
     stats: dict[str, Any]
@@ -224,7 +228,10 @@ class Results(dict):
             head += f"{str(self.output)!r}, "
         if done is not None:
             n, total = int(np.count_nonzero(done)), int(np.size(done))
-            head += f"{n}/{total} frames done ({100.0 * n / total if total else 0:.1f}%), "
+            roi = getattr(self, "roi", None)
+            of = "" if roi is None else " of the ROI"
+            total = total if roi is None else int(np.count_nonzero(roi))
+            head += f"{n}/{total} frames{of} done ({100.0 * n / total if total else 0:.1f}%), "
         errors = getattr(self, "errors", None) or []
         head += f"{len(errors)} skipped" if errors else "none skipped"
         folds = getattr(self, "folds", {})
@@ -291,7 +298,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
         progress: Callable[[dict[str, Any]], None] | None = None,
         report: str | os.PathLike | None = None, announce: bool = True,
         commit_interval: float | None = None, axes: list[str] | None = None,
-        scan_rank: int | None = None) -> Results:
+        scan_rank: int | None = None, roi: regions.RoiSpec = None) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
 
     ``keys=None`` takes the workflow's keys; ``keys=[]`` runs without keys (every
@@ -305,6 +312,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     between checkpoints of the output (default 0.1 when following, else 0.5).
     ``axes`` are the input's datasets of motor positions, one per scan dim
     (default: the workflow's), copied into the output as the scan axes.
+    ``roi`` is the part of the scan to process (see :mod:`framebag.roi`); on
+    ``resume`` it may only grow, and left out there it is the one recorded.
     """
     if on_error not in ("raise", "skip"):
         raise FramebagError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
@@ -334,7 +343,8 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
                            partition_bytes=partition_bytes, overwrite=overwrite,
                            resume=resume, on_error=on_error, retries=retries,
                            progress=progress, report=report, announce=announce,
-                           commit_interval=commit_interval, axes=axes, scan_rank=scan_rank)
+                           commit_interval=commit_interval, axes=axes, scan_rank=scan_rank,
+                           roi=roi)
     finally:
         lock.release()
 
@@ -347,10 +357,11 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                 progress: Callable[[dict[str, Any]], None] | None,
                 report: str | os.PathLike | None, announce: bool,
                 commit_interval: float | None, axes: list[str],
-                scan_rank: int | None = None) -> Results:
+                scan_rank: int | None = None, roi: regions.RoiSpec = None) -> Results:
     """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, data, keys, finished, follow, finished_required,
                          timeout, poll_interval, scan_rank)
+    region = regions.given(roi, input_path, follower.scan_shape, follower.growing)
     read = [n for n in (follower.data.name, *follower.key_names) if n]
     for other, name in hdf5.files_behind(str(input_path), read).items():
         if same_file(out_path, other):  # an external link or a virtual source of the input
@@ -361,8 +372,10 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     scan_axes = read_axes(str(input_path), axes, follower.data.scan_shape, follower.growing,
                           workflow, refresh=False)
     first = follower.poll().ravel()
+    if region is not None:
+        first &= region.mask(follower.scan_shape).ravel()
     if not follow and not first.any():
-        raise FramebagError(_none_complete(input_path, follower))
+        raise FramebagError(_none_complete(input_path, follower, region))
     provenance = {
         "framebag_version": __version__,
         "workflow": workflow.name,
@@ -385,6 +398,12 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     if resume:
         check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
                         data=follower.data)
+        with open_existing(out_path) as f:
+            region = regions.resumed(region, f[f"entry/{workflow.name}"], str(out_path),
+                                     follower.scan_shape, follower.growing)
+    if region is not None:
+        provenance["roi"] = region.text
+    follower.roi = region
     job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
@@ -399,9 +418,12 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         return job.run(own_client)
 
 
-def _none_complete(path: Path, follower: KeyFollower) -> str:
+def _none_complete(path: Path, follower: KeyFollower, region: regions.Roi | None = None) -> str:
     """Why no frame of a finished input is complete, naming only the keys at fault."""
     where = f"no frame of {str(path)!r} is complete"
+    if region is not None and follower.poll().any():
+        return (f"{where} inside --roi {region.summary(follower.scan_shape)}, though frames "
+                "outside it are; choose a --roi over complete frames")
     if not follower.key_names:
         return (f"{where}: data dataset {follower.data.name!r} holds no frame (scan shape "
                 f"{follower.scan_shape})")
@@ -598,6 +620,8 @@ class _Job:
         for name, fn in self.wf.functions.items():
             if not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
+        if self.follower.roi is not None:
+            self.out.set_roi(self.follower.roi)
         if self.o["resume"]:
             self._commit([])  # rewrite results and done from the checkpoint, which rules
 
@@ -645,6 +669,9 @@ class _Job:
                         self.out.grow(self.info.scan_shape)
                         self._copy_axes()
                     dispatcher.mark(np.flatnonzero(self.out.done))
+                    if self.follower.roi is not None:  # a block is full once its ROI frames are
+                        dispatcher.mark(np.flatnonzero(~self.follower.roi.mask(
+                            self.info.scan_shape)))
                     processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
                     runs = dispatcher.due(complete, now, flush=final_poll)
@@ -661,7 +688,7 @@ class _Job:
                     processed += self._combine(client, finished_now, inflight)
                 if o["progress"]:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
-                                   "seen": self.follower.seen, "total": complete.size,
+                                   "seen": self.follower.seen, "total": self._total(complete),
                                    "inflight": len(inflight)})
                 if final_poll and not inflight and not self._backlog \
                         and not (complete & ~dispatcher.dispatched).any():
@@ -779,9 +806,20 @@ class _Job:
         futures = client.compute(parts)
         inflight.update(zip(futures, groups))
 
+    def _total(self, complete: np.ndarray) -> int:
+        """The frames the run is to process: the scan's, or its ROI's."""
+        roi = self.follower.roi
+        return complete.size if roi is None else roi.count(self.info.scan_shape)
+
     def _should_end(self, complete: np.ndarray, last_new: float) -> str:
-        """Which end condition of a followed run holds now, or "" (see progress.ENDED)."""
-        if not self.follower.growing and complete.all():
+        """Which end condition of a followed run holds now, or "" (see progress.ENDED).
+
+        With a ROI, every frame of the ROI complete counts as the full scan."""
+        roi = self.follower.roi
+        if roi is not None and roi.full(complete, self.info.scan_shape, self.follower.growing):
+            log.info("every frame of --roi %s is complete", roi.summary(self.info.scan_shape))
+            return "keys_full"
+        if roi is None and not self.follower.growing and complete.all():
             log.info("every frame of the scan %s is complete", self.info.scan_shape)
             return "keys_full"
         if self.follower.finished():
@@ -986,6 +1024,7 @@ class _Job:
         with f:
             g = f[f"entry/{self.wf.name}"]
             _read_results(res, g, list(self.wf.functions), len(self.info.scan_shape))
+            res.roi = g["roi_mask"][()].astype(bool) if "roi_mask" in g else None
             res._group = g.name
             errs = g["errors"][()]
         res.output = self.out_path
@@ -1134,6 +1173,7 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     if not paths:
         raise FramebagError("run_many needs at least one input")
     workflow.resolve_params(params)  # a bad --set fails once, not once per scan
+    regions.parse(options.get("roi"))  # and a bad --roi: its files are read per scan
     outputs = many_outputs(workflow.name, paths, out_dir)
     done = ManyResults()
     done.outputs = outputs

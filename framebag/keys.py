@@ -42,12 +42,16 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 from . import hdf5
 from .errors import FramebagError
+
+if TYPE_CHECKING:
+    from .roi import Roi
 
 __all__ = ["DataInfo", "KeyFollower", "check_flag", "default_scan_rank"]
 
@@ -128,6 +132,9 @@ class KeyFollower:
         self._key_names = list(keys)
         #: names of the key datasets not set at any frame, after :meth:`poll`
         self.unset: list[str] = []
+        #: the part of the scan the run processes (:mod:`framebag.roi`); frames outside it
+        #: are never complete
+        self.roi: Roi | None = None
         if not keys:  # its refusals come before any warning about the flag
             self._keyless(data, scan_rank)
         if finished and not finished_required and finished not in hdf5.open_file(self.path):
@@ -259,13 +266,13 @@ class KeyFollower:
                         d.compression)
 
     def poll(self) -> np.ndarray:
-        """A scan-shaped bool mask of the frames complete now.
+        """A scan-shaped bool mask of the frames complete now (and inside :attr:`roi`).
 
         In a growing layout the mask (and ``scan_shape``) grow with the keys'
         first dim; they never shrink.
         """
         if not self._keys:
-            return self._poll_keyless()
+            return self._in_roi(self._poll_keyless())
         arrays = []
         for k in self._keys:
             if self.live:
@@ -294,7 +301,11 @@ class KeyFollower:
         #: frames with at least one key set (complete ones included)
         self.seen = int(mask.sum() if partly is None else partly.sum())
         self.unset = unset
-        return self._with_data(mask)
+        return self._in_roi(self._with_data(mask))
+
+    def _in_roi(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` less the frames outside the ROI, if there is one."""
+        return mask if self.roi is None else mask & self.roi.mask(self.scan_shape)
 
     def _poll_keyless(self) -> np.ndarray:
         """Without keys: every frame within the data's current extent is complete."""
