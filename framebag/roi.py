@@ -38,6 +38,8 @@ __all__ = ["Roi", "parse", "given", "resumed", "RoiSpec"]
 RoiSpec = str | tuple | slice | int | np.ndarray | None
 
 _SLICES = re.compile(r"^[\s0-9:,+-]*$")
+#: a slice with a typo (``1:x``), not a ``FILE:PATH``: no ``/`` or ``.`` in it
+_TYPO = re.compile(r"^[\s\w:,+-]*$")
 
 
 class Roi:
@@ -181,7 +183,8 @@ def parse(spec: RoiSpec) -> Roi | None:
     text = spec.strip()
     if not text:
         raise _fail(repr(spec), "empty; give slices like 10:20,::2 or a mask dataset")
-    if _SLICES.match(text):
+    if _SLICES.match(text) or (_TYPO.match(text) and "/" not in text and "." not in text
+                               and any(c in text for c in ":,")):
         sel = _parse_slices(text)
         return _with_steps(Roi(_format(sel), slices=sel))
     return Roi(f"mask {text}", source=text)
