@@ -827,7 +827,8 @@ class _Job:
             return "finished_flag"
         if time.monotonic() - last_new > self.o["timeout"]:
             log.warning("no new complete frame for %g s: stopping on the timeout with %d of %d "
-                        "frames complete", self.o["timeout"], int(complete.sum()), complete.size)
+                        "frames complete", self.o["timeout"], int(complete.sum()),
+                        self._total(complete))
             return "timeout"
         return ""
 

@@ -299,7 +299,7 @@ class KeyFollower:
             if partly is not None:
                 partly |= ok
         #: frames with at least one key set (complete ones included)
-        self.seen = int(mask.sum() if partly is None else partly.sum())
+        self.seen = int(self._in_roi(mask if partly is None else partly).sum())
         self.unset = unset
         return self._in_roi(self._with_data(mask))
 
@@ -315,7 +315,7 @@ class KeyFollower:
         have = self._data.shape[: self.scan_rank]
         mask = np.zeros(self.scan_shape, dtype=bool)
         mask[tuple(slice(0, min(h, s)) for h, s in zip(have, self.scan_shape))] = True
-        self.seen = int(mask.sum())
+        self.seen = int(self._in_roi(mask).sum())
         return mask
 
     def _with_data(self, mask: np.ndarray) -> np.ndarray:

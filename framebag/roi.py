@@ -321,6 +321,11 @@ def resumed(new: Roi | None, group: h5py.Group, output: str, scan_shape: tuple[i
             f"{output!r} was made with ({int(lost.sum())} of its frames are outside, the first "
             f"{first}); a resumed run may only grow its ROI: give a --roi that contains the "
             "old one, or start again with --overwrite")
-    if old is None:  # the output has no ROI and the new one covers the whole scan
+    if old is None:  # the output has no ROI: the new one must be the whole scan, for good
+        if not new.mask(scan_shape).all() or (growing and new.rows() is not None):
+            raise FramebagError(
+                f"--roi {new.summary(scan_shape)} does not contain the whole scan that output "
+                f"{output!r} was made for (a growing scan: its later rows too); a resumed run "
+                "may only grow its ROI: leave --roi out, or start again with --overwrite")
         return None
     return new

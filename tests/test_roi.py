@@ -318,3 +318,40 @@ def test_followed_scan_ends_when_its_roi_is_complete(tmp_path, client, growing):
     exp = expected_frames(scan, frame)[:rows]
     np.testing.assert_array_equal(res.done, inside[:rows])
     np.testing.assert_array_equal(res["total"], np.where(inside[:rows], exp.sum(axis=(2, 3)), 0))
+
+
+def _growing_scan(path: Path, data: np.ndarray, rows: int) -> None:
+    """A finished scan whose first scan dim is unlimited, holding the first ``rows`` rows."""
+    with h5py.File(path, "a", libver="latest") as f:
+        if DATA not in f:
+            f.create_dataset(DATA, shape=(0, *data.shape[1:]), dtype=data.dtype,
+                             maxshape=(None, *data.shape[1:]), chunks=(1, 1) + FRAME)
+            f.create_dataset(KEY, shape=(0, data.shape[1]), dtype="i4",
+                             maxshape=(None, data.shape[1]), chunks=(1, data.shape[1]))
+        f[DATA].resize(rows, axis=0)
+        f[KEY].resize(rows, axis=0)
+        f[DATA][:rows] = data[:rows]
+        f[KEY][:rows] = 1
+
+
+def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, capsys):
+    """``::2`` over a scan that grew between two runs: the resumed run (no --roi) keeps the
+    recorded slices, takes the new rows they select, and records them in roi_mask."""
+    wf, _, data = job
+    path = tmp_path / "growing.h5"
+    _growing_scan(path, data, 4)
+    out = tmp_path / "out.h5"
+    prof = address_profile(tmp_path, client)
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--roi", "::2")
+    assert rc == 0, text
+    check(out, data[:4], region_mask(slice(0, 4, 2))[:4])
+    _growing_scan(path, data, 8)
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--resume")
+    assert rc == 0, text
+    check(out, data, region_mask(slice(None, None, 2)))
+    assert "12 frames processed (+12 done by the earlier run)" in text, text
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--resume", "--roi", "0:4")
+    assert_one_sentence(rc, text, "--roi 0:4", "::2 (24 of 48 frames)")
