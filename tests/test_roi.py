@@ -355,3 +355,11 @@ def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, cap
     rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
                        "--resume", "--roi", "0:4")
     assert_one_sentence(rc, text, "--roi 0:4", "::2 (24 of 48 frames)")
+
+
+def test_roi_over_frames_not_complete_says_so(tmp_path, make_scan, capsys):
+    complete = region_mask(slice(0, 4))
+    path, _ = make_scan(SCAN, FRAME, complete=complete)
+    rc, text = run_cli(capsys, "run", "framebag.workflows.frame_sum", str(path), "--roi", "5:",
+                       "-o", str(tmp_path / "out.h5"))
+    assert_one_sentence(rc, text, "inside --roi 5: (18 of 48 frames)", "outside it are")
