@@ -269,7 +269,7 @@ def _check_array(roi: Roi, scan_shape: tuple[int, ...], growing: bool) -> None:
         raise _fail(name, f"the mask has shape {a.shape} but the scan has shape {scan_shape}; "
                     "a ROI mask must be scan-shaped")
     if not a.any():
-        raise _fail(name, "the mask selects no frame (it is all False)")
+        raise _fail(name, "the mask selects no frame (it is all False or 0)")
     roi.array = a.astype(bool)
 
 
