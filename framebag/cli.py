@@ -121,7 +121,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-keys", action="store_true",
                    help="run without key datasets, whatever the workflow names: every frame the "
                         "data hold is complete (see README, Your own data)")
-    for name in ("scan_rank", "finished", "axes", "follow", "timeout", "latency"):
+    for name in ("scan_rank", "finished", "axes", "roi", "follow", "timeout", "latency"):
         _option(p, name)
     _option(p, "partition_bytes", type=_parse_bytes,
             default=f"{RunOptions().partition_bytes // 2**20}MiB")

@@ -33,6 +33,7 @@ import dask.bag as db
 import numpy as np
 
 from . import fingerprint, hdf5
+from . import roi as regions
 from ._version import __version__
 from .errors import FramebagError, FrameError, ValueKindError
 from .folds import check_state
@@ -46,6 +47,7 @@ from .output import (
     Schema,
     check_resumable,
     default_output_path,
+    open_existing,
     same_file,
     write_error,
 )
@@ -225,6 +227,8 @@ class Results(dict):
     """
 
     done: np.ndarray
+    #: the frames the run was to process (``roi=``), or None for the whole scan
+    roi: np.ndarray | None = None
     output: Path
     errors: list[tuple[tuple[int, ...], str, str]]
     stats: dict[str, Any]
@@ -293,7 +297,10 @@ class Results(dict):
             head += f"{str(self.output)!r}, "
         if done is not None:
             n, total = int(np.count_nonzero(done)), int(np.size(done))
-            head += f"{n}/{total} frames done ({100.0 * n / total if total else 0:.1f}%), "
+            roi = getattr(self, "roi", None)
+            of = "" if roi is None else " of the ROI"
+            total = total if roi is None else int(np.count_nonzero(roi))
+            head += f"{n}/{total} frames{of} done ({100.0 * n / total if total else 0:.1f}%), "
         errors = getattr(self, "errors", None) or []
         head += f"{len(errors)} skipped" if errors else "none skipped"
         folds = getattr(self, "folds", {})
@@ -364,7 +371,9 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     complete; see :mod:`framebag.keys`). With ``client`` no cluster is started.
 
     Validates everything it can (parameters, datasets, output path) before any
-    cluster starts, so bad input fails in well under a second.
+    cluster starts, so bad input fails in well under a second. ``roi`` is the part
+    of the scan to process (see :mod:`framebag.roi`); on ``resume`` it may only
+    grow, and left out there it is the one recorded.
     """
     opts = RunOptions.of(options, **given)
     resolved = workflow.resolve_params(opts.params)
@@ -389,6 +398,7 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
                 opts: RunOptions, client: Any, finished_required: bool) -> Results:
     """:func:`run` once the output is checked and locked."""
     follower = _follower(input_path, opts, finished_required)
+    region = regions.given(opts.roi, input_path, follower.scan_shape, follower.growing)
     read = [n for n in (follower.data.name, *follower.key_names) if n]
     for other, name in hdf5.files_behind(str(input_path), read).items():
         if same_file(out_path, other):  # an external link or a virtual source of the input
@@ -399,8 +409,10 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     scan_axes = read_axes(str(input_path), list(opts.axes or ()), follower.data.scan_shape,
                           follower.growing, workflow, refresh=False)
     first = follower.poll().ravel()
+    if region is not None:
+        first &= region.mask(follower.scan_shape).ravel()
     if not opts.follow and not first.any():
-        raise FramebagError(_none_complete(input_path, follower))
+        raise FramebagError(_none_complete(input_path, follower, region))
     provenance = _provenance(workflow, input_path, resolved, opts, follower)
     if opts.resume and not out_path.exists():
         log.info("--resume: %s does not exist yet, starting from the beginning", out_path)
@@ -408,6 +420,12 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     if opts.resume:
         check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
                         data=follower.data)
+        with open_existing(out_path) as f:
+            region = regions.resumed(region, f[f"entry/{workflow.name}"], str(out_path),
+                                     follower.scan_shape, follower.growing)
+    if region is not None:
+        provenance["roi"] = region.text
+    follower.roi = region
     job = _Job(workflow, follower, out_path, resolved, provenance, opts, scan_axes)
     if client is not None:
         with _performance_report(opts.report):
@@ -440,9 +458,12 @@ def _provenance(workflow: Workflow, input_path: Path, resolved: dict[str, Any],
     }
 
 
-def _none_complete(path: Path, follower: KeyFollower) -> str:
+def _none_complete(path: Path, follower: KeyFollower, region: regions.Roi | None = None) -> str:
     """Why no frame of a finished input is complete, naming only the keys at fault."""
     where = f"no frame of {str(path)!r} is complete"
+    if region is not None and follower.poll().any():
+        return (f"{where} inside --roi {region.summary(follower.scan_shape)}, though frames "
+                "outside it are; choose a --roi over complete frames")
     if not follower.key_names:
         return (f"{where}: data dataset {follower.data.name!r} holds no frame (scan shape "
                 f"{follower.scan_shape})")
@@ -685,6 +706,8 @@ class _Job:
                     self.out.reset_ragged(name, int(self.accs[name]))
             elif not fn.fold.is_stack:
                 self.accs.setdefault(name, fn.fold.initial())
+        if self.follower.roi is not None:
+            self.out.set_roi(self.follower.roi)
         if self.o.resume:
             self._commit([])  # rewrite results and done from the checkpoint, which rules
 
@@ -700,7 +723,7 @@ class _Job:
         o = self.o
         follow = o.follow
         nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-        end = EndOfScan(self.follower, follow, o.timeout)
+        end = EndOfScan(self.follower, follow, o.timeout, full=self._full)
         complete = end.poll()
         self.info = self.follower.data
         if not follow:  # the probe's timing of a frame sizes the tasks
@@ -730,6 +753,9 @@ class _Job:
                         self.out.grow(self.info.scan_shape)
                         self._copy_axes()
                     dispatcher.mark(np.flatnonzero(self.out.done))
+                    if self.follower.roi is not None:  # a block is full once its ROI frames are
+                        dispatcher.mark(np.flatnonzero(~self.follower.roi.mask(
+                            self.info.scan_shape)))
                     processed = resumed = int(self.out.done.sum())
                 if self.out is not None:
                     runs = dispatcher.due(complete, now, flush=end.final)
@@ -746,7 +772,7 @@ class _Job:
                     processed += self._combine(client, finished_now, inflight)
                 if o.progress:
                     o.progress({"processed": processed, "complete": int(complete.sum()),
-                                   "seen": self.follower.seen, "total": complete.size,
+                                   "seen": self.follower.seen, "total": self._total(complete),
                                    "inflight": len(inflight)})
                 if end.final and not inflight and not self._backlog \
                         and not (complete & ~dispatcher.dispatched).any():
@@ -858,16 +884,33 @@ class _Job:
         futures = client.compute(parts)
         inflight.update(zip(futures, groups))
 
+    def _total(self, complete: np.ndarray) -> int:
+        """The frames the run is to process: the scan's, or its ROI's."""
+        roi = self.follower.roi
+        return complete.size if roi is None else roi.count(self.info.scan_shape)
+
+    def _full(self, complete: np.ndarray) -> bool:
+        """Whether every frame the run is to process is complete (a growing scan never
+        is, unless its ROI has an end)."""
+        roi = self.follower.roi
+        if roi is not None:
+            return bool(roi.full(complete, self.info.scan_shape, self.follower.growing))
+        return not self.follower.growing and bool(complete.all())
+
     def _ended(self, reason: str, complete: np.ndarray) -> None:
         """Record and log why a followed run ended (see :class:`EndOfScan`)."""
         self.ended_by = reason
-        if reason == "keys_full":
+        roi = self.follower.roi
+        if reason == "keys_full" and roi is not None:
+            log.info("every frame of --roi %s is complete", roi.summary(self.info.scan_shape))
+        elif reason == "keys_full":
             log.info("every frame of the scan %s is complete", self.info.scan_shape)
         elif reason == "finished_flag":
             log.info("finished flag %r is set", self.follower.finished_name)
         else:
             log.warning("no new complete frame for %g s: stopping on the timeout with %d of %d "
-                        "frames complete", self.o.timeout, int(complete.sum()), complete.size)
+                        "frames complete", self.o.timeout, int(complete.sum()),
+                        self._total(complete))
 
     def _combine(self, client: Any, finished: list[Any],
                  inflight: dict[Any, list[tuple[int, int]]]) -> int:
@@ -1073,6 +1116,7 @@ class _Job:
         with f:
             g = f[f"entry/{self.wf.name}"]
             _read_results(res, g, list(self.wf.functions), len(self.info.scan_shape))
+            res.roi = g["roi_mask"][()].astype(bool) if "roi_mask" in g else None
             res._group = g.name
             errs = g["errors"][()]
         res.output = self.out_path
@@ -1241,6 +1285,7 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
         raise FramebagError("run_many needs at least one input")
     opts = RunOptions.of(options, **given)
     workflow.resolve_params(opts.params)  # a bad --set fails once, not once per scan
+    regions.parse(opts.roi)  # and a bad --roi: its files are read per scan
     each_scan = opts.replace(report=None)
     outputs = many_outputs(workflow.name, paths, out_dir)
     done = ManyResults()

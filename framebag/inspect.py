@@ -185,6 +185,11 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
             n, total = int(done.sum()), done.size
             lines.append(f"  done: {n}/{total} frames ({100.0 * n / total if total else 0:.1f}%)"
                          f" of scan shape {done.shape}")
+            if "roi_mask" in g:  # a run over part of the scan (--roi): done relative to it
+                roi = g["roi_mask"][()].astype(bool)
+                inside, want = int((done & roi).sum()), int(roi.sum())
+                lines.append(f"  roi: {attr_text(a.get('roi'))}: {inside}/{want} frames done "
+                             f"({100.0 * inside / want if want else 0:.1f}%)")
         folds = _json(a.get("folds"))
         rows = [["result", "shape", "dtype", "fold", "units", "axes (NXdata)"]]
         for name, d in results(g):

@@ -45,13 +45,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import h5py
 import numpy as np
 
 from . import hdf5
 from .errors import FramebagError
+
+if TYPE_CHECKING:
+    from .roi import Roi
 
 __all__ = ["DataInfo", "KeyFollower", "EndOfScan", "ENDED", "check_flag", "default_scan_rank"]
 
@@ -132,6 +135,9 @@ class KeyFollower:
         self._key_names = list(keys)
         #: names of the key datasets not set at any frame, after :meth:`poll`
         self.unset: list[str] = []
+        #: the part of the scan the run processes (:mod:`framebag.roi`); frames outside it
+        #: are never complete
+        self.roi: Roi | None = None
         if not keys:  # its refusals come before any warning about the flag
             self._keyless(data, scan_rank)
         if finished and not finished_required and finished not in hdf5.open_file(self.path):
@@ -269,13 +275,13 @@ class KeyFollower:
                         d.compression)
 
     def poll(self) -> np.ndarray:
-        """A scan-shaped bool mask of the frames complete now.
+        """A scan-shaped bool mask of the frames complete now (and inside :attr:`roi`).
 
         In a growing layout the mask (and ``scan_shape``) grow with the keys'
         first dim; they never shrink.
         """
         if not self._keys:
-            return self._poll_keyless()
+            return self._in_roi(self._poll_keyless())
         arrays = []
         for k in self._keys:
             if self.live:
@@ -302,9 +308,13 @@ class KeyFollower:
             if partly is not None:
                 partly |= ok
         #: frames with at least one key set (complete ones included)
-        self.seen = int(mask.sum() if partly is None else partly.sum())
+        self.seen = int(self._in_roi(mask if partly is None else partly).sum())
         self.unset = unset
-        return self._with_data(mask)
+        return self._in_roi(self._with_data(mask))
+
+    def _in_roi(self, mask: np.ndarray) -> np.ndarray:
+        """``mask`` less the frames outside the ROI, if there is one."""
+        return mask if self.roi is None else mask & self.roi.mask(self.scan_shape)
 
     def _poll_keyless(self) -> np.ndarray:
         """Without keys: every frame within the data's current extent is complete."""
@@ -314,7 +324,7 @@ class KeyFollower:
         have = self._data.shape[: self.scan_rank]
         mask = np.zeros(self.scan_shape, dtype=bool)
         mask[tuple(slice(0, min(h, s)) for h, s in zip(have, self.scan_shape))] = True
-        self.seen = int(mask.sum())
+        self.seen = int(self._in_roi(mask).sum())
         return mask
 
     def _with_data(self, mask: np.ndarray) -> np.ndarray:
@@ -407,7 +417,8 @@ class EndOfScan:
     A finished file is polled once. A followed one is polled until the first of:
 
     * every frame of a scan of fixed shape is complete (``"keys_full"``; a
-      growing scan never ends this way);
+      growing scan never ends this way), or what ``full`` says is the whole
+      (the frames of a ROI);
     * the finished flag is set (``"finished_flag"``);
     * ``timeout`` seconds of ``clock`` pass with no new complete frame
       (``"timeout"``), counted from the last poll that found one.
@@ -419,8 +430,12 @@ class EndOfScan:
     """
 
     def __init__(self, source: KeySource, live: bool, timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 full: Callable[[np.ndarray], bool] | None = None) -> None:
         self.source = source
+        #: whether a mask is the whole scan (or ROI) complete; default: every frame of
+        #: a scan of fixed shape
+        self.full = full or (lambda mask: not source.growing and bool(mask.all()))
         self.live = live
         self.timeout = timeout
         self.clock = clock
@@ -449,7 +464,7 @@ class EndOfScan:
         return mask
 
     def _ended(self, mask: np.ndarray) -> str:
-        if not self.source.growing and mask.all():
+        if self.full(mask):
             return "keys_full"
         if self.source.finished():
             return "finished_flag"

@@ -13,7 +13,7 @@ __all__ = ["RESERVED", "NXDATA_SUFFIX", "AXIS_NAMES"]
 
 #: the datasets and groups of the layout itself, beside the results, in /entry/<workflow>;
 #: no function may take these names
-RESERVED = ("done", "errors", "checkpoint", "fingerprint")
+RESERVED = ("done", "errors", "checkpoint", "fingerprint", "roi_mask")
 #: result ``<name>`` is plotted from the NXdata group ``<name>_nxdata`` beside it
 NXDATA_SUFFIX = "_nxdata"
 #: the axis datasets the NXdata groups hold beside a result's link: no result may be named so

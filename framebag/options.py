@@ -34,7 +34,8 @@ class RunOptions:
 
     ``None`` for ``data``, ``keys``, ``finished`` and ``axes`` means "the
     workflow's"; ``keys=()`` runs without keys (every frame the data hold is
-    complete). A bad value raises :class:`FramebagError` naming the option.
+    complete). ``roi`` (slices, a mask, or a dataset path: :mod:`framebag.roi`)
+    is None for the whole scan. A bad value raises :class:`FramebagError` naming the option.
     """
 
     profile: str | None = _opt(
@@ -57,6 +58,11 @@ class RunOptions:
         None, "the scan's motor-position datasets, one per scan dim, slowest first (1-d or "
               "scan-shaped): the output's scan axes (default: indices)", "--axes",
         nargs="+", metavar="PATH")
+    roi: Any = _opt(
+        None, "process only part of the scan: numpy-style slices over the scan dims "
+              "(10:20,::2), or a boolean scan-shaped dataset in the input (PATH) or in another "
+              "file (FILE.h5:PATH); see README, Part of a scan", "--roi",
+        metavar="SLICES|PATH|FILE:PATH")
     follow: bool = _opt(False, "follow a live (SWMR) file", "--follow", action="store_true")
     timeout: float = _opt(
         60.0, "with --follow: stop after this many seconds with no new frame, and wait this "

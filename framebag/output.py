@@ -15,6 +15,8 @@ Layout (NeXus)::
                                 stack's group; frame_y/frame_x pixels; bin_centres and
                                 bin_edges of a histogram (see :func:`_layout_nxdata`)
         done                    uint8, scan-shaped: 1 where a frame is in every result
+        roi_mask                uint8, scan-shaped: 1 inside the run's ROI (only with one);
+                                the ROI's text in the group's ``roi`` attribute
         errors                  (flat, function, message) of frames skipped by on_error
         checkpoint/slot0,slot1  two copies of the fold state, each:
             meta                int64 (3,): generation, error count, CRC-32 of the slot
@@ -105,6 +107,7 @@ from .keys import DataInfo
 from .layout import NXDATA_SUFFIX, RESERVED
 from .lock import OutputLock
 from .partitions import blocks, selection_shape
+from .roi import Roi
 
 __all__ = ["OutputFile", "Schema", "ScanAxis", "default_output_path", "RESERVED", "results",
            "ragged_results",
@@ -178,6 +181,8 @@ class OutputFile:
         self._slots: dict[int, _Slot] = {}
         self._value_shapes: dict[str, tuple[int, ...]] = {}
         self.n_errors = int(self.group["errors"].shape[0])
+        #: the part of the scan the run processes (see :meth:`set_roi`)
+        self.roi: Roi | None = None
         # one handle on every dataset, held open: HDF5 flushes a dataset's chunk cache
         # when its last handle closes, and a write failing there (a full disk) could
         # only be printed by h5py's __del__, never raised; held open, a failure is
@@ -451,12 +456,15 @@ class OutputFile:
         if scan_shape[0] <= self.scan_shape[0]:
             return
         for ds in self.group.values():
-            if isinstance(ds, h5py.Dataset) and (ds.name.endswith("/done")
+            if isinstance(ds, h5py.Dataset) and (ds.name.endswith(("/done", "/roi_mask"))
                                                  or ds.attrs.get("fold") == "stack"):
                 ds.resize(scan_shape[0], axis=0)
             elif isinstance(ds, h5py.Group) and ds.attrs.get("fold") == "ragged":
                 ds["count"].resize(scan_shape[0], axis=0)
                 ds["offset"].resize(scan_shape[0], axis=0)
+        if self.roi is not None:
+            had = self.scan_shape[0]
+            self.group["roi_mask"][had:] = self.roi.mask(scan_shape)[had:]
         for ds in self.scan_axes():
             dim = int(ds.attrs["scan_dim"])
             if dim == 0 or ds.ndim > 1:
@@ -469,6 +477,17 @@ class OutputFile:
         self.scan_shape = scan_shape
         self.group.attrs["scan_shape"] = np.asarray(scan_shape, dtype=np.int64)
         self.f.flush()  # a live reader sees the grown shapes and axes together, at once
+
+    def set_roi(self, roi: Roi) -> None:
+        """Record the run's ROI: the ``roi`` attribute (its text) and ``roi_mask`` (1 inside).
+
+        The output must have been laid out with a ROI (``roi`` in its provenance); a
+        resumed run records its own, which contains the earlier one.
+        """
+        self.roi = roi
+        self.group.attrs["roi"] = roi.text
+        self.group["roi_mask"][...] = roi.mask(self.scan_shape)
+        self.f.flush()
 
     def scan_axes(self) -> list[h5py.Dataset]:
         """The scan axis datasets of the NXdata groups, each once (they are hard-linked)."""
@@ -691,8 +710,9 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         if meta.get("units") and meta.get("fold") != "histogram":  # a histogram counts
             ds.attrs["units"] = _fold_units(meta.get("fold", "stack"), meta["units"])
     _layout_nxdata(g, scan_shape, schema, growing)
-    g.create_dataset("done", shape=scan_shape, dtype=np.uint8, fillvalue=0, fletcher32=True,
-                     maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
+    for name in ("done", "roi_mask") if "roi" in provenance else ("done",):  # set_roi
+        g.create_dataset(name, shape=scan_shape, dtype=np.uint8, fillvalue=0, fletcher32=True,
+                         maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
     g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,),
                      fletcher32=True)
     if fingerprint.ATTR in provenance:
