@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -33,7 +33,7 @@ import numpy as np
 
 from . import fingerprint, hdf5
 from ._version import __version__
-from .errors import FramebagError, FrameError, ValueKindError
+from .errors import FramebagError, FrameError, SetupError, ValueKindError
 from .folds import check_state
 from .keys import DataInfo, KeyFollower
 from .lock import OutputLock
@@ -93,9 +93,16 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     returned as a failed Partial (after the partials done before it), not raised,
     since a retry would fail the same way. Each slab's values are checked against
     the probe's kinds (or, without them, the first slab's), so a function's dtype
-    cannot change between tasks.
+    cannot change between tasks. The setup values are looked up once per task
+    (each setup runs once per worker process; see :meth:`Workflow.setup`).
     """
     d, wf = spec.data, spec.workflow
+    try:
+        setups = wf.setup_values(spec.params)
+    except SetupError as exc:
+        a, b = runs[0] if runs else (0, 0)
+        return [Partial(a, b, np.zeros(b - a, dtype=bool),
+                        failure=f"{exc}; the frames done so far are kept")]
     out = []
     refresh = spec.live
     expect = spec.kinds
@@ -109,7 +116,8 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
                 frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
                                   refresh=refresh)
                 refresh = False
-                part = wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error, expect)
+                part = wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error, expect,
+                                setups)
             except (FrameError, ReadError) as exc:
                 out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=_stopped(exc)))
                 return out
@@ -367,12 +375,14 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         "framebag_version": __version__,
         "workflow": workflow.name,
         "workflow_hash": workflow.source,
-        "parameters": resolved,
+        "parameters": {k: os.fspath(v) if isinstance(v, PurePath) else v
+                       for k, v in resolved.items()},
         "input_file": str(input_path),
         "data": data,
         "keys": keys,
         "finished": finished or "",
         fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
+        fingerprint.SETUP_ATTR: fingerprint.describe_setups(workflow.setup_params(resolved)),
         # each function's fold, for readers of the output (framebag plot); not checked on resume
         "folds": {n: {"fold": f.fold.name, **f.fold.attrs, **({"units": f.units} if f.units
                                                                else {})}
@@ -385,6 +395,8 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     if resume:
         check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
                         data=follower.data)
+    # the probe needs them on the driver anyway: a setup that fails does so before a cluster starts
+    workflow.setup_values(resolved)
     job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,

@@ -21,3 +21,8 @@ class ValueKindError(FrameError):
     """A function returned a value that is not numeric, or not of its first value's dtype
     (or shape, for a stack). Never skipped by ``on_error="skip"``: it is a bug in the
     function, not a bad frame."""
+
+
+class SetupError(FramebagError):
+    """A per-worker setup function raised (names the setup, the process it ran in and the
+    cause)."""
