@@ -18,6 +18,7 @@ partition, but its future resolves once). Partials are combined in scan order
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -83,6 +84,8 @@ class RunSpec:
     read_frames: int
     #: every function's dtype and value shape, from the probe: each task's values must match
     kinds: Kinds | None = None
+    #: the setups' parameters and the sha256 of their files, taken at the start of the run
+    setup_files: str = ""
 
 
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
@@ -98,7 +101,7 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     """
     d, wf = spec.data, spec.workflow
     try:
-        setups = wf.setup_values(spec.params)
+        setups = wf.setup_values(spec.params, spec.setup_files)
     except SetupError as exc:
         a, b = runs[0] if runs else (0, 0)
         return [Partial(a, b, np.zeros(b - a, dtype=bool),
@@ -125,6 +128,12 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
             expect = expect or part.kinds
             del frames  # frees the slab buffer for the next read
     return out
+
+
+def setup_files(provenance: dict[str, Any]) -> str:
+    """The setups' parameters and file hashes of a run's provenance, as the workers' cache
+    key (:meth:`Workflow.setup_values`): a file changed since the last run loads again."""
+    return json.dumps(provenance.get(fingerprint.SETUP_ATTR, {}), sort_keys=True)
 
 
 def _stopped(exc: FramebagError) -> str:
@@ -396,7 +405,7 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
         check_resumable(out_path, workflow.name, provenance, follower.data.scan_shape,
                         data=follower.data)
     # the probe needs them on the driver anyway: a setup that fails does so before a cluster starts
-    workflow.setup_values(resolved)
+    workflow.setup_values(resolved, setup_files(provenance))
     job = _Job(workflow, follower, out_path, resolved, provenance, follow=follow,
                timeout=timeout, poll_interval=poll_interval, latency=latency,
                partition_bytes=partition_bytes, overwrite=overwrite, resume=resume,
@@ -778,7 +787,8 @@ class _Job:
         if self._spec is None:  # pure=False: fresh keys, never a previous run's results
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
                                               self.o["on_error"], self.o["follow"],
-                                              self._read_frames, self._kinds), pure=False)
+                                              self._read_frames, self._kinds,
+                                              setup_files(self.provenance)), pure=False)
         # a bag of one partition per task, ranked by its first frame: in one bag of them all
         # the scheduler runs the tasks in the order of their keys as strings (9, 8, ..., 2,
         # 15, ..., 10, 1, 0), and partials combined in scan order would wait for the last

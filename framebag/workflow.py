@@ -127,32 +127,13 @@ class SetupFunction:
         self.func = _named_code(self.func)
 
 
-#: this process's setup values: ``(workflow token, setup name) -> (parameter key, value)``.
-#: One value per setup of a workflow (new parameters replace it), and at most
+#: this process's setup values: ``(workflow token, setup name) -> (parameters, files, value)``.
+#: One value per setup of a workflow (new parameters or files replace it), and at most
 #: ``_SETUP_CACHE_SIZE`` in all, the least recently used dropped first.
-_SETUP_CACHE: OrderedDict[tuple[str, str], tuple[Any, Any]] = OrderedDict()
+_SETUP_CACHE: OrderedDict[tuple[str, str], tuple[str, str | None, Any]] = OrderedDict()
 _SETUP_CACHE_SIZE = 16
 #: held while a setup runs, so the threads of one worker run it once between them
 _SETUP_LOCK = threading.Lock()
-
-
-def _setup_key(kw: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What a cached setup value depends on: its parameters, and the files they name.
-
-    A file is known by its modification time, size and inode (a stat per task, not
-    its content), so a mask rewritten between two runs on one cluster is loaded again.
-    """
-    parts = []
-    for k, v in sorted(kw.items()):
-        st: tuple[int, int, int] | None = None
-        if isinstance(v, (str, os.PathLike)) and str(v):
-            try:
-                s = os.stat(v)
-                st = (s.st_mtime_ns, s.st_size, s.st_ino)
-            except (OSError, ValueError):
-                st = None
-        parts.append((k, repr(v), st))
-    return tuple(parts)
 
 
 def _this_process() -> str:
@@ -295,8 +276,9 @@ class Workflow:
         each set of parameter values (and on the driver, for the probe), when
         the first task there needs it; the value stays cached in that process
         for later tasks and later runs of the same workflow object with the same
-        parameter values, unless a file a parameter names was modified. Nothing
-        of it is sent over the network. The files its parameters name are hashed
+        parameter values, unless a file a parameter names changed (its sha256,
+        taken on the driver at the start of each run). Nothing of it is sent over
+        the network. The files its parameters name are hashed
         into the output's provenance, and ``--resume`` refuses an output made
         with other file contents.
         """
@@ -330,21 +312,25 @@ class Workflow:
                 raise FramebagError(f"setup {sname!r} of workflow {self.name!r} has the name of "
                                     "a parameter; rename one of them")
 
-    def setup_values(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def setup_values(self, params: Mapping[str, Any],
+                     files: str | None = None) -> dict[str, Any]:
         """Every setup's value for ``params``, from this process's cache or computed now.
 
+        ``files`` says which contents the files named by the parameters have (the run
+        passes their sha256, taken once on the driver): a value cached for other
+        contents is computed again. ``None`` takes a value cached for any contents.
         Raises :class:`SetupError` naming the setup and this process when one fails.
         """
         out: dict[str, Any] = {}
         for s in self.setups.values():
             kw = s.bind(params)
-            key = _setup_key(kw)
+            key = repr(sorted(kw.items()))
             slot = (self.token, s.name)
             with _SETUP_LOCK:
                 hit = _SETUP_CACHE.get(slot)
-                if hit is not None and hit[0] == key:
+                if hit is not None and hit[0] == key and files in (None, hit[1]):
                     _SETUP_CACHE.move_to_end(slot)
-                    out[s.name] = hit[1]
+                    out[s.name] = hit[2]
                     continue
                 _SETUP_CACHE.pop(slot, None)  # the old value goes before the new one is made
                 try:
@@ -353,7 +339,7 @@ class Workflow:
                     cause = " ".join(f"{type(exc).__name__}: {exc}".split())
                     raise SetupError(f"setup function {s.name!r} failed on {_this_process()}: "
                                      f"{cause}{_user_line(exc)}") from exc
-                _SETUP_CACHE[slot] = (key, value)
+                _SETUP_CACHE[slot] = (key, files, value)
                 while len(_SETUP_CACHE) > _SETUP_CACHE_SIZE:
                     _SETUP_CACHE.popitem(last=False)
             out[s.name] = value
