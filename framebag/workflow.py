@@ -203,6 +203,14 @@ class Workflow:
     "scan finished" flag used when following a live file. ``axes`` are the
     default paths of the scan's motor positions, one per scan dim (the CLI's
     ``--axes``): the output's scan axes, instead of scan indices.
+
+    Functions are registered with :meth:`frame` and :meth:`frames`; what a
+    function receives is decided by its parameters' names: the first is the
+    frame (or stack), ``index`` the scan index, a parameter with a default a
+    workflow parameter (``--set``), and a parameter without a default the value
+    of the setup function of that name (:meth:`setup`: loaded once per worker
+    process, like LiberTEM's task data, but asked for by name as a pytest fixture
+    is). A name that is none of these is refused when the workflow is loaded or run.
     """
 
     def __init__(
