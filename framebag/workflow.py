@@ -99,9 +99,8 @@ class FrameFunction:
 
     def bind(self, params: Mapping[str, Any],
              setups: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Its keyword arguments: its parameters' values, and the setup values it asks for."""
         kw = {k: params.get(k, v) for k, v in self.defaults.items()}
-        for name in self.wants:
+        for name in self.wants:  # the setup values it asks for
             kw[name] = (setups or {})[name]
         return kw
 
