@@ -106,8 +106,13 @@ def describe(entry: Entry) -> list[str]:
         kind = "batched" if fn.batched else "per frame"
         if fn.wants_index:
             kind += ", gets index"
+        for want in fn.wants:
+            kind += f", gets {want}"
         params = " ".join(f"{k}={v!r}" for k, v in fn.defaults.items())
         rows.append([fn.name, fn.fold.name, kind, params])
+    for st in wf.setups.values():
+        params = " ".join(f"{k}={v!r}" for k, v in st.defaults.items())
+        rows.append([st.name, "-", "setup, once per worker", params])
     lines += table(rows, "    ")
     if wf.params:
         sets = " ".join(f"--set {k}={v!r}" if isinstance(v, str) else f"--set {k}={v}"

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -35,7 +36,7 @@ import numpy as np
 from . import fingerprint, hdf5
 from . import roi as regions
 from ._version import __version__
-from .errors import FramebagError, FrameError, ValueKindError
+from .errors import FramebagError, FrameError, SetupError, ValueKindError
 from .folds import check_state
 from .keys import DataInfo, EndOfScan, KeyFollower
 from .lock import OutputLock
@@ -87,6 +88,8 @@ class RunSpec:
     read_frames: int
     #: every function's dtype and value shape, from the probe: each task's values must match
     kinds: Kinds | None = None
+    #: the setups' parameters and the sha256 of their files, taken at the start of the run
+    setup_files: str = ""
 
 
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
@@ -97,9 +100,16 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
     returned as a failed Partial (after the partials done before it), not raised,
     since a retry would fail the same way. Each slab's values are checked against
     the probe's kinds (or, without them, the first slab's), so a function's dtype
-    cannot change between tasks.
+    cannot change between tasks. The setup values are looked up once per task
+    (each setup runs once per worker process; see :meth:`Workflow.setup`).
     """
     d, wf = spec.data, spec.workflow
+    try:
+        setups = wf.setup_values(spec.params, spec.setup_files)
+    except SetupError as exc:
+        a, b = runs[0] if runs else (0, 0)
+        return [Partial(a, b, np.zeros(b - a, dtype=bool),
+                        failure=f"{exc}; the frames done so far are kept")]
     out = []
     refresh = spec.live
     expect = spec.kinds
@@ -113,7 +123,8 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
                 frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
                                   refresh=refresh)
                 refresh = False
-                part = wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error, expect)
+                part = wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error, expect,
+                                setups)
             except (FrameError, ReadError) as exc:
                 out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=_stopped(exc)))
                 return out
@@ -121,6 +132,12 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
             expect = expect or part.kinds
             del frames  # frees the slab buffer for the next read
     return out
+
+
+def setup_files(provenance: dict[str, Any]) -> str:
+    """The setups' parameters and file hashes of a run's provenance, as the workers' cache
+    key (:meth:`Workflow.setup_values`): a file changed since the last run loads again."""
+    return json.dumps(provenance.get(fingerprint.SETUP_ATTR, {}), sort_keys=True)
 
 
 def _stopped(exc: FramebagError) -> str:
@@ -426,6 +443,11 @@ def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: 
     if region is not None:
         provenance["roi"] = region.text
     follower.roi = region
+    if any(f.declared(follower.data.frame_shape) is None
+           for f in workflow.functions.values()):
+        # the probe needs them on the driver anyway: a setup that fails does so before a
+        # cluster starts (with every result declared, setups run on the workers only)
+        workflow.setup_values(resolved, setup_files(provenance))
     job = _Job(workflow, follower, out_path, resolved, provenance, opts, scan_axes)
     if client is not None:
         with _performance_report(opts.report):
@@ -444,12 +466,14 @@ def _provenance(workflow: Workflow, input_path: Path, resolved: dict[str, Any],
         "framebag_version": __version__,
         "workflow": workflow.name,
         "workflow_hash": workflow.source,
-        "parameters": resolved,
+        "parameters": {k: os.fspath(v) if isinstance(v, PurePath) else v
+                       for k, v in resolved.items()},
         "input_file": str(input_path),
         "data": opts.data,
         "keys": list(opts.keys or ()),
         "finished": opts.finished or "",
         fingerprint.ATTR: fingerprint.describe(follower.data, follower.growing),
+        fingerprint.SETUP_ATTR: fingerprint.describe_setups(workflow.setup_params(resolved)),
         # each function's fold, for readers of the output (framebag plot); not checked on resume
         "folds": {n: {"fold": f.fold.name, **f.fold.attrs, **({"units": f.units} if f.units
                                                                else {})}
@@ -871,7 +895,8 @@ class _Job:
         if self._spec is None:  # pure=False: fresh keys, never a previous run's results
             self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
                                               self.o.on_error, self.o.follow,
-                                              self._read_frames, self._kinds), pure=False)
+                                              self._read_frames, self._kinds,
+                                              setup_files(self.provenance)), pure=False)
         # a bag of one partition per task, ranked by its first frame: in one bag of them all
         # the scheduler runs the tasks in the order of their keys as strings (9, 8, ..., 2,
         # 15, ..., 10, 1, 0), and partials combined in scan order would wait for the last

@@ -25,3 +25,7 @@ class ValueKindError(FrameError):
     #: what fixes it, for the sentence that stops the run; "" for the usual advice (one
     #: fixed shape and dtype for every frame)
     fix: str = ""
+
+class SetupError(FramebagError):
+    """A per-worker setup function raised (names the setup, the process it ran in and the
+    cause)."""

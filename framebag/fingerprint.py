@@ -24,12 +24,20 @@ input: only the frames recorded are compared.
 
 The recorded flat indices are independent of the checkpoint's done mask, so
 none of this depends on how checkpoints are stored.
+
+The per-worker setups (``@workflow.setup``) read files of their own (a mask, a
+calibration): :func:`describe_setups` records, in the ``setup`` attribute, each
+setup's parameters and the sha256 of every existing file a parameter names, and
+:func:`check_setups` refuses to resume when one of those files changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import zlib
+from pathlib import PurePath
 from typing import Any
 
 import h5py
@@ -41,13 +49,16 @@ from .keys import DataInfo
 from .partitions import blocks, scan_index
 from .reading import read_run
 
-__all__ = ["ATTR", "GROUP", "describe", "layout", "Recorder", "check"]
+__all__ = ["ATTR", "GROUP", "SETUP_ATTR", "describe", "layout", "Recorder", "check",
+           "describe_setups", "check_setups"]
 
 #: the provenance attribute holding the static part
 ATTR = "input_fingerprint"
 #: the group, in /entry/<workflow>, holding the per-frame part
 GROUP = "fingerprint"
 _COLUMNS = 4096
+#: the provenance attribute of the setups: parameters, and the files they name by content
+SETUP_ATTR = "setup"
 
 
 def describe(info: DataInfo, growing: bool) -> dict[str, Any]:
@@ -167,6 +178,53 @@ def check(path: str, group: h5py.Group, info: DataInfo, keys: list[str],
         if flat >= info.nframes or _frame_crc(info, int(flat), live=True) != crc:
             raise FramebagError(f"{where} (content of frame "
                                 f"{scan_index(int(flat), info.scan_shape)} differs){tail}")
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe_setups(setups: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each setup's parameters (``setup -> {parameter: value}``) and, for every value
+    that is the path of an existing file, that file's absolute path and sha256."""
+    out: dict[str, Any] = {}
+    for name, kw in setups.items():
+        files = {}
+        for param, value in kw.items():
+            if isinstance(value, (str, os.PathLike)) and str(value) and os.path.isfile(value):
+                files[param] = {"path": os.path.abspath(value), "sha256": _sha256(value)}
+        out[name] = {"parameters": {k: os.fspath(v) if isinstance(v, PurePath) else v
+                                    for k, v in kw.items()},
+                     "files": files}
+    return out
+
+
+def check_setups(path: str, recorded: Any, now: dict[str, Any]) -> None:
+    """Refuse, in one sentence naming the setup, parameter and file, to resume an output
+    whose setup files (``recorded``: its ``setup`` attribute) differ from ``now``'s."""
+    had = json.loads(hdf5.attr_text(recorded)) if recorded is not None else {}
+    tail = "; use --overwrite to start again"
+    for name, entry in now.items():
+        before = had.get(name, {}).get("files", {})
+        for param in sorted(set(before) | set(entry["files"])):
+            a, b = before.get(param), entry["files"].get(param)
+            if a == b:
+                continue
+            if a is None:
+                raise FramebagError(f"--resume: setup {name!r} parameter {param!r} names the file "
+                                    f"{b['path']!r} now, which was no file when {path!r} was "
+                                    f"made{tail}")
+            if b is None:
+                raise FramebagError(f"--resume: setup {name!r} file {a['path']!r} (parameter "
+                                    f"{param!r}) is gone since {path!r} was made{tail}")
+            raise FramebagError(
+                f"--resume: setup {name!r} file {b['path']!r} (parameter {param!r}) changed "
+                f"since {path!r} was made (sha256 {a['sha256'][:12]}... then, "
+                f"{b['sha256'][:12]}... now){tail}")
 
 
 def _show(value: Any) -> str:

@@ -1386,6 +1386,8 @@ def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
                 f"(found: {found})"
             )
         _check_same(path, group.attrs, provenance)
+        fingerprint.check_setups(str(path), group.attrs.get(fingerprint.SETUP_ATTR),
+                                 provenance.get(fingerprint.SETUP_ATTR, {}))
         had = tuple(int(x) for x in group.attrs["scan_shape"])
         growing = group["done"].maxshape[0] is None
         if had != tuple(scan_shape) and not (

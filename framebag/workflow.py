@@ -21,6 +21,22 @@ A function's keyword parameters with defaults are the workflow's parameters;
 A parameter named ``index`` is not a parameter: it receives the frame's scan
 index as a tuple (for batched functions, an ``(n, scan_rank)`` array).
 
+Per-worker setup: ``@workflow.setup`` registers a function whose value every
+frame function may ask for, by a parameter of the setup's name with no default::
+
+    @workflow.setup                 # once per worker process, per parameter values
+    def mask(mask_file="mask.npy"):
+        return np.load(mask_file)
+
+    @workflow.frame
+    def masked_sum(frame, mask):    # receives mask()'s value
+        return frame[mask].sum()
+
+The setup's keyword parameters are workflow parameters like any other
+(``--set mask_file=/data/mask.npy``). Its value is computed where the frames
+are processed (on each worker, and on the driver for the probe), never sent
+from the driver, and cached there per process: see :meth:`Workflow.setup`.
+
 :meth:`Workflow.apply` is the per-partition hot path run on the workers: one
 call per function per frame (or per stack), no I/O, no copies of the frames.
 """
@@ -34,17 +50,21 @@ import importlib.util
 import inspect
 import os
 import re
+import socket
 import sys
+import threading
 import types
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from . import folds as _folds
-from .errors import FramebagError, FrameError, ValueKindError
+from .errors import FramebagError, FrameError, SetupError, ValueKindError
 from .layout import AXIS_NAMES, NXDATA_SUFFIX, RESERVED
 from .partials import Kinds, Partial
 from .partitions import scan_index
@@ -53,8 +73,8 @@ if TYPE_CHECKING:  # types only; run() and run_many() import the engine when cal
     from .engine import ManyResults, Results
     from .options import RunOptions
 
-__all__ = ["Workflow", "FrameFunction", "FrameError", "ValueKindError", "Partial",
-           "load_workflow"]
+__all__ = ["Workflow", "FrameFunction", "SetupFunction", "SetupError", "FrameError",
+           "ValueKindError", "Partial", "load_workflow"]
 
 _INDEX = "index"
 
@@ -87,8 +107,12 @@ class FrameFunction:
     shape: tuple[int, ...] | str | None = None
     dtype: np.dtype | None = None
 
+    #: the setups it asks for: its parameters after the frame with no default (not ``index``)
+    wants: tuple[str, ...] = field(init=False, default=())
+
     def __post_init__(self) -> None:
         self.function = self.function or self.name
+        self.wants = _wanted(self.func)
 
     def declared(self, frame_shape: tuple[int, ...],
                  ) -> tuple[np.dtype, tuple[int, ...], int] | None:
@@ -99,13 +123,53 @@ class FrameFunction:
         assert isinstance(shape, tuple)
         return self.dtype, shape, DECLARED
 
-    def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: params.get(k, v) for k, v in self.defaults.items()}
+    def bind(self, params: Mapping[str, Any],
+             setups: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        kw = {k: params.get(k, v) for k, v in self.defaults.items()}
+        for name in self.wants:  # the setup values it asks for
+            kw[name] = (setups or {})[name]
+        return kw
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # unpickled on a worker: name the workflow file again in the code (see _named_code)
         self.__dict__.update(state)
         self.func = _named_code(self.func)
+
+
+@dataclass
+class SetupFunction:
+    """One registered per-worker setup: its function and its parameters with defaults."""
+
+    name: str
+    func: Callable[..., Any]
+    defaults: dict[str, Any]
+
+    def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: params.get(k, v) for k, v in self.defaults.items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.func = _named_code(self.func)
+
+
+#: this process's setup values: ``(workflow token, setup name) -> (parameters, files, value)``.
+#: One value per setup of a workflow (new parameters or files replace it), and at most
+#: ``_SETUP_CACHE_SIZE`` in all, the least recently used dropped first.
+_SETUP_CACHE: OrderedDict[tuple[str, str], tuple[str, str | None, Any]] = OrderedDict()
+_SETUP_CACHE_SIZE = 16
+#: held while a setup runs, so the threads of one worker run it once between them
+_SETUP_LOCK = threading.Lock()
+
+
+def _this_process() -> str:
+    """Where code runs, for a message: the dask worker's address and host:pid, or the driver."""
+    host = f"{socket.gethostname()}:{os.getpid()}"
+    try:
+        from distributed import get_worker
+
+        return f"worker {get_worker().address} ({host})"
+    except (ImportError, ValueError):
+        return f"the driver ({host})"
 
 
 #: the file name cloudpickle gives every code object it pickles by value
@@ -164,6 +228,14 @@ class Workflow:
     "scan finished" flag used when following a live file. ``axes`` are the
     default paths of the scan's motor positions, one per scan dim (the CLI's
     ``--axes``): the output's scan axes, instead of scan indices.
+
+    Functions are registered with :meth:`frame` and :meth:`frames`; what a
+    function receives is decided by its parameters' names: the first is the
+    frame (or stack), ``index`` the scan index, a parameter with a default a
+    workflow parameter (``--set``), and a parameter without a default the value
+    of the setup function of that name (:meth:`setup`: loaded once per worker
+    process, like LiberTEM's task data, but asked for by name as a pytest fixture
+    is). A name that is none of these is refused when the workflow is loaded or run.
     """
 
     def __init__(
@@ -185,7 +257,10 @@ class Workflow:
         #: every result, by its name: a function's name, or ``<function>_<key>`` for each
         #: key of its ``outputs=`` (those entries share one call, see :meth:`_calls`)
         self.functions: dict[str, FrameFunction] = {}
+        self.setups: dict[str, SetupFunction] = {}
         self.source: str = ""
+        #: who this workflow is, in the setup caches of the workers (it travels with it)
+        self.token = uuid.uuid4().hex
 
     # registration ------------------------------------------------------------
 
@@ -295,22 +370,110 @@ class Workflow:
                 out[name] = kind
         return out
 
+    def setup(self, func: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+        """Register a per-worker setup function. Usable bare or as ``@setup(name=...)``.
+
+        A frame function (or batched one) receives the setup's value through a
+        parameter of the setup's name that has no default. The setup's own
+        parameters all need defaults: they are workflow parameters, set with
+        ``--set`` like a frame function's. It runs once per worker process for
+        each set of parameter values (and on the driver, for the probe), when
+        the first task there needs it; the value stays cached in that process
+        for later tasks and later runs of the same workflow object with the same
+        parameter values, unless a file a parameter names changed (its sha256,
+        taken on the driver at the start of each run). Nothing of it is sent over
+        the network. The files its parameters name are hashed
+        into the output's provenance, and ``--resume`` refuses an output made
+        with other file contents.
+        """
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
+            sname = name or f.__name__
+            if not sname.isidentifier() or sname == _INDEX:
+                raise ValueError(f"setup name {sname!r} must be a Python identifier other than "
+                                 f"{_INDEX!r}")
+            if sname in self.setups:
+                raise ValueError(f"workflow {self.name!r} already has a setup {sname!r}")
+            self.setups[sname] = SetupFunction(sname, f, _setup_signature(f))
+            return f
+
+        return register(func) if func is not None else register
+
+    def check_setups(self) -> None:
+        """Refuse, in one sentence, a function that asks for a setup no one registered,
+        or a setup that has the name of a parameter."""
+        params = self.params
+        for fn in self.functions.values():
+            for want in fn.wants:
+                if want not in self.setups:
+                    have = ", ".join(sorted(self.setups)) or "none"
+                    raise FramebagError(
+                        f"function {fn.name!r} of workflow {self.name!r} asks for {want!r}, "
+                        f"which is neither a parameter with a default nor a setup (setups: "
+                        f"{have}); give it a default, or register a setup function named "
+                        f"{want!r} with @workflow.setup")
+        for sname in self.setups:
+            if sname in params:
+                raise FramebagError(f"setup {sname!r} of workflow {self.name!r} has the name of "
+                                    "a parameter; rename one of them")
+
+    def setup_values(self, params: Mapping[str, Any],
+                     files: str | None = None) -> dict[str, Any]:
+        """Every setup's value for ``params``, from this process's cache or computed now.
+
+        ``files`` says which contents the files named by the parameters have (the run
+        passes their sha256, taken once on the driver): a value cached for other
+        contents is computed again. ``None`` takes a value cached for any contents.
+        Raises :class:`SetupError` naming the setup and this process when one fails.
+        """
+        out: dict[str, Any] = {}
+        for s in self.setups.values():
+            kw = s.bind(params)
+            key = repr(sorted(kw.items()))
+            slot = (self.token, s.name)
+            with _SETUP_LOCK:
+                hit = _SETUP_CACHE.get(slot)
+                if hit is not None and hit[0] == key and files in (None, hit[1]):
+                    _SETUP_CACHE.move_to_end(slot)
+                    out[s.name] = hit[2]
+                    continue
+                _SETUP_CACHE.pop(slot, None)  # the old value goes before the new one is made
+                try:
+                    value = s.func(**kw)
+                except Exception as exc:  # noqa: BLE001 - any error of user code, in one line
+                    cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+                    raise SetupError(f"setup function {s.name!r} failed on {_this_process()}: "
+                                     f"{cause}{_user_line(exc)}") from exc
+                _SETUP_CACHE[slot] = (key, files, value)
+                while len(_SETUP_CACHE) > _SETUP_CACHE_SIZE:
+                    _SETUP_CACHE.popitem(last=False)
+            out[s.name] = value
+        return out
+
+    def setup_params(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each setup's parameters and their values in ``params``, for the provenance."""
+        return {s.name: s.bind(params) for s in self.setups.values()}
+
     # parameters --------------------------------------------------------------
 
     @property
     def params(self) -> dict[str, Any]:
-        """Every function's keyword parameter and its default (shared names share a value)."""
+        """Every function's and setup's keyword parameter and its default (shared names
+        share a value)."""
         out: dict[str, Any] = {}
         for fn in self.functions.values():
             out.update(fn.defaults)
+        for s in self.setups.values():
+            out.update(s.defaults)
         return out
 
     def resolve_params(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Check ``given`` against the declared parameters and convert strings.
 
         Values given as strings (from ``--set``) are converted to the type of the
-        default; an unknown name or an unconvertible value is a FramebagError.
+        default; an unknown name or an unconvertible value is a FramebagError, and so
+        is a function asking for a setup that is not there (:meth:`check_setups`).
         """
+        self.check_setups()
         known = self.params
         out = dict(known)
         for key, value in (given or {}).items():
@@ -326,7 +489,7 @@ class Workflow:
 
     def apply(self, frames: np.ndarray, start: int, scan_shape: tuple[int, ...],
               params: Mapping[str, Any], on_error: str = "raise",
-              expect: Kinds | None = None) -> Partial:
+              expect: Kinds | None = None, setups: Mapping[str, Any] | None = None) -> Partial:
         """Run every function over ``frames`` (the run ``start .. start+len``) and fold.
 
         Each frame is computed by all functions before it is folded, so a frame
@@ -342,6 +505,9 @@ class Workflow:
         its type and dtype only -- a value is converted only when its type
         differs. A value that breaks this, or a dict with other keys, raises
         :class:`ValueKindError`, whatever ``on_error`` says.
+
+        ``setups`` are the setup values (:meth:`setup_values`, looked up once per task
+        by the caller); without them, they are looked up here.
         """
         n = len(frames)
         done = np.ones(n, dtype=bool)
@@ -349,7 +515,9 @@ class Workflow:
         calls = self._calls()
         per_frame = [(fname, rs) for fname, rs in calls if not rs[0].batched]
         batched = [(fname, rs) for fname, rs in calls if rs[0].batched]
-        kwargs = {fname: rs[0].bind(params) for fname, rs in calls}
+        if setups is None and self.setups:
+            setups = self.setup_values(params)
+        kwargs = {fname: rs[0].bind(params, setups) for fname, rs in calls}
         declared = self.declared(frames.shape[1:])
         expect = {**expect, **declared} if expect and declared else (expect or declared)
         kinds: Kinds = {}
@@ -603,13 +771,14 @@ def _signature(f: Callable[..., Any]) -> tuple[bool, dict[str, Any]]:
     for p in ps[1:]:
         if p.name == _INDEX:
             wants_index = True
-        elif p.default is p.empty:
+        elif p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise TypeError(
-                f"{f.__name__}: parameter {p.name!r} needs a default; framebag passes only "
-                "the frame, the index and parameters with defaults"
+                f"{f.__name__}: parameter {p.name!r} cannot be filled; framebag passes only "
+                "the frame, the index, setup values and parameters with defaults"
             )
-        else:
+        elif p.default is not p.empty:
             defaults[p.name] = p.default
+        # no default: a setup's value (checked against the setups at run start)
     return wants_index, defaults
 
 
@@ -683,6 +852,25 @@ def _check_dtype(dtype: Any) -> np.dtype | None:
     if out is None or out.kind not in NUMERIC:
         raise TypeError(f"dtype must be a numeric numpy dtype such as 'float32', not {dtype!r}")
     return out
+def _wanted(f: Callable[..., Any]) -> tuple[str, ...]:
+    """The setups a function asks for: its parameters after the frame with no default."""
+    ps = list(inspect.signature(f).parameters.values())[1:]
+    return tuple(p.name for p in ps if p.name != _INDEX and p.default is p.empty
+                 and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+
+
+def _setup_signature(f: Callable[..., Any]) -> dict[str, Any]:
+    """A setup function's parameters and their defaults; each needs one."""
+    defaults: dict[str, Any] = {}
+    for p in inspect.signature(f).parameters.values():
+        if p.default is p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) \
+                or p.kind == p.POSITIONAL_ONLY:
+            raise TypeError(
+                f"setup {f.__name__}: parameter {p.name!r} needs a default; a setup function "
+                "takes only parameters with defaults (the workflow's parameters)"
+            )
+        defaults[p.name] = p.default
+    return defaults
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:
@@ -697,6 +885,8 @@ def _convert(key: str, value: Any, default: Any) -> Any:
                 return False
             raise ValueError(value)
         if isinstance(default, (int, float, complex)):
+            return type(default)(value)
+        if isinstance(default, PurePath):  # a file a setup loads: Path stays Path
             return type(default)(value)
         if default is None or isinstance(default, (list, tuple, dict)):
             parsed = ast.literal_eval(value)
@@ -971,5 +1161,6 @@ def load_workflow(spec: str | Path) -> Workflow:
     wf = found[0]
     if not wf.functions:
         raise FramebagError(f"workflow {wf.name!r} in {where!r} registers no function")
+    wf.check_setups()
     wf.source = hashlib.sha256(source).hexdigest()
     return wf
