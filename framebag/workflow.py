@@ -509,133 +509,131 @@ class Workflow:
         ``setups`` are the setup values (:meth:`setup_values`, looked up once per task
         by the caller); without them, they are looked up here.
         """
-        n = len(frames)
-        done = np.ones(n, dtype=bool)
-        errors: list[tuple[int, str, str]] = []
+        r = _Read(frames, start, scan_shape, on_error)
         calls = self._calls()
-        per_frame = [(fname, rs) for fname, rs in calls if not rs[0].batched]
-        batched = [(fname, rs) for fname, rs in calls if rs[0].batched]
         if setups is None and self.setups:
             setups = self.setup_values(params)
-        kwargs = {fname: rs[0].bind(params, setups) for fname, rs in calls}
-        declared = self.declared(frames.shape[1:])
-        expect = {**expect, **declared} if expect and declared else (expect or declared)
-        kinds: Kinds = {}
-        index: Any = None  # the scan indices, made only when a function asks for them
-        if any(rs[0].wants_index for _, rs in calls):
-            index = np.stack(np.unravel_index(np.arange(start, start + n), scan_shape), axis=1)
+        r.kwargs = {fname: rs[0].bind(params, setups) for fname, rs in calls}
+        r.declared = self.declared(frames.shape[1:])
+        r.expect = {**expect, **r.declared} if expect and r.declared else \
+            (expect or r.declared)
+        if any(rs[0].wants_index for _, rs in calls):  # made only when a function asks
+            r.index = np.stack(np.unravel_index(np.arange(start, start + r.n), scan_shape),
+                               axis=1)
+        batched = [(fname, rs) for fname, rs in calls if rs[0].batched]
+        values = self._call_batched(r, batched)
+        per_frame = [(fname, rs) for fname, rs in calls if not rs[0].batched]
+        accs: dict[str, Any] = {f.name: f.fold.initial() for f in self.functions.values()
+                                if not f.fold.is_stack}
+        stacks = self._call_per_frame(r, per_frame, accs) if per_frame else {}
+        for _, rs in batched:
+            for f in rs:
+                if values[f.name] is not None:
+                    _fold_batched(f, values[f.name], r.done, stacks, accs)
+        ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
+                  for f in self.functions.values() if f.fold.is_ragged}
+        return Partial(start, start + r.n, r.done, stacks, accs, r.errors, kinds=r.kinds,
+                       ragged=ragged)
 
+    def _call_batched(self, r: _Read, batched: list[tuple[str, list[FrameFunction]]],
+                      ) -> dict[str, Any]:
+        """Each batched function's values for the whole read, by result (None: none)."""
         values: dict[str, Any] = {}
         for fname, rs in batched:
             f = rs[0]
-            kw = dict(kwargs[fname])
+            kw = dict(r.kwargs[fname])
             if f.wants_index:
-                kw[_INDEX] = index
+                kw[_INDEX] = r.index
             if f.fold.is_ragged:  # (never with outputs=: see _register)
-                values[f.name] = self._ragged_batched(f, frames, kw, start, scan_shape, on_error,
-                                                      errors, done, index, kinds, expect)
+                values[f.name] = self._ragged_batched(f, r.frames, kw, r.start, r.scan_shape,
+                                                      r.on_error, r.errors, r.done, r.index,
+                                                      r.kinds, r.expect)
                 continue
             got: dict[str, Any]
             try:
-                got = _batched_values(rs, f.func(frames, **kw), n, start, scan_shape)
+                got = _batched_values(rs, f.func(r.frames, **kw), r.n, r.start, r.scan_shape)
             except ValueKindError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported with the frame, below
-                if on_error != "skip" or n == 1:
-                    self._fail(fname, start, scan_shape, exc, on_error, errors, done, 0)
-                    got = dict.fromkeys(r.name for r in rs)
+                if r.on_error != "skip" or r.n == 1:
+                    self._fail(fname, r.start, r.scan_shape, exc, r.on_error, r.errors,
+                               r.done, 0)
+                    got = dict.fromkeys(x.name for x in rs)
                 else:
-                    got = self._batched_one_by_one(rs, frames, kw, start, scan_shape, errors,
-                                                   done, index)
-            for r in rs:
-                values[r.name] = got[r.name]
-                if got[r.name] is not None:
-                    kinds[r.name] = _batched_kind(r.name, got[r.name], start, scan_shape,
-                                                  r.fold.is_stack, expect.get(r.name),
-                                                  _who(r))
+                    got = self._batched_one_by_one(rs, r.frames, kw, r.start, r.scan_shape,
+                                                   r.errors, r.done, r.index)
+            for x in rs:
+                values[x.name] = got[x.name]
+                if got[x.name] is not None:
+                    r.kinds[x.name] = _batched_kind(x.name, got[x.name], r.start, r.scan_shape,
+                                                    x.fold.is_stack, r.expect.get(x.name),
+                                                    _who(x))
+        return values
 
-        stacks: dict[str, np.ndarray] = {}
-        accs: dict[str, Any] = {f.name: f.fold.initial() for f in self.functions.values()
-                                if not f.fold.is_stack}
-        if per_frame:
-            # one entry per call; ``keys``: the dict keys of outputs=, split into the row
-            calls_ = [(fname, rs[0].func, kwargs[fname], rs[0].wants_index,
-                       None if rs[0].key is None else
-                       (tuple(str(r.key) for r in rs), frozenset(str(r.key) for r in rs)),
-                       rs[0].fold.is_ragged)
-                      for fname, rs in per_frame]
-            # one entry per result, in the order of the values in a row
-            slots = [(r.name, r.fold, _who(r)) for _, rs in per_frame for r in rs]
-            outs: dict[str, Any] = {name: None for name, fold, _ in slots if fold.is_stack}
-            # per result, of its first value here: (type, dtype, shape, whether the type is
-            # an array, whose dtype and shape vary by instance); the hot path's check
-            first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
-            alive = done.tolist()  # frames a batched function failed on are skipped
-            for i in range(n):
-                if not alive[i]:
-                    continue
-                frame = frames[i]
-                row: list[Any] = []
-                for fname, func, kw, wants_index, keys, rows_of in calls_:
+    def _call_per_frame(self, r: _Read, per_frame: list[tuple[str, list[FrameFunction]]],
+                        accs: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Call the per-frame functions frame by frame, folding into ``accs``; returns the
+        stacks. A frame that fails in one function is left out of all of them."""
+        # one entry per call; ``keys``: the dict keys of outputs=, split into the row
+        calls = [(fname, rs[0].func, r.kwargs[fname], rs[0].wants_index,
+                  None if rs[0].key is None else
+                  (tuple(str(x.key) for x in rs), frozenset(str(x.key) for x in rs)),
+                  rs[0].fold.is_ragged) for fname, rs in per_frame]
+        # one entry per result, in the order of the values in a row
+        slots = [(x.name, x.fold, _who(x)) for _, rs in per_frame for x in rs]
+        outs: dict[str, Any] = {name: None for name, fold, _ in slots if fold.is_stack}
+        # per result, of its first value here: (type, dtype, shape, whether the type is
+        # an array, whose dtype and shape vary by instance); the hot path's check
+        first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
+        for i in np.flatnonzero(r.done).tolist():  # frames a batched function failed on: no
+            row = self._row(r, i, calls)
+            if row is None:
+                continue
+            for (rname, fold, who), v in zip(slots, row):
+                k = first.get(rname)
+                t = type(v)
+                if k is None or t is not k[0] or k[3] is None or (k[3] and (
+                        (v.dtype is not k[1] and v.dtype != k[1])
+                        or (fold.is_stack and v.shape != k[2]))):
+                    k = first[rname] = _value_kind(
+                        rname, v, r.start + i, r.scan_shape, fold.is_stack,
+                        r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
+                        r.kinds, who)
+                if fold.is_stack:
+                    out = outs[rname]
+                    if out is None:
+                        out = outs[rname] = np.zeros((r.n, *k[2]), dtype=k[1])
+                    out[i] = v
+                else:
                     try:
-                        v = func(frame, index=tuple(index[i]), **kw) if wants_index \
-                            else func(frame, **kw)
-                        if rows_of:
-                            v = _ragged_value(v, scan_shape,
-                                              kinds.get(fname) or expect.get(fname))
-                    except Exception as exc:  # noqa: BLE001
-                        self._fail(fname, start + i, scan_shape, exc, on_error, errors, done, i)
-                        break
-                    if keys is None:
-                        row.append(v)
-                    elif isinstance(v, Mapping) and v.keys() == keys[1]:
-                        row.extend([v[k] for k in keys[0]])
-                    else:
-                        _keys_error(fname, keys[0], v, start + i, scan_shape)
-                else:
-                    for (rname, fold, who), v in zip(slots, row):
-                        k = first.get(rname)
-                        t = type(v)
-                        if k is None or t is not k[0] or k[3] is None or (k[3] and (
-                                (v.dtype is not k[1] and v.dtype != k[1])
-                                or (fold.is_stack and v.shape != k[2]))):
-                            k = first[rname] = _value_kind(
-                                rname, v, start + i, scan_shape, fold.is_stack,
-                                declared.get(rname) or kinds.get(rname)
-                                or expect.get(rname), kinds, who)
-                        if fold.is_stack:
-                            out = outs[rname]
-                            if out is None:
-                                out = outs[rname] = np.zeros((n, *k[2]), dtype=k[1])
-                            out[i] = v
-                        else:
-                            try:
-                                accs[rname] = fold.binop(accs[rname], v)
-                            except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
-                                _fold_error(rname, fold, accs[rname], v, start + i, scan_shape,
-                                            exc, who)
-            for rname, out in outs.items():
-                if out is not None:
-                    stacks[rname] = out
+                        accs[rname] = fold.binop(accs[rname], v)
+                    except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
+                        _fold_error(rname, fold, accs[rname], v, r.start + i, r.scan_shape,
+                                    exc, who)
+        return {rname: out for rname, out in outs.items() if out is not None}
 
-        for _, rs in batched:
-            for r in rs:
-                vals = values[r.name]
-                if vals is None:
-                    continue
-                if r.fold.is_ragged:
-                    accs[r.name] = [vals[i] for i in np.flatnonzero(done)]
-                elif r.fold.is_stack:
-                    if not done.all():
-                        vals = np.array(vals, copy=True)
-                        vals[~done] = 0
-                    stacks[r.name] = vals
-                else:
-                    accs[r.name] = r.fold.add_many(accs[r.name],
-                                                   vals if done.all() else vals[done])
-        ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), done)
-                  for f in self.functions.values() if f.fold.is_ragged}
-        return Partial(start, start + n, done, stacks, accs, errors, kinds=kinds, ragged=ragged)
+    def _row(self, r: _Read, i: int, calls: list[Any]) -> list[Any] | None:
+        """Frame ``i``'s values of every per-frame function (outputs= split into theirs),
+        or None if one failed (recorded, under ``on_error="skip"``)."""
+        frame = r.frames[i]
+        row: list[Any] = []
+        for fname, func, kw, wants_index, keys, rows_of in calls:
+            try:
+                v = func(frame, index=tuple(r.index[i]), **kw) if wants_index \
+                    else func(frame, **kw)
+                if rows_of:
+                    v = _ragged_value(v, r.scan_shape, r.kinds.get(fname) or r.expect.get(fname))
+            except Exception as exc:  # noqa: BLE001
+                self._fail(fname, r.start + i, r.scan_shape, exc, r.on_error, r.errors, r.done,
+                           i)
+                return None
+            if keys is None:
+                row.append(v)
+            elif isinstance(v, Mapping) and v.keys() == keys[1]:
+                row.extend([v[k] for k in keys[0]])
+            else:
+                _keys_error(fname, keys[0], v, r.start + i, r.scan_shape)
+        return row
 
     def _ragged_batched(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
                         start: int, scan_shape: tuple[int, ...], on_error: str, errors: list,
@@ -852,6 +850,40 @@ def _check_dtype(dtype: Any) -> np.dtype | None:
     if out is None or out.kind not in NUMERIC:
         raise TypeError(f"dtype must be a numeric numpy dtype such as 'float32', not {dtype!r}")
     return out
+@dataclass
+class _Read:
+    """What :meth:`Workflow.apply` knows of one read while it calls the functions."""
+
+    frames: np.ndarray
+    start: int
+    scan_shape: tuple[int, ...]
+    on_error: str
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declared: Kinds = field(default_factory=dict)
+    expect: Kinds = field(default_factory=dict)
+    kinds: Kinds = field(default_factory=dict)
+    index: Any = None
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.n = len(self.frames)
+        self.done = np.ones(self.n, dtype=bool)
+
+
+def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
+                  stacks: dict[str, np.ndarray], accs: dict[str, Any]) -> None:
+    """Fold one batched result's values of a read (frames not done left out)."""
+    if f.fold.is_ragged:
+        accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
+    elif f.fold.is_stack:
+        if not done.all():
+            vals = np.array(vals, copy=True)
+            vals[~done] = 0
+        stacks[f.name] = vals
+    else:
+        accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
+
+
 def _wanted(f: Callable[..., Any]) -> tuple[str, ...]:
     """The setups a function asks for: its parameters after the frame with no default."""
     ps = list(inspect.signature(f).parameters.values())[1:]

@@ -161,8 +161,9 @@ def test_resume_mismatch(capsys, scan, client, tmp_path):
 
 
 def test_debug_shows_the_traceback(capsys, tmp_path):
-    with pytest.raises(FramebagError):
-        main(["--debug", "run", FRAME_SUM, str(tmp_path / "nope.h5")])
+    rc = main(["--debug", "run", FRAME_SUM, str(tmp_path / "nope.h5")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" in err  # the same exit code as without --debug
 
 
 # bad frames ------------------------------------------------------------------------
