@@ -181,47 +181,58 @@ def _inspect_output(p: Path, f: h5py.File, groups: list[tuple[str, h5py.Group]],
                                        if attr_text(a.get("finished")) else ""))
         lines.append(f"  parameters: {attr_text(a.get('parameters')) or '{}'}")
         done = g["done"][()].astype(bool) if "done" in g else None
-        if done is not None:
-            n, total = int(done.sum()), done.size
-            lines.append(f"  done: {n}/{total} frames ({100.0 * n / total if total else 0:.1f}%)"
-                         f" of scan shape {done.shape}")
-            if "roi_mask" in g:  # a run over part of the scan (--roi): done relative to it
-                roi = g["roi_mask"][()].astype(bool)
-                inside, want = int((done & roi).sum()), int(roi.sum())
-                lines.append(f"  roi: {attr_text(a.get('roi'))}: {inside}/{want} frames done "
-                             f"({100.0 * inside / want if want else 0:.1f}%)")
-        folds = _json(a.get("folds"))
-        rows = [["result", "shape", "dtype", "fold", "units", "axes (NXdata)"]]
-        for name, d in results(g):
-            found = folds.get(name)
-            info: dict[str, Any] = found if isinstance(found, dict) else {}
-            fold = attr_text(d.attrs.get("fold")) or info.get("fold") or "folded"
-            units = attr_text(d.attrs.get("units"))
-            if not units and info.get("units"):  # a histogram counts; its bins carry units
-                units = f"{info['units']} (bins)" if fold == "histogram" else info["units"]
-            nx = nxdata_of(g, name)
-            axes = ", ".join(attr_text(x) for x in np.atleast_1d(nx.attrs.get("axes", [])))\
-                if nx is not None else ""
-            group = f"{name}{NXDATA_SUFFIX}: {axes or 'scalar'}" if nx is not None else "none"
-            rows.append([name, str(d.shape), str(d.dtype), fold, units or "-", group])
-        counts = []
-        for name, rg in ragged_results(g):  # a table of rows, with count and offset per frame
-            data, count = rg["data"], rg["count"][()]
-            units = attr_text(data.attrs.get("units"))
-            shape = "(" + ", ".join(["k", *map(str, data.shape[1:])]) + ") per frame"
-            rows.append([name, shape, str(data.dtype), "ragged", units or "-",
-                         f"{name}{NXDATA_SUFFIX}: count"])
-            per = count[done] if done is not None and done.shape == count.shape else count
-            counts.append(f"    {name}: {data.shape[0]} rows in /entry/{wname}/{name}/data; "
-                          f"per frame done: min {per.min() if per.size else '-'}, max "
-                          f"{per.max() if per.size else '-'}, mean "
-                          f"{per.mean() if per.size else 0:.3g}")
-        lines += ["  results:", *table(rows, "    "), *(["  ragged rows:"] + counts
-                                                      if counts else [])]
+        lines += _done_lines(g, done) + _result_lines(g, wname, done)
         if attr_text(g.attrs.get("default")):
             lines.append(f"  default plot: /entry/{wname}/{attr_text(g.attrs.get('default'))}")
         lines += _error_lines(g, wname, done.shape if done is not None else None)
     return "\n".join(lines)
+
+
+def _done_lines(g: h5py.Group, done: np.ndarray | None) -> list[str]:
+    """How much of the scan, and of its ROI if the run had one, is done."""
+    if done is None:
+        return []
+    n, total = int(done.sum()), done.size
+    lines = [f"  done: {n}/{total} frames ({100.0 * n / total if total else 0:.1f}%)"
+             f" of scan shape {done.shape}"]
+    if "roi_mask" in g:  # a run over part of the scan (--roi): done relative to it
+        roi = g["roi_mask"][()].astype(bool)
+        inside, want = int((done & roi).sum()), int(roi.sum())
+        lines.append(f"  roi: {attr_text(g.attrs.get('roi'))}: {inside}/{want} frames done "
+                     f"({100.0 * inside / want if want else 0:.1f}%)")
+    return lines
+
+
+def _result_lines(g: h5py.Group, wname: str, done: np.ndarray | None) -> list[str]:
+    """The table of results (shape, dtype, fold, units, NXdata axes), and the row counts
+    of ragged ones."""
+    folds = _json(g.attrs.get("folds"))
+    rows = [["result", "shape", "dtype", "fold", "units", "axes (NXdata)"]]
+    for name, d in results(g):
+        found = folds.get(name)
+        info: dict[str, Any] = found if isinstance(found, dict) else {}
+        fold = attr_text(d.attrs.get("fold")) or info.get("fold") or "folded"
+        units = attr_text(d.attrs.get("units"))
+        if not units and info.get("units"):  # a histogram counts; its bins carry units
+            units = f"{info['units']} (bins)" if fold == "histogram" else info["units"]
+        nx = nxdata_of(g, name)
+        axes = ", ".join(attr_text(x) for x in np.atleast_1d(nx.attrs.get("axes", [])))\
+            if nx is not None else ""
+        group = f"{name}{NXDATA_SUFFIX}: {axes or 'scalar'}" if nx is not None else "none"
+        rows.append([name, str(d.shape), str(d.dtype), fold, units or "-", group])
+    counts = []
+    for name, rg in ragged_results(g):  # a table of rows, with count and offset per frame
+        data, count = rg["data"], rg["count"][()]
+        units = attr_text(data.attrs.get("units"))
+        shape = "(" + ", ".join(["k", *map(str, data.shape[1:])]) + ") per frame"
+        rows.append([name, shape, str(data.dtype), "ragged", units or "-",
+                     f"{name}{NXDATA_SUFFIX}: count"])
+        per = count[done] if done is not None and done.shape == count.shape else count
+        counts.append(f"    {name}: {data.shape[0]} rows in /entry/{wname}/{name}/data; "
+                      f"per frame done: min {per.min() if per.size else '-'}, max "
+                      f"{per.max() if per.size else '-'}, mean "
+                      f"{per.mean() if per.size else 0:.3g}")
+    return ["  results:", *table(rows, "    "), *(["  ragged rows:"] + counts if counts else [])]
 
 
 def _status_line(a: Any, flagged: bool) -> str:

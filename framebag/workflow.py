@@ -1144,6 +1144,37 @@ def _did_you_mean(spec: str) -> str:
     return f"; did you mean the module {dotted}?" if found else ""
 
 
+def _import_file(path: Path) -> tuple[types.ModuleType, bytes]:
+    """Import a workflow file under a private module name; its module and its source.
+
+    The module is registered with cloudpickle by value, so workers that cannot import
+    it still get its functions.
+    """
+    if not path.is_file():
+        raise FramebagError(f"workflow file {str(path)!r} does not exist")
+    source = path.read_bytes()
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+    modname = f"framebag_user_{path.stem}_{digest}"
+    mspec = importlib.util.spec_from_file_location(modname, path)
+    if mspec is None or mspec.loader is None:
+        raise FramebagError(f"cannot import workflow file {str(path)!r}")
+    module = importlib.util.module_from_spec(mspec)
+    sys.modules[modname] = module
+    try:
+        mspec.loader.exec_module(module)
+    except FramebagError:
+        raise
+    except Exception as exc:
+        del sys.modules[modname]
+        raise FramebagError(
+            f"workflow file {str(path)!r} failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    return module, source
+
+
 def load_workflow(spec: str | Path) -> Workflow:
     """Load the :class:`Workflow` in a Python file or an importable (dotted) module.
 
@@ -1152,28 +1183,7 @@ def load_workflow(spec: str | Path) -> Workflow:
     """
     path = Path(spec)
     if path.suffix == ".py" or path.exists():
-        if not path.is_file():
-            raise FramebagError(f"workflow file {str(spec)!r} does not exist")
-        source = path.read_bytes()
-        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
-        modname = f"framebag_user_{path.stem}_{digest}"
-        mspec = importlib.util.spec_from_file_location(modname, path)
-        if mspec is None or mspec.loader is None:
-            raise FramebagError(f"cannot import workflow file {str(spec)!r}")
-        module = importlib.util.module_from_spec(mspec)
-        sys.modules[modname] = module
-        try:
-            mspec.loader.exec_module(module)
-        except FramebagError:
-            raise
-        except Exception as exc:
-            del sys.modules[modname]
-            raise FramebagError(
-                f"workflow file {str(spec)!r} failed to import: {type(exc).__name__}: {exc}"
-            ) from exc
-        import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
+        module, source = _import_file(path)
         where = str(path)
     else:
         try:
