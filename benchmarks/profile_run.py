@@ -143,6 +143,14 @@ def _worker_take() -> dict[str, float]:
     return _WORKER_STEPS.take() if _WORKER_STEPS is not None else {}
 
 
+def _by_name(fn: Any) -> Any:
+    """``fn`` from this module imported by name, not from ``__main__``: so that the
+    workers import it too (and keep its globals) instead of getting a pickled copy."""
+    import importlib
+
+    return getattr(importlib.import_module("benchmarks.profile_run"), fn.__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.profile_run")
     ap.add_argument("--frames", type=int, default=20000)
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster, client = start_cluster()
     try:
         wf.run(path, out, client=client, overwrite=True)  # warm-up: imports, plugin, caches
-        client.run(_worker_patch)
+        client.run(_by_name(_worker_patch))
         steps = Steps()
         steps.patch(DRIVER)
         prof = cProfile.Profile() if args.cprofile else None
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu_rows: list[dict[str, float]] = []
         for _ in range(args.repeat):
             settle(client)
-            client.run(_worker_take)
+            client.run(_by_name(_worker_take))
             steps.take()
             with get_task_stream(client) as ts:
                 t, t_epoch, c0 = time.perf_counter(), time.time(), time.thread_time()
@@ -188,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_rows.append(cpu)
             row["(driver steps not listed)"] = wall - sum(
                 v for k, v in row.items() if k not in ("total wall", MAIN_CPU))
-            for w in client.run(_worker_take).values():
+            for w in client.run(_by_name(_worker_take)).values():
                 for k, v in w.items():
                     row[k] = row.get(k, 0.0) + v
             tasks = [d for d in ts.data if d.get("key", "") and "framebag" in str(d["key"])]
