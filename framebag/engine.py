@@ -135,7 +135,7 @@ def _stopped(exc: FramebagError) -> str:
 
 
 def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[Partial]:
-    """Runs on a worker: :func:`process_partition` over the runs of one bag partition."""
+    """Runs on a worker: :func:`process_partition` over the runs of several groups."""
     return process_partition([run for group in groups for run in group], spec)
 
 
@@ -795,7 +795,7 @@ class _Job:
 
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
-        """Send groups of runs out as dask bags of one partition each, first frames first.
+        """Send groups of runs out as one dask task each, first frames first.
 
         Retries are done here rather than with dask's ``retries=``, because those
         do not cover a worker that dies (KilledWorker); ``attempt`` gives a retry
