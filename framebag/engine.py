@@ -155,7 +155,7 @@ def process_task(group: list[tuple[int, int]], token: str, spec: bytes) -> list[
         import cloudpickle
 
         run_spec = cloudpickle.loads(spec)
-        if len(_SPECS) >= 4:  # the runs before this one are over
+        if len(_SPECS) >= 4:  # older runs': one evicted too soon is unpickled again
             _SPECS.pop(next(iter(_SPECS)))
         _SPECS[token] = run_spec
     return process_partition(group, run_spec)
@@ -810,7 +810,7 @@ class _Job:
         token, spec = self._spec
         # one plain task per group, ranked by its first frame so that partials combined in
         # scan order do not wait for the last; fresh keys, never a previous run's results.
-        # (A bag or delayed graph per dispatch cost 1.5-2.5 ms of the driver per task.)
+        # (A bag graph per dispatch cost the driver 1.2-1.6 ms of CPU per task, this 0.5.)
         for group in groups:
             key = f"framebag-{self.wf.name}-{attempt}-{group[0][0]}-{uuid.uuid4().hex}"
             future = client.submit(process_task, group, token, spec,

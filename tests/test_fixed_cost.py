@@ -85,3 +85,26 @@ def test_overwrite_twice_gives_the_new_results_and_no_stray_files(make_scan, cli
         res = wf.run(path, out, client=client, overwrite=True, params={"k": k})
         np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)) * k)
     assert sorted(p.name for p in out.parent.iterdir()) == ["out.h5"]
+
+
+def test_a_run_sends_one_dask_task_per_partition_and_nothing_else(make_scan, client, tmp_path):
+    """No graph around the tasks: no run-spec task fetched between workers, no bag input
+    tasks; each task is one ``client.submit`` of its runs."""
+    from distributed import get_task_stream
+
+    from framebag.partitions import task_size
+
+    path, data = make_scan((2000,), (8, 8))
+    wf = Workflow("one_each", data=DATA, keys=[KEY])
+
+    @wf.frame
+    def total(frame):
+        return frame.sum()
+
+    with get_task_stream(client) as ts:
+        res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=100 * 128)
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
+    nworkers = len(client.scheduler_info()["workers"])
+    tasks = -(-2000 // task_size(128, 100 * 128, 1, 2000, nworkers)[0])
+    keys = [str(t["key"]) for t in ts.data]
+    assert len(keys) == tasks and all(k.startswith("framebag-one_each-") for k in keys), keys
