@@ -88,8 +88,8 @@ def test_overwrite_twice_gives_the_new_results_and_no_stray_files(make_scan, cli
 
 
 def test_a_run_sends_one_dask_task_per_partition_and_nothing_else(make_scan, client, tmp_path):
-    """No graph around the tasks: no run-spec task fetched between workers, no bag input
-    tasks; each task is one ``client.submit`` of its runs."""
+    """Each task is one dask task, ``framebag-<workflow>-...``, and nothing a task needs
+    is fetched from another worker: the run spec travels with each task."""
     from distributed import get_task_stream
 
     from framebag.partitions import task_size
@@ -108,3 +108,6 @@ def test_a_run_sends_one_dask_task_per_partition_and_nothing_else(make_scan, cli
     tasks = -(-2000 // task_size(128, 100 * 128, 1, 2000, nworkers)[0])
     keys = [str(t["key"]) for t in ts.data]
     assert len(keys) == tasks and all(k.startswith("framebag-one_each-") for k in keys), keys
+    # nothing a task needs is fetched from another worker (the spec travels with each task)
+    fetched = [s for t in ts.data for s in t["startstops"] if s["action"] == "transfer"]
+    assert not fetched, fetched
