@@ -184,9 +184,11 @@ def start_libertem(n_workers: int = 2) -> Any:
     import dask
     from libertem.api import Context
 
-    from framebag.profiles import local_worker_environ
+    from framebag.tuning import MALLOC
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": local_worker_environ()}):
+    # the thresholds framebag sets in its workers with mallopt, as glibc's environment
+    environ = {f"MALLOC_{k[2:]}_": str(v) for k, v in MALLOC.items()}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
         return Context.make_with("dask", cpus=n_workers)
 
 

@@ -1,9 +1,9 @@
-"""The run: a dask bag over partitions, partials streamed back and combined, the live loop.
+"""The run: one dask task per partition, partials streamed back and combined, the live loop.
 
 One loop serves finished and live files alike::
 
-    poll keys -> Dispatcher.due() -> runs -> dask.bag (one partition per run)
-      -> map_partitions(process_partition) on the workers -> futures
+    poll keys -> Dispatcher.due() -> runs -> one task per block of runs (client.submit)
+      -> process_task on the workers -> futures
       -> as they complete: ScanOrder (scan order) -> combine -> OutputFile.commit()
 
 A finished file is polled once and every run is flushed at once; a live file
@@ -24,13 +24,12 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.bag as db
 import numpy as np
 
 from . import fingerprint, hdf5
@@ -69,7 +68,7 @@ if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow
     from .workflow import Workflow
 
 __all__ = ["run", "run_many", "Results", "Ragged", "ManyResults", "RunSpec", "process_partition",
-           "process_groups"]
+           "process_groups", "process_task"]
 
 log = logging.getLogger("framebag")
 #: the logger framebag.progress configures and --quiet silences (a name, not an import of it)
@@ -159,8 +158,30 @@ def _stopped(exc: FramebagError) -> str:
 
 
 def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[Partial]:
-    """Runs on a worker: :func:`process_partition` over the runs of one bag partition."""
+    """Runs on a worker: :func:`process_partition` over the runs of several groups."""
     return process_partition([run for group in groups for run in group], spec)
+
+
+#: the run specs a worker process has unpickled, by token: each is unpickled once, not
+#: once per task (a workflow loaded from a file is pickled by value: 1-2 ms each way)
+_SPECS: dict[str, RunSpec] = {}
+
+
+def process_task(group: list[tuple[int, int]], token: str, spec: bytes) -> list[Partial]:
+    """Runs on a worker: one task, :func:`process_partition` over the runs of ``group``.
+
+    ``spec`` is the run's :class:`RunSpec`, pickled once by the driver for all its
+    tasks; ``token`` names it, so each worker process unpickles it once.
+    """
+    run_spec = _SPECS.get(token)
+    if run_spec is None:
+        import cloudpickle
+
+        run_spec = cloudpickle.loads(spec)
+        if len(_SPECS) >= 4:  # older runs': one evicted too soon is unpickled again
+            _SPECS.pop(next(iter(_SPECS)))
+        _SPECS[token] = run_spec
+    return process_partition(group, run_spec)
 
 
 _UNREAD = object()
@@ -609,6 +630,7 @@ class _Job:
         self.result_nbytes = 0  # stacked result bytes per frame, from the probe
         self._nworkers = 1
         self._workers_at = -1e9  # when _nworkers was read from the scheduler
+        self._task_bytes = 0  # stacked result bytes of one task (see _max_inflight)
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
         self._broken = False
@@ -662,7 +684,10 @@ class _Job:
                 t = time.perf_counter()
                 p = wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
                 self.frame_seconds = time.perf_counter() - t
-                if self.frame_seconds < 0.01:  # the first call pays for warming up: again
+                # the first call pays for warming up, and on a busy machine any call may wait
+                # for a core (a 20 us frame timed at 16 ms cut tasks to 15 frames): the least
+                # of three, for frames that are not costly
+                for _ in range(2 if self.frame_seconds < 0.05 else 0):
                     t = time.perf_counter()
                     wf.apply(frames, int(i), d.scan_shape, self.params, "raise")
                     self.frame_seconds = min(self.frame_seconds, time.perf_counter() - t)
@@ -713,8 +738,9 @@ class _Job:
         self._ordered = order_matters(schema.accs.values())
         return schema
 
-    def _open_output(self, complete: np.ndarray) -> None:
-        schema = self._probe_schema(complete)  # on resume too: a broken function fails early
+    def _open_output(self, complete: np.ndarray, schema: Schema | None = None) -> None:
+        if schema is None:  # on resume too: a broken function fails early
+            schema = self._probe_schema(complete)
         if self.o.resume:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
                                                     self.info.scan_shape, schema)
@@ -746,19 +772,34 @@ class _Job:
         tune_workers(client)  # malloc thresholds on every worker, whoever started it
         o = self.o
         follow = o.follow
-        nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        nworkers = self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        self._workers_at = time.monotonic()  # read once here, not again by _max_inflight
         end = EndOfScan(self.follower, follow, o.timeout, full=self._full)
         complete = end.poll()
         self.info = self.follower.data
+        schema = None
         if not follow:  # the probe's timing of a frame sizes the tasks
-            self._open_output(complete)
+            if o.resume:
+                self._open_output(complete)
+            else:
+                schema = self._probe_schema(complete)
         dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
                                 o.latency, self.follower.growing)
         inflight: dict[Any, list[tuple[int, int]]] = {}
         processed = resumed = 0
         opened = False
         status = "failed"
+        self._last_commit = time.monotonic()  # the first checkpoint a commit interval in
         try:
+            if schema is not None:
+                # a new output for a finished file: the first tasks go out before it is laid
+                # out, so the workers read while the driver writes it (10-15 ms of a run)
+                self._backlog.extend(by_block(dispatcher.due(complete, time.monotonic(),
+                                                             flush=True), dispatcher.size))
+                room = self._max_inflight(client, dispatcher.size)
+                self._submit(client, self._backlog[:room], inflight)
+                del self._backlog[:room]
+                self._open_output(complete, schema)
             while True:
                 now = time.monotonic()
                 if complete.size > dispatcher.dispatched.size:  # a growing scan grew
@@ -857,7 +898,7 @@ class _Job:
         if now - self._workers_at > 1.0:
             self._workers_at = now
             self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-        per_task = size * self.result_nbytes
+        per_task = self._task_bytes = size * self.result_nbytes
         if not per_task:
             return 1 << 30
         waiting = max(self.o.partition_bytes, DEFAULT_PARTITION_BYTES)
@@ -886,28 +927,27 @@ class _Job:
 
     def _submit(self, client: Any, groups: list[list[tuple[int, int]]],
                 inflight: dict[Any, list[tuple[int, int]]], attempt: int = 0) -> None:
-        """Send groups of runs out as dask bags of one partition each, first frames first.
+        """Send groups of runs out as one dask task each, first frames first.
 
         Retries are done here rather than with dask's ``retries=``, because those
         do not cover a worker that dies (KilledWorker); ``attempt`` gives a retry
         fresh task keys.
         """
-        if self._spec is None:  # pure=False: fresh keys, never a previous run's results
-            self._spec = dask.delayed(RunSpec(self.info, self.wf, self.params,
-                                              self.o.on_error, self.o.follow,
-                                              self._read_frames, self._kinds,
-                                              setup_files(self.provenance)), pure=False)
-        # a bag of one partition per task, ranked by its first frame: in one bag of them all
-        # the scheduler runs the tasks in the order of their keys as strings (9, 8, ..., 2,
-        # 15, ..., 10, 1, 0), and partials combined in scan order would wait for the last
-        parts = []
+        if self._spec is None:  # pickled once per run (and again when a live scan grows)
+            import cloudpickle
+
+            self._spec = (uuid.uuid4().hex, cloudpickle.dumps(RunSpec(
+                self.info, self.wf, self.params, self.o.on_error, self.o.follow,
+                self._read_frames, self._kinds, setup_files(self.provenance))))
+        token, spec = self._spec
+        # one plain task per group, ranked by its first frame so that partials combined in
+        # scan order do not wait for the last; fresh keys, never a previous run's results.
+        # (A bag graph per dispatch cost the driver 1.2-1.6 ms of CPU per task, this 0.5.)
         for group in groups:
-            with dask.annotate(priority=-group[0][0]):
-                parts += db.from_sequence([group], partition_size=1).map_partitions(
-                    process_groups, self._spec, token=f"framebag-{self.wf.name}-{attempt}"
-                ).to_delayed()
-        futures = client.compute(parts)
-        inflight.update(zip(futures, groups))
+            key = f"framebag-{self.wf.name}-{attempt}-{group[0][0]}-{uuid.uuid4().hex}"
+            future = client.submit(process_task, group, token, spec,
+                                   key=key, priority=-group[0][0], pure=False)
+            inflight[future] = group
 
     def _total(self, complete: np.ndarray) -> int:
         """The frames the run is to process: the scan's, or its ROI's."""
@@ -946,16 +986,21 @@ class _Job:
         input (a function's error, a read that fails, any FramebagError) stops
         the run at once, since it would fail the same way again; one that failed
         otherwise (a dead worker: KilledWorker) is retried up to ``retries`` times.
-        Partials are gathered one task at a time and committed before their stacked
-        results pass the read budget, so the driver never holds more than that (plus
-        one task's, and those held back for scan order) of them.
+        Partials are gathered in one round trip for as many tasks as fit their stacked
+        results in the read budget (one task at a time for large ones), and committed
+        before their stacked results pass it, so the driver never holds more than that
+        (plus one task's, and those held back for scan order) of them.
         """
         ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
         failure = None
         count = 0
-        for f in ok:
-            batch: list[Partial] = client.gather(f)
+        at_once = max(1, self.o.partition_bytes // max(1, self._task_bytes))
+        gathered: list[list[Partial]] = []
+        for k, f in enumerate(ok):
+            if not gathered:
+                gathered = client.gather(ok[k:k + at_once])[::-1]
+            batch = gathered.pop()
             del inflight[f]
             good = []
             for p in batch:

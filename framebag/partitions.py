@@ -8,8 +8,8 @@ partitions. Because the grid is fixed, a live run that dispatches part of a
 block early sends the rest of that block later as another run of the same block.
 
 dask.bag's own partitioning (``npartitions=``) is approximate and knows nothing
-of HDF5 chunks, which is why the runs are built here and handed to the bag one
-per partition.
+of HDF5 chunks, which is why the runs are built here and each partition is handed
+to dask as one task.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     """``(frames per task, frames per read)`` for a scan of ``nframes`` complete frames.
 
     A read is about ``target_bytes`` (see :func:`partition_size`) and bounds a
-    worker's memory. A task -- one bag partition -- is several reads, so that a
+    worker's memory. A task -- one partition -- is several reads, so that a
     finished scan goes out as about two tasks per worker (at most
     ``MAX_READS_PER_TASK`` reads each): dask costs about 1-2 ms per task on a
     small machine, which would otherwise be a tenth of the work of cheap frames.

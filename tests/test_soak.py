@@ -216,7 +216,8 @@ def test_ten_sigkills_then_resume_lose_nothing_and_fold_nothing_twice(tmp_path, 
     for run in range(KILLS + 1):
         tasks = _calls(soak, run)
         np.add.at(called, tasks, 1)
-        assert len(_calls(soak, run, "probe")) <= 2
+        # the probe calls the function on one frame: three times when it is cheap (timing)
+        assert len(_calls(soak, run, "probe")) <= 3
         if run:
             redone = np.intersect1d(tasks, np.flatnonzero(killed_done[run - 1]))
             assert redone.size == 0, f"run {run} recomputed done frames {redone[:10]}"
