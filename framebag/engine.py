@@ -659,6 +659,10 @@ class _Job:
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
+                elif self._pending and now - self._last_commit >= self.commit_interval:
+                    # released partials wait at most one interval, also when no other task
+                    # completes (a detector paused): a live reader sees them then
+                    self._flush()
                 if o["progress"]:
                     o["progress"]({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": complete.size,
