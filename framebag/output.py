@@ -710,10 +710,14 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
     for name, (is_stack, shape, dtype) in schema.items():
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
+            # chunks of 64 KiB, or one value up to 1 MiB: a commit rewrites (and checksums)
+            # the chunks its frames touch, so small values get small chunks
+            value = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
                                   maxshape=grow + full[1:], fletcher32=True,
                                   chunks=_chunks(chunk_scan + tuple(shape),
-                                                 np.dtype(dtype).itemsize))
+                                                 np.dtype(dtype).itemsize,
+                                                 min(1 << 20, max(1 << 16, value))))
             ds.attrs["fold"] = "stack"
         elif tuple(shape) == () or 0 in tuple(shape):
             ds = _compact(g, name, tuple(shape), np.dtype(dtype))
