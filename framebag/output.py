@@ -1415,12 +1415,18 @@ def _check_layout(path: Path, group: h5py.Group, schema: Schema, rank: int) -> N
 
 
 def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
-    for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys"):
+    for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys",
+                "scan_axes"):
         want = provenance.get(key)
         want = want if isinstance(want, (str, int, float)) else json.dumps(want)
         have = attrs.get(key)
         if isinstance(have, bytes):
             have = have.decode()
+        if have != want and key == "scan_axes" and have is not None:
+            raise FramebagError(
+                f"--resume: {str(path)!r} was made with --axes {_axes_text(have)}, but this run "
+                f"names {_axes_text(want)}; resume with the same --axes, or use --overwrite to "
+                "start again")
         if have != want and key == "workflow_hash":
             raise FramebagError(
                 f"--resume: the workflow's source file changed since {str(path)!r} was made "
@@ -1434,6 +1440,15 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
                 f"--resume: {str(path)!r} does not match this run ({what}: {have!r} there, "
                 f"{want!r} now); use --overwrite to start again"
             )
+
+
+def _axes_text(text: Any) -> str:
+    """``--axes`` as recorded (a JSON list), for a message: ``none`` or the paths."""
+    try:
+        names = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return repr(text)
+    return " ".join(str(n) for n in names) if names else "none (scan indices)"
 
 
 def _unflag(path: Path) -> None:

@@ -458,3 +458,24 @@ def test_a_growing_scans_axis_grows_and_stays_valid_for_a_live_reader(tmp_path, 
         assert nx_group["scan_0"].maxshape == (None,)
         assert silx_nxdata.get_default(f).is_valid
     assert res.to_xarray()["total"].sizes == {"scan_0": ny, "scan_1": nx}
+
+
+def test_resume_with_other_axes_is_one_sentence_naming_axes(tmp_path, client):
+    from framebag.errors import FramebagError
+
+    path, *_ = scan_with_positions(tmp_path)
+    out = tmp_path / "out.h5"
+    wf = Workflow("ax", data=DATA, keys=[KEY])
+    wf.frame(name="total")(lambda frame: frame.sum())
+    axes = ["entry/instrument/y", "entry/instrument/x"]
+    wf.run(path, out, client=client, axes=axes)
+    before = out.read_bytes()
+    with pytest.raises(FramebagError) as caught:  # the NXdata groups hold y and x
+        wf.run(path, out, client=client, resume=True)
+    message = str(caught.value)
+    assert message.count(". ") == 0 and "\n" not in message
+    assert "--axes entry/instrument/y entry/instrument/x, but this run names none" in message \
+        and "--overwrite" in message
+    assert out.read_bytes() == before  # refused before anything was written
+    res = wf.run(path, out, client=client, resume=True, axes=axes)
+    assert res.done.all()
