@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from . import jobs, reference, scans
+from .commits import case_commits  # noqa: F401 - a case, found by name
 from .memory import case_stack_memory  # noqa: F401 - a case, found by name
 from .peers import case_peers  # noqa: F401 - run as a case by name (--peers)
 from .scaling import case_driver, case_fft, case_scaling  # noqa: F401 - cases, by name
@@ -53,7 +54,7 @@ from .scans import DATA, ScanSpec
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = ("cheap", "cpu", "layouts", "memory", "e2e", "overhead", "stack_memory", "fft",
-         "driver", "scaling", "peers")
+         "driver", "scaling", "peers", "commits")
 # run only when asked for: --peers, or by name in --cases (scaling is long)
 OPTIONAL = ("scaling", "peers")
 

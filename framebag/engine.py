@@ -835,6 +835,12 @@ class _Job:
                 finished_now = [f for f in inflight if f.done()]
                 if finished_now:
                     processed += self._combine(client, finished_now, inflight)
+                elif (self._pending or (self.out is not None and self.out.deferred)) \
+                        and now - self._last_commit >= self.commit_interval:
+                    # released partials and a deferred checkpoint wait at most one interval,
+                    # also when no other task completes (a detector paused): a live reader
+                    # sees them then
+                    self._flush()
                 if o.progress:
                     o.progress({"processed": processed, "complete": int(complete.sum()),
                                    "seen": self.follower.seen, "total": self._total(complete),
@@ -1052,13 +1058,13 @@ class _Job:
         ``everything`` (the run ends, also by an error), the held-back ones too."""
         if everything:
             self._queue(self._order.release())
-        if self._pending and self.out is not None and not self._broken:
+        if self.out is not None and not self._broken and (self._pending or self.out.deferred):
             pending, self._pending = self._pending, []
             self._pending_bytes = 0
-            self._commit(pending)
+            self._commit(pending, final=everything)
         self._last_commit = time.monotonic()
 
-    def _commit(self, partials: list[Partial]) -> None:
+    def _commit(self, partials: list[Partial], final: bool = False) -> None:
         """Check, combine and write ``partials``, then make the step durable.
 
         Every partial is checked before any state changes; if combining fails
@@ -1070,7 +1076,7 @@ class _Job:
         out = self.out
         assert out is not None
         try:
-            self._combine_into_output(partials)
+            self._combine_into_output(partials, final)
             out.check_present()
         except BaseException as exc:
             self._broken = True
@@ -1102,7 +1108,7 @@ class _Job:
             if have != want:
                 self._mismatch(name, p, f"shape {have}, not {want}")
 
-    def _combine_into_output(self, partials: list[Partial]) -> None:
+    def _combine_into_output(self, partials: list[Partial], final: bool = False) -> None:
         assert self.out is not None
         newly = []
         runs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
@@ -1132,13 +1138,17 @@ class _Job:
             self.out.write_stack(name, stacked)  # one write per result for the whole commit
         for name, parts in ragged.items():  # the rows, then their count and offset
             self.accs[name] = np.int64(self.out.write_ragged(name, parts, int(self.accs[name])))
-        results = {}
-        for name, acc in self.accs.items():
-            if acc is not None and not self.wf.functions[name].fold.is_ragged:
-                results[name] = self.wf.functions[name].fold.finalize(acc)
+        accs = dict(self.accs)
+
+        def results() -> dict[str, Any]:  # finalized only when the commit checkpoints
+            return {name: self.wf.functions[name].fold.finalize(acc)
+                    for name, acc in accs.items()
+                    if acc is not None and not self.wf.functions[name].fold.is_ragged}
+
         newly_done = np.concatenate(newly) if newly else np.zeros(0, dtype=np.int64)
         self._recorder.note(self.info, newly_done)  # flushed by the commit, before its checkpoint
-        self.out.commit(newly_done, results, self.accs, [e for p in partials for e in p.errors])
+        self.out.commit(newly_done, results, accs, [e for p in partials for e in p.errors],
+                        checkpoint=True if final else None)
 
     def _span(self, start: int, stop: int) -> str:
         """The flat run ``start .. stop`` named by its first and last scan index."""

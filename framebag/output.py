@@ -42,18 +42,28 @@ results and ``done`` grow; leaves change size by resizing, and a growing scan's
 first scan axis grows with its stacks (:meth:`OutputFile.grow`). The NXdata
 groups hold hard links, not copies, so no result is written twice.
 
-Checkpointing, and why resume is exact. Each :meth:`OutputFile.commit`:
+Checkpointing, and why resume is exact. Each :meth:`OutputFile.commit` writes
+the stacked values of the new frames (:meth:`OutputFile.write_stack`, only the
+regions that arrived) and new error rows, and flushes. A checkpoint follows
+at once when one is due (:meth:`OutputFile.checkpoint_due`: a checkpoint waits
+:data:`CHECKPOINT_SPACING` times its own cost after the last, so the fold
+state, which changes whole, costs at most about a tenth of the driver's time),
+and always at the end of a run:
 
-1. writes the stacked values of the new frames, the current folded results and
-   new error rows, and flushes;
+1. writes the current folded results, and flushes;
 2. writes the accumulators, done mask and error count into the older of the two
-   slots, flushes, then stamps that slot's generation, error count and CRC in its
-   ``meta`` and flushes again;
-3. writes the public ``done`` mask and flushes.
+   slots (of the packed done mask, only the bytes that slot lacks), flushes, then
+   stamps that slot's generation, error count and CRC in its ``meta`` and
+   flushes again;
+3. marks the frames committed since the last checkpoint in the public ``done``
+   mask, and flushes.
+
+So a live reader sees stacked values at every commit, and fold results and
+``done`` (1 where a frame is in every result) at every checkpoint.
 
 A crash between any two steps leaves the newest *valid* slot describing a state
 in which every done frame is in every accumulator exactly once (the slot is
-written whole before it is stamped, and a torn or damaged slot fails its CRC or
+written before it is stamped, and a torn or damaged slot fails its CRC or
 fletcher32 so the other slot is used). Stacked values are written before the
 slot that marks their frames done; a frame written but not yet marked is simply
 redone on resume, which overwrites it. ``--resume`` restores the accumulators and
@@ -91,6 +101,7 @@ import json
 import os
 import re
 import shutil
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -115,6 +126,9 @@ __all__ = ["OutputFile", "Schema", "ScanAxis", "default_output_path", "RESERVED"
 
 ERROR_DTYPE = np.dtype([("flat", "<i8"), ("function", "S64"), ("message", "S256")])
 LIBVER = ("v110", "latest")
+#: a checkpoint waits, after the last one, this many times as long as that one took, so
+#: that writing fold state costs the driver at most about a tenth of its time
+CHECKPOINT_SPACING = 9.0
 
 
 def default_output_path(input_path: str | os.PathLike, workflow: str) -> Path:
@@ -183,6 +197,15 @@ class OutputFile:
         self.n_errors = int(self.group["errors"].shape[0])
         #: the part of the scan the run processes (see :meth:`set_roi`)
         self.roi: Roi | None = None
+        self.bytes_written = 0  # array bytes handed to HDF5 (benchmarks/commits.py)
+        self._packed = np.packbits(self.done)  # the checkpoint's done mask, kept up to date
+        self._stale = {0: True, 1: True}  # a slot whose packed done must be written whole
+        self._dirty = {0: (0, 0), 1: (0, 0)}  # else the byte range each slot lacks
+        self._unmarked: list[np.ndarray] = []  # committed, not yet in a checkpoint
+        self._last: tuple[Any, dict[str, Any]] | None = None  # (results, accs) not checkpointed
+        self._rewrite_done = False  # the public done mask is written whole at the next one
+        self._checkpointed_at: float | None = None
+        self._checkpoint_cost = 0.0
         # one handle on every dataset, held open: HDF5 flushes a dataset's chunk cache
         # when its last handle closes, and a write failing there (a full disk) could
         # only be printed by h5py's __del__, never raised; held open, a failure is
@@ -278,9 +301,12 @@ class OutputFile:
             out.generation = state["generation"]
             out.slot = 1 - state["slot"]
             out.done[:] = np.unpackbits(state["done"], count=out.done.size).astype(bool)
+            out._packed = np.packbits(out.done)
+            out._stale[state["slot"]] = False  # the slot read back holds exactly _packed
             accs = state["accs"]
             out.n_errors = state["n_errors"]
             out.group["errors"].resize((out.n_errors,))
+        out._rewrite_done = True  # ``done`` may be ahead of the slot read back
         return out, accs
 
     # writing -------------------------------------------------------------------
@@ -366,6 +392,7 @@ class OutputFile:
         values = runs[0][2] if len(runs) == 1 else np.concatenate([v for _, _, v in runs])
         values = np.ascontiguousarray(values)
         ds.id.write(h5py.h5s.create_simple(values.shape), fspace, values)
+        self.bytes_written += values.nbytes
 
     def write_ragged(self, name: str, parts: list[tuple[int, np.ndarray, np.ndarray,
                                                          np.ndarray | None]],
@@ -418,11 +445,24 @@ class OutputFile:
                 values[not_done] = fill
                 ds[...] = values
 
-    def commit(self, newly_done: np.ndarray, results: dict[str, np.ndarray],
-               accs: dict[str, Any], errors: list[tuple[int, str, str]]) -> None:
-        """Make one combine step durable: results, then checkpoint, then ``done``."""
-        for name, value in results.items():
-            self.group[name][...] = value
+    def commit(self, newly_done: np.ndarray,
+               results: dict[str, np.ndarray] | Callable[[], dict[str, np.ndarray]],
+               accs: dict[str, Any], errors: list[tuple[int, str, str]],
+               checkpoint: bool | None = None) -> None:
+        """Make one combine step readable, and durable when a checkpoint is due.
+
+        The stacked values (placed by :meth:`write_stack`) and new error rows are
+        flushed at every commit. The fold results, the checkpoint slot and the
+        public ``done`` mask follow in a checkpoint (:meth:`checkpoint`): at once
+        with ``checkpoint=True``, not with ``False``, and by default when due, that
+        is once :data:`CHECKPOINT_SPACING` times the last checkpoint's time has
+        passed since it ended. So a commit costs the regions that arrived, and the
+        fold state (which changes whole: a 2048x2048 ``var`` is 64 MiB) is written
+        at most about a tenth of the time. ``results`` may be a callable, called
+        only when the checkpoint is written; ``accs`` is kept by reference and may
+        change in place only as part of the next commit (a fold combining into its
+        accumulator), so a checkpoint always writes the state of the last commit.
+        """
         if errors:
             ds = self.group["errors"]
             rows = np.array(
@@ -432,20 +472,89 @@ class OutputFile:
             ds.resize((self.n_errors + len(rows),))
             ds[self.n_errors :] = rows
             self.n_errors += len(rows)
+            self.bytes_written += rows.nbytes
         self.f.flush()
+        newly_done = np.asarray(newly_done, dtype=np.int64).reshape(-1)
         self.done[newly_done] = True
+        if newly_done.size:
+            self._unmarked.append(newly_done)
+        self._last = (results, dict(accs))
+        if checkpoint or (checkpoint is None and self.checkpoint_due()):
+            self.checkpoint()
+
+    @property
+    def deferred(self) -> bool:
+        """Whether a commit's fold results, checkpoint and ``done`` wait for a checkpoint."""
+        return self._last is not None
+
+    def checkpoint_due(self) -> bool:
+        """Whether the deferred state should be checkpointed now (see :meth:`commit`)."""
+        if self._last is None:
+            return False
+        if self._checkpointed_at is None:
+            return True
+        spent = time.monotonic() - self._checkpointed_at
+        return spent >= CHECKPOINT_SPACING * self._checkpoint_cost
+
+    def checkpoint(self) -> None:
+        """Write the last commit's fold results, then its checkpoint slot, then ``done``.
+
+        The order of the module docstring: a crash between any two steps leaves the
+        newest valid slot consistent. Of the two done masks only what changed is
+        written: the checkpoint's bytes that this slot lacks (it was written two
+        checkpoints ago), and ``done`` at the frames committed since the last one.
+        """
+        if self._last is None:
+            return
+        t = time.perf_counter()
+        (results, accs), self._last = self._last, None  # taken: one that fails is not retried
+        for name, value in (results() if callable(results) else results).items():
+            value = np.asarray(value)
+            self.group[name][...] = value
+            self.bytes_written += value.nbytes
+        self.f.flush()
+        marked = np.concatenate(self._unmarked) if self._unmarked else np.zeros(0, np.int64)
+        self._mark_packed(marked)
         self.generation += 1
         if self.slot not in self._slots:
             self._slots[self.slot] = _Slot(self.group["checkpoint"][f"slot{self.slot}"])
-        _write_checkpoint(self._slots[self.slot], self.f, {
+        span = None if self._stale[self.slot] else self._dirty[self.slot]
+        self.bytes_written += _write_checkpoint(self._slots[self.slot], self.f, {
             "generation": self.generation,
-            "done": np.packbits(self.done),
+            "done": self._packed,
             "accs": accs,
             "n_errors": self.n_errors,
-        })
+        }, span)
+        self._stale[self.slot], self._dirty[self.slot] = False, (0, 0)
         self.slot = 1 - self.slot
-        self.group["done"][...] = self.done.reshape(self.scan_shape)
+        ds = self.group["done"]
+        if self._rewrite_done:
+            ds[...] = self.done.reshape(self.scan_shape)
+            self.bytes_written += self.done.size
+            self._rewrite_done = False
+        elif marked.size:
+            marked = np.unique(marked)
+            cuts = np.flatnonzero(np.diff(marked) != 1) + 1
+            runs = [(int(r[0]), int(r[-1]) + 1, np.ones(r.size, dtype=np.uint8))
+                    for r in np.split(marked, cuts)]
+            self._write_runs(ds, runs, ())
         self.f.flush()
+        self._unmarked = []
+        self._checkpoint_cost = time.perf_counter() - t
+        self._checkpointed_at = time.monotonic()
+
+    def _mark_packed(self, flat: np.ndarray) -> None:
+        """Set ``flat``'s bits in the packed done mask; both slots now lack their bytes."""
+        if self._packed.size * 8 < self.done.size:  # the scan grew
+            self._packed = np.r_[self._packed, np.zeros((self.done.size + 7) // 8
+                                                        - self._packed.size, np.uint8)]
+        if not flat.size:
+            return
+        np.bitwise_or.at(self._packed, flat >> 3,
+                         (np.uint8(0x80) >> (flat & 7).astype(np.uint8)).astype(np.uint8))
+        lo, hi = int(flat.min()) >> 3, (int(flat.max()) >> 3) + 1
+        for k, (a, b) in self._dirty.items():
+            self._dirty[k] = (lo, hi) if a == b else (min(a, lo), max(b, hi))
 
     def grow(self, scan_shape: tuple[int, ...]) -> None:
         """Extend ``done`` and the stacked results along the first scan dim (growing input).
@@ -538,13 +647,16 @@ class OutputFile:
                                 "by another file while being written")
 
     def close(self, status: str = "complete", **attrs: Any) -> None:
-        """Stamp the end time and status, then close.
+        """Checkpoint what a complete run deferred, stamp the end time and status, close.
 
         The attributes are written on the open SWMR handle: reopening the file
-        would be refused while any reader holds it open.
+        would be refused while any reader holds it open. A run that did not
+        complete keeps its last checkpoint: its last commit may not be whole.
         """
         if not self.f.id.valid:
             return
+        if status == "complete":
+            self.checkpoint()
         g = self.group
         g.attrs["end_time"] = _now()
         g.attrs["status"] = status
@@ -727,10 +839,14 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
             continue
         if is_stack:
             full = tuple(scan_shape) + tuple(shape)
+            # chunks of 64 KiB, or one value up to 1 MiB: a commit rewrites (and checksums)
+            # the chunks its frames touch, so small values get small chunks
+            value = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
                                   maxshape=grow + full[1:], fletcher32=True,
                                   chunks=_chunks(chunk_scan + tuple(shape),
-                                                 np.dtype(dtype).itemsize))
+                                                 np.dtype(dtype).itemsize,
+                                                 min(1 << 20, max(1 << 16, value))))
             ds.attrs["fold"] = "stack"
         elif tuple(shape) == () or 0 in tuple(shape):
             ds = _compact(g, name, tuple(shape), np.dtype(dtype))
@@ -746,9 +862,11 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         if meta.get("units") and meta.get("fold") != "histogram":  # a histogram counts
             ds.attrs["units"] = _fold_units(meta.get("fold", "stack"), meta["units"])
     _layout_nxdata(g, scan_shape, schema, growing)
+    # chunks of 64 KiB: marking a commit's frames rewrites (and checksums) little of it
     for name in ("done", "roi_mask") if "roi" in provenance else ("done",):  # set_roi
         g.create_dataset(name, shape=scan_shape, dtype=np.uint8, fillvalue=0, fletcher32=True,
-                         maxshape=grow + tuple(scan_shape[1:]), chunks=_chunks(chunk_scan, 1))
+                         maxshape=grow + tuple(scan_shape[1:]),
+                         chunks=_chunks(chunk_scan, 1, 1 << 16))
     g.create_dataset("errors", shape=(0,), maxshape=(None,), dtype=ERROR_DTYPE, chunks=(256,),
                      fletcher32=True)
     if fingerprint.ATTR in provenance:
@@ -1174,17 +1292,25 @@ def _crc(a: np.ndarray, crc: int) -> int:
     return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data, crc)
 
 
-def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any]) -> None:
-    """Write ``state`` into ``slot``, flush, then stamp its ``meta`` (see the module doc)."""
+def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any],
+                      span: tuple[int, int] | None = None) -> int:
+    """Write ``state`` into ``slot``, flush, then stamp its ``meta`` (see the module doc).
+
+    ``span``: the slot already holds the packed done mask but for these bytes
+    (None: write it whole). Returns the array bytes written.
+    """
     g = slot.g
     accs = state["accs"]
     none = np.array([accs.get(name) is None for name in slot.names], dtype=np.uint8)
-    done = state["done"]
+    done = np.ascontiguousarray(state["done"], dtype=np.uint8)
     ds = g["done"]
     if ds.shape[0] != done.size:
         ds.resize((done.size,))
-    if done.size:
-        ds.write_direct(np.ascontiguousarray(done, dtype=np.uint8))
+        span = None  # what it held is not laid out as it is now: write it whole
+    lo, hi = (0, done.size) if span is None else span
+    if hi > lo:
+        ds[lo:hi] = done[lo:hi]
+    written = hi - lo
     g["none"][...] = none
     crc = _head_crc(state["generation"], state["n_errors"], done, none)
     rows = np.zeros(g["leaves"].shape, dtype=np.int64)
@@ -1205,6 +1331,15 @@ def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any]) -> None:
     f.flush()
     g["meta"][...] = [state["generation"], state["n_errors"], crc]
     f.flush()
+    return written + rows.nbytes + sum(_leaf_nbytes(slot.trees[name]) for name, is_none
+                                       in zip(slot.names, none) if not is_none)
+
+
+def _leaf_nbytes(tree: tuple[Any, ...]) -> int:
+    """The bytes held by the datasets of a laid-out accumulator (as last written)."""
+    if tree[0] == "leaf":
+        return int(tree[1].shape[0]) * tree[1].dtype.itemsize
+    return 0 if tree[0] == "none" else sum(_leaf_nbytes(child) for child in tree[-1])
 
 
 def _read_slot(g: h5py.Group, generation: int, n_errors: int, crc: int) -> dict[str, Any]:
@@ -1458,12 +1593,18 @@ def _check_layout(path: Path, group: h5py.Group, schema: Schema, rank: int) -> N
 
 
 def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
-    for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys"):
+    for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys",
+                "scan_axes"):
         want = provenance.get(key)
         want = want if isinstance(want, (str, int, float)) else json.dumps(want)
         have = attrs.get(key)
         if isinstance(have, bytes):
             have = have.decode()
+        if have != want and key == "scan_axes" and have is not None:
+            raise FramebagError(
+                f"--resume: {str(path)!r} was made with --axes {_axes_text(have)}, but this run "
+                f"names {_axes_text(want)}; resume with the same --axes, or use --overwrite to "
+                "start again")
         if have != want and key == "workflow_hash":
             raise FramebagError(
                 f"--resume: the workflow's source file changed since {str(path)!r} was made "
@@ -1477,6 +1618,15 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
                 f"--resume: {str(path)!r} does not match this run ({what}: {have!r} there, "
                 f"{want!r} now); use --overwrite to start again"
             )
+
+
+def _axes_text(text: Any) -> str:
+    """``--axes`` as recorded (a JSON list), for a message: ``none`` or the paths."""
+    try:
+        names = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        return repr(text)
+    return " ".join(str(n) for n in names) if names else "none (scan indices)"
 
 
 def _unflag(path: Path) -> None:

@@ -378,41 +378,49 @@ def _gated_writer(path: str, seen, ready) -> None:
 
 
 def _watch_axis(out: str, seen, queue) -> None:
-    """A separate SWMR reader: ``(len(scan_0), len(total), silx valid)`` as the scan grows."""
+    """A separate SWMR reader: ``(len(scan_0), len(total), silx valid, row shown)`` as the
+    scan grows.
+
+    It tells the writer it has seen ``r`` rows only once the NXdata group is valid
+    for silx at ``r`` rows *and* row ``r - 1`` is committed: its ``total`` values
+    and its ``done`` flags are readable. The writer waits for that, as a detector
+    that pauses after a row would: the driver must then commit the row within its
+    commit interval, not hold it until another task completes (which, with the
+    writer waiting, is never).
+    """
     import time
 
     from silx.io.nxdata import NXdata
 
     deadline = time.monotonic() + 120  # a hang guard only: it stops on what it sees
-    states: list[tuple[int, int, bool]] = []
+    states: list[tuple[int, int, bool, bool]] = []
     while not os.path.exists(out) and time.monotonic() < deadline:
         time.sleep(0.002)
     with h5py.File(out, "r", swmr=True) as f:
         nx = f["entry/growing/total" + NXDATA_SUFFIX]
-        axis, total = nx["scan_0"], nx["total"]
-        while time.monotonic() < deadline:
+        axis, total, done = nx["scan_0"], nx["total"], f["entry/growing/done"]
+        while time.monotonic() < deadline and seen.value < LIVE_SCAN[0]:
             axis.refresh()
             total.refresh()
+            done.refresh()
             state = (axis.shape[0], total.shape[0])
-            # a new size, or the last one seen while it was not valid yet (a reader can
+            # a new size, or the last one not valid or not committed yet (a reader can
             # catch the writer between the resizes of one grow): look again
-            if not states or states[-1][:2] != state or not states[-1][2]:
+            if not states or states[-1][:2] != state or not states[-1][3]:
                 valid = state[0] == state[1] and NXdata(nx).is_valid
+                row = state[0] - 1
+                shown = valid and done.shape[0] == state[0] and bool(done[row].all()) \
+                    and bool((total[row] == (row + 1) * 16).all())  # 16 pixels of row + 1
                 if states and states[-1][:2] == state:
-                    states[-1] = (*state, valid)
+                    states[-1] = (*state, valid, shown)
                 else:
-                    states.append((*state, valid))
-                if valid:
+                    states.append((*state, valid, shown))
+                if shown:
                     seen.value = state[0]
-            if state[0] >= LIVE_SCAN[0]:
-                break
             time.sleep(0.002)
     queue.put(states)
 
 
-@pytest.mark.xfail(strict=False, reason="known race, not yet understood: in 2 of 5 CI runs "
-                   "the reader never saw the third row valid and the run stopped on its "
-                   "timeout (see the closing note of issue 12)")
 def test_a_growing_scans_axis_grows_and_stays_valid_for_a_live_reader(tmp_path, client):
     import multiprocessing as mp
 
@@ -431,7 +439,10 @@ def test_a_growing_scans_axis_grows_and_stays_valid_for_a_live_reader(tmp_path, 
 
     try:
         assert ready.wait(60)
-        res = wf.run(path, out, client=client, follow=True, timeout=60, latency=0.05)
+        # a commit interval longer than a row's task: each row's partial arrives within
+        # the interval after the previous commit, so only the interval's timer commits it
+        res = wf.run(path, out, client=client, follow=True, timeout=60, latency=0.05,
+                     commit_interval=0.5)
         states = queue.get(timeout=60)
     finally:
         writer.join(timeout=30)
@@ -439,11 +450,32 @@ def test_a_growing_scans_axis_grows_and_stays_valid_for_a_live_reader(tmp_path, 
     ny, nx = LIVE_SCAN
     assert res.done.all() and res.done.shape == LIVE_SCAN
     np.testing.assert_array_equal(res["total"], (np.arange(ny)[:, None] + 1) * 16 * np.ones(nx))
-    lengths = [a for a, t, valid in states if valid]
-    assert lengths == list(range(1, ny + 1)), states  # every size, each valid for silx
+    lengths = [a for a, t, valid, shown in states if valid and shown]
+    assert lengths == list(range(1, ny + 1)), states  # every size, valid and committed
     with h5py.File(out, "r") as f:
         nx_group = f["entry/growing/total" + NXDATA_SUFFIX]
         np.testing.assert_array_equal(nx_group["scan_0"][()], np.arange(ny))
         assert nx_group["scan_0"].maxshape == (None,)
         assert silx_nxdata.get_default(f).is_valid
     assert res.to_xarray()["total"].sizes == {"scan_0": ny, "scan_1": nx}
+
+
+def test_resume_with_other_axes_is_one_sentence_naming_axes(tmp_path, client):
+    from framebag.errors import FramebagError
+
+    path, *_ = scan_with_positions(tmp_path)
+    out = tmp_path / "out.h5"
+    wf = Workflow("ax", data=DATA, keys=[KEY])
+    wf.frame(name="total")(lambda frame: frame.sum())
+    axes = ["entry/instrument/y", "entry/instrument/x"]
+    wf.run(path, out, client=client, axes=axes)
+    before = out.read_bytes()
+    with pytest.raises(FramebagError) as caught:  # the NXdata groups hold y and x
+        wf.run(path, out, client=client, resume=True)
+    message = str(caught.value)
+    assert message.count(". ") == 0 and "\n" not in message
+    assert "--axes entry/instrument/y entry/instrument/x, but this run names none" in message \
+        and "--overwrite" in message
+    assert out.read_bytes() == before  # refused before anything was written
+    res = wf.run(path, out, client=client, resume=True, axes=axes)
+    assert res.done.all()

@@ -67,3 +67,63 @@ def test_batches_split_a_large_commit_and_overlap_is_refused(tmp_path):
     want[1::2] = 0
     with h5py.File(tmp_path / "out.h5", "r") as f:
         np.testing.assert_array_equal(f["entry/wf/v"][()], want)
+
+
+# commit cost proportional to change (issue 12 item 5) ----------------------------------
+
+
+def _wchar() -> int:
+    """Bytes this process has handed to write() so far (``/proc/self/io``)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("wchar:"))
+
+
+def test_a_commit_into_a_million_frame_stack_writes_what_changed(tmp_path):
+    out = _output(tmp_path, (1000, 1000))  # the whole stack is 8 MB, done 1 MB
+    written = []
+    try:
+        for k in range(10):  # one row of 1,000 frames per commit, in scan order
+            w = _wchar()
+            out.write_stack("v", [(k * 1000, (k + 1) * 1000, np.full(1000, k + 1))])
+            out.commit(np.arange(k * 1000, (k + 1) * 1000), {}, {}, [])
+            written.append(_wchar() - w)
+    finally:
+        out.close()
+    # 8 kB of values and 1 kB of done flags: a few 64 KiB chunks, never the whole
+    assert max(written) < 400_000, written
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f["entry/wf/done"][()].sum() == 10_000 and f["entry/wf/done"][:10].all()
+        np.testing.assert_array_equal(f["entry/wf/v"][:10, 0], np.arange(1, 11))
+
+
+def test_fold_state_is_checkpointed_when_due_and_the_last_commit_at_close(tmp_path):
+    from framebag.folds import resolve
+    from framebag.output import _read_checkpoint
+
+    fold = resolve("var")
+    rng = np.random.default_rng(0)
+    schema = Schema(spread=(False, (512, 512), np.dtype(np.float64)))
+    schema.accs["spread"] = first = fold.add_many(None, rng.random((2, 512, 512)))
+    out = OutputFile.create(tmp_path / "out.h5", "wf", (8,), schema, {})
+    second = fold.combine(first, fold.add_many(None, rng.random((2, 512, 512))))
+    try:
+        out.commit(np.arange(2), lambda: {"spread": fold.finalize(first)}, {"spread": first}, [])
+        w = _wchar()
+        out.commit(np.arange(2, 4), lambda: {"spread": fold.finalize(second)},
+                   {"spread": second}, [])
+        deferred = _wchar() - w
+        assert out.deferred and out.generation == 1  # the 4 MiB state waits its turn
+        with h5py.File(tmp_path / "out.h5", "r", swmr=True) as f:  # a live reader
+            assert f["entry/wf/done"][()].tolist() == [1, 1, 0, 0, 0, 0, 0, 0]
+            np.testing.assert_array_equal(f["entry/wf/spread"][()], fold.finalize(first))
+    finally:
+        out.close()
+    assert deferred < 100_000, deferred
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        state = _read_checkpoint(f["entry/wf/checkpoint"])
+        assert f["entry/wf/done"][()].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+        np.testing.assert_array_equal(f["entry/wf/spread"][()], fold.finalize(second))
+    assert state["generation"] == 2
+    assert np.unpackbits(state["done"], count=8).tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    for have, want in zip(state["accs"]["spread"], second):
+        np.testing.assert_array_equal(have, want)
