@@ -764,108 +764,15 @@ class _Job:
     # the loop ----------------------------------------------------------------------
 
     def run(self, client: Any) -> Results:
-        # distributed.wait() waits on the *current* client's loop: as_current() makes that
-        # this run's client, which need not be the default one
-        from distributed import wait
-
+        """The run's loop, to its end: poll, dispatch, gather, combine, commit, decide."""
         t0 = time.monotonic()
-        tune_workers(client)  # malloc thresholds on every worker, whoever started it
-        o = self.o
-        follow = o.follow
-        nworkers = self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
-        self._workers_at = time.monotonic()  # read once here, not again by _max_inflight
-        end = EndOfScan(self.follower, follow, o.timeout, full=self._full)
-        complete = end.poll()
-        self.info = self.follower.data
-        schema = None
-        if not follow:  # the probe's timing of a frame sizes the tasks
-            if o.resume:
-                self._open_output(complete)
-            else:
-                schema = self._probe_schema(complete)
-        dispatcher = Dispatcher(complete.size, self._task_size(complete, nworkers),
-                                o.latency, self.follower.growing)
-        inflight: dict[Any, list[tuple[int, int]]] = {}
-        processed = resumed = 0
-        opened = False
+        self._start(client)
         status = "failed"
-        self._last_commit = time.monotonic()  # the first checkpoint a commit interval in
         try:
-            if schema is not None:
-                # a new output for a finished file: the first tasks go out before it is laid
-                # out, so the workers read while the driver writes it (10-15 ms of a run)
-                self._backlog.extend(by_block(dispatcher.due(complete, time.monotonic(),
-                                                             flush=True), dispatcher.size))
-                room = self._max_inflight(client, dispatcher.size)
-                self._submit(client, self._backlog[:room], inflight)
-                del self._backlog[:room]
-                self._open_output(complete, schema)
-            while True:
-                now = time.monotonic()
-                if complete.size > dispatcher.dispatched.size:  # a growing scan grew
-                    dispatcher.grow(complete.size)
-                    self.info = self.follower.data
-                    self._spec = None
-                    if self.out is not None:
-                        self.out.grow(self.info.scan_shape)
-                        self._copy_axes()
-                if self.out is None and complete.any():
-                    self._open_output(complete)
-                    dispatcher.size = self._task_size(complete, nworkers)  # nothing went out yet
-                if self.out is not None and not opened:
-                    opened = True
-                    if self.follower.growing:
-                        self.out.grow(self.info.scan_shape)
-                        self._copy_axes()
-                    dispatcher.mark(np.flatnonzero(self.out.done))
-                    if self.follower.roi is not None:  # a block is full once its ROI frames are
-                        dispatcher.mark(np.flatnonzero(~self.follower.roi.mask(
-                            self.info.scan_shape)))
-                    processed = resumed = int(self.out.done.sum())
-                if self.out is not None:
-                    runs = dispatcher.due(complete, now, flush=end.final)
-                    if runs:
-                        # one task per block: the runs of one block (frames that completed
-                        # out of order) share a task instead of costing one task each
-                        self._backlog.extend(by_block(runs, dispatcher.size))
-                    room = self._max_inflight(client, dispatcher.size) - len(inflight)
-                    if self._backlog and room > 0:
-                        self._submit(client, self._backlog[:room], inflight)
-                        del self._backlog[:room]
-                finished_now = [f for f in inflight if f.done()]
-                if finished_now:
-                    processed += self._combine(client, finished_now, inflight)
-                elif (self._pending or (self.out is not None and self.out.deferred)) \
-                        and now - self._last_commit >= self.commit_interval:
-                    # released partials and a deferred checkpoint wait at most one interval,
-                    # also when no other task completes (a detector paused): a live reader
-                    # sees them then
-                    self._flush()
-                if o.progress:
-                    o.progress({"processed": processed, "complete": int(complete.sum()),
-                                   "seen": self.follower.seen, "total": self._total(complete),
-                                   "inflight": len(inflight)})
-                if end.final and not inflight and not self._backlog \
-                        and not (complete & ~dispatcher.dispatched).any():
-                    self._flush()
-                    break
-                if not end.final:
-                    complete = end.poll()
-                    if end.reason:
-                        self._ended(end.reason, complete)
-                if inflight and not finished_now:
-                    # a finished file has no keys to poll: wake only when a task completes
-                    # (each wake-up costs the driver about 0.5 ms of CPU)
-                    wake = o.poll_interval if follow else max(o.poll_interval,
-                                                                 self.commit_interval)
-                    try:
-                        with client.as_current():
-                            wait(list(inflight), timeout=wake, return_when="FIRST_COMPLETED")
-                    except TimeoutError:
-                        pass
-                elif not inflight and not end.final:
-                    time.sleep(o.poll_interval)
-            if not follow:
+            self._first_tasks(client)
+            while not self._step(client):
+                pass
+            if not self.o.follow:
                 self.ended_by = "single_pass"
             elif self.follower.ahead:
                 log.warning("%d frames have their keys set but no data in %s yet; they are left "
@@ -876,19 +783,152 @@ class _Job:
             status = "interrupted"
             raise
         finally:
-            for f in inflight:
-                f.cancel()
-            try:
-                self._flush(everything=True)  # keep what arrived, also on Ctrl-C
-            except Exception:  # noqa: BLE001 - the error that got us here is the one to show
-                log.debug("could not commit the last partials", exc_info=True)
-            self._cleanup(client, status)
+            self._stop(client, status)
         if self.out is None:
             raise FramebagError(
                 f"no frame of {self.info.path!r} became complete before the run ended "
                 f"({self.ended_by}); no output was written"
             )
-        return self._results(time.monotonic() - t0, processed - resumed, resumed)
+        return self._results(time.monotonic() - t0, self._processed - self._resumed,
+                             self._resumed)
+
+    def _start(self, client: Any) -> None:
+        """Tune the workers, poll the keys first, and (for a finished file) probe."""
+        tune_workers(client)  # malloc thresholds on every worker, whoever started it
+        self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
+        self._workers_at = time.monotonic()  # read once here, not again by _max_inflight
+        self._end = EndOfScan(self.follower, self.o.follow, self.o.timeout, full=self._full)
+        self._complete = self._end.poll()
+        self.info = self.follower.data
+        self._schema: Schema | None = None
+        if not self.o.follow:  # the probe's timing of a frame sizes the tasks
+            if self.o.resume:
+                self._open_output(self._complete)
+            else:
+                self._schema = self._probe_schema(self._complete)
+        self._dispatcher = Dispatcher(self._complete.size,
+                                      self._task_size(self._complete, self._nworkers),
+                                      self.o.latency, self.follower.growing)
+        self._inflight: dict[Any, list[tuple[int, int]]] = {}
+        self._processed = self._resumed = 0
+        self._opened = False
+        self._last_commit = time.monotonic()  # the first checkpoint a commit interval in
+
+    def _first_tasks(self, client: Any) -> None:
+        """A new output for a finished file: the first tasks go out before it is laid out,
+        so the workers read while the driver writes it (10-15 ms of a run)."""
+        if self._schema is None:
+            return
+        d = self._dispatcher
+        self._backlog.extend(by_block(d.due(self._complete, time.monotonic(), flush=True),
+                                      d.size))
+        room = self._max_inflight(client, d.size)
+        self._submit(client, self._backlog[:room], self._inflight)
+        del self._backlog[:room]
+        self._open_output(self._complete, self._schema)
+
+    def _step(self, client: Any) -> bool:
+        """One pass of the loop; True once the run has ended and everything is committed."""
+        now = time.monotonic()
+        self._follow_growth()
+        self._open_when_complete()
+        if self.out is not None:
+            self._dispatch(client, now)
+        finished_now = [f for f in self._inflight if f.done()]
+        if finished_now:
+            self._processed += self._combine(client, finished_now, self._inflight)
+        elif (self._pending or (self.out is not None and self.out.deferred)) \
+                and now - self._last_commit >= self.commit_interval:
+            # released partials and a deferred checkpoint wait at most one interval, also
+            # when no other task completes (a detector paused): a live reader sees them then
+            self._flush()
+        self._report(self._complete)
+        if self._end.final and not self._inflight and not self._backlog \
+                and not (self._complete & ~self._dispatcher.dispatched).any():
+            self._flush()
+            return True
+        if not self._end.final:
+            self._complete = self._end.poll()
+            if self._end.reason:
+                self._ended(self._end.reason, self._complete)
+        self._wait(client, bool(finished_now))
+        return False
+
+    def _follow_growth(self) -> None:
+        """A growing scan grew: the dispatcher, the spec and the output grow with it."""
+        if self._complete.size <= self._dispatcher.dispatched.size:
+            return
+        self._dispatcher.grow(self._complete.size)
+        self.info = self.follower.data
+        self._spec = None
+        if self.out is not None:
+            self.out.grow(self.info.scan_shape)
+            self._copy_axes()
+
+    def _open_when_complete(self) -> None:
+        """Open the output once a frame is complete, and mark what it has done already."""
+        if self.out is None and self._complete.any():
+            self._open_output(self._complete)
+            # nothing went out yet: the probe's timing sizes the tasks
+            self._dispatcher.size = self._task_size(self._complete, self._nworkers)
+        if self.out is None or self._opened:
+            return
+        self._opened = True
+        if self.follower.growing:
+            self.out.grow(self.info.scan_shape)
+            self._copy_axes()
+        self._dispatcher.mark(np.flatnonzero(self.out.done))
+        if self.follower.roi is not None:  # a block is full once its ROI frames are
+            self._dispatcher.mark(np.flatnonzero(~self.follower.roi.mask(self.info.scan_shape)))
+        self._processed = self._resumed = int(self.out.done.sum())
+
+    def _dispatch(self, client: Any, now: float) -> None:
+        """Send the runs that are due, as many tasks as may be out at a time."""
+        d = self._dispatcher
+        runs = d.due(self._complete, now, flush=self._end.final)
+        if runs:
+            # one task per block: the runs of one block (frames that completed out of
+            # order) share a task instead of costing one task each
+            self._backlog.extend(by_block(runs, d.size))
+        room = self._max_inflight(client, d.size) - len(self._inflight)
+        if self._backlog and room > 0:
+            self._submit(client, self._backlog[:room], self._inflight)
+            del self._backlog[:room]
+
+    def _report(self, complete: np.ndarray) -> None:
+        if self.o.progress:
+            self.o.progress({"processed": self._processed, "complete": int(complete.sum()),
+                             "seen": self.follower.seen, "total": self._total(complete),
+                             "inflight": len(self._inflight)})
+
+    def _wait(self, client: Any, got_some: bool) -> None:
+        """Wait for a task to complete, or until the next poll of a live file's keys."""
+        # distributed.wait() waits on the *current* client's loop: as_current() makes that
+        # this run's client, which need not be the default one
+        from distributed import wait
+
+        if self._inflight and not got_some:
+            # a finished file has no keys to poll: wake only when a task completes
+            # (each wake-up costs the driver about 0.5 ms of CPU)
+            wake = self.o.poll_interval if self.o.follow else \
+                max(self.o.poll_interval, self.commit_interval)
+            try:
+                with client.as_current():
+                    wait(list(self._inflight), timeout=wake, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                pass
+        elif not self._inflight and not self._end.final:
+            time.sleep(self.o.poll_interval)
+
+    def _stop(self, client: Any, status: str) -> None:
+        """Cancel what is out, commit what arrived (also on Ctrl-C), and clean up."""
+        for f in getattr(self, "_inflight", {}):
+            f.cancel()
+        try:
+            self._flush(everything=True)  # keep what arrived, also on Ctrl-C
+        except Exception:  # noqa: BLE001 - the error that got us here is the one to show
+            log.debug("could not commit the last partials", exc_info=True)
+        self._cleanup(client, status)
 
     def _max_inflight(self, client: Any, size: int) -> int:
         """How many tasks may be out at a time: their stacked results within one read

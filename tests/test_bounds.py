@@ -97,9 +97,9 @@ def test_no_task_or_commit_holds_more_than_the_read_budget(make_scan, client, tm
     commits: list[list[int]] = []
     real = engine._Job._commit
 
-    def spy(self, partials):  # records what each commit holds, then commits it
+    def spy(self, partials, *args, **kwargs):  # records what each commit holds, then commits
         commits.append([sum(v.nbytes for v in p.stacks.values()) for p in partials])
-        return real(self, partials)
+        return real(self, partials, *args, **kwargs)
 
     monkeypatch.setattr(engine._Job, "_commit", spy)
     res = STACKS.run(path, tmp_path / "out.h5", client=client, partition_bytes=budget,
