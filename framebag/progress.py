@@ -206,7 +206,7 @@ class Progress:
 
 
 def summary_line(results: Any, follow: bool = False) -> str:
-    """The one line printed at the end of a run, from a :class:`framebag.engine.Results`.
+    """The one line printed at the end of a run, from a :class:`framebag.results.Results`.
 
     Frames done by an earlier run (``--resume``) are reported apart from this
     run's, and the throughput counts only this run's frames. When following a

@@ -5,7 +5,7 @@ the last bit, so combining partials as they arrive would make a result's bits
 depend on which worker finished first. The engine hands every arriving partial
 to :class:`ScanOrder` and combines only what it releases: the partials before
 the first task still in flight, in scan order. With one partial per read, cut on
-the fixed grid of reads (see :func:`framebag.engine.process_partition`), the fold
+the fixed grid of reads (see :func:`framebag.tasks.process_partition`), the fold
 is the same sequence of ``combine`` calls whichever worker finishes first, and on
 any number of workers whose tasks lie on that grid.
 

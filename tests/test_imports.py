@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "framebag"
 
 #: modules loaded on the workers: reading a frame, calling the functions, folding (and the
 #: package itself, which Python loads before any of them: it exports the engine's run lazily)
-WORKER_SIDE = ("__init__", "reading", "hdf5", "keys", "workflow", "folds", "partitions")
+WORKER_SIDE = ("__init__", "tasks", "reading", "hdf5", "keys", "workflow", "folds", "partitions")
 #: the output writer, which only the driver may load
 WRITER = ("output",)
 
