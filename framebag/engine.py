@@ -13,6 +13,11 @@ blocking ``compute``), so results reach the output while the rest runs, and a
 partition's partial is combined exactly once (distributed may recompute a lost
 partition, but its future resolves once). Partials are combined in scan order
 (:mod:`framebag.scan_order`), so float folds do not depend on arrival order.
+
+One module of about 1,050 lines because the driver's loop is one state machine
+(:class:`_Job`: dispatcher, tasks out, partials held for scan order, commits)
+whose steps share that state; the worker side is :mod:`framebag.tasks`, what a
+run returns is :mod:`framebag.results`, its options :mod:`framebag.options`.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ The finished flag must hold one element; any other size is refused. When a
 followed scan has ended is :class:`EndOfScan`'s decision, apart from any file.
 A finished file is checked first (:func:`framebag.hdf5.check_finished`):
 a truncated or damaged input is refused before anything reads it.
+
+One module of about 470 lines: the follower and the end-of-scan policy it
+feeds, with the layout rules (scan rank, growing dims, keyless inputs) they share.
 """
 
 from __future__ import annotations

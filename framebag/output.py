@@ -89,6 +89,12 @@ A writer killed in SWMR mode leaves the file flagged "open for write" (what
 ``h5clear -s`` clears). Resume copies such a file, read with that bounded SWMR
 open, into a fresh file and atomically replaces the old one, so the user never
 needs h5clear.
+
+One module of about 1,650 lines because the layout, the commit, the checkpoint
+slots and resume share one contract (results, then the slot, then ``done``; a
+crash between any two leaves the newest valid slot consistent) that a reader
+should see in one place. Its names live in :mod:`framebag.layout`; the NXdata
+layout functions are the part that could move out next.
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ from the driver, and cached there per process: see :meth:`Workflow.setup`.
 
 :meth:`Workflow.apply` is the per-partition hot path run on the workers: one
 call per function per frame (or per stack), no I/O, no copies of the frames.
+
+One module of about 1,200 lines because registration and the hot path share
+the per-result bookkeeping (``outputs=``, declared kinds, ragged rows, setups):
+:meth:`Workflow.apply` reads exactly what the decorators record, and the value
+checks that both use sit at the end of the module.
 """
 
 from __future__ import annotations
