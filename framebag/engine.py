@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import math
 import os
@@ -745,23 +746,27 @@ class _Job:
         if failure:
             raise FramebagError(failure)
         for f in failed:
-            group = inflight.pop(f)
-            exc = f.exception() if f.status == "error" else None
-            start, stop = group[0][0], group[-1][1]
-            if isinstance(exc, FramebagError):  # bad input, the same on every try
-                raise FramebagError(f"{exc}; the frames done so far are kept") from exc
-            attempts = self._attempts[start] = self._attempts.get(start, 0) + 1
-            if attempts <= self.o.retries:
-                log.warning("partition of frames %d..%d failed (%s: %s); retrying", start,
-                            stop - 1, type(exc).__name__, exc)
-                self._submit(client, [group], inflight, attempt=attempts)
-                continue
+            self._retry(client, f, inflight)
+        return count
+
+    def _retry(self, client: Any, f: Any, inflight: dict[Any, list[tuple[int, int]]]) -> None:
+        """Send a failed task out again, or raise: bad input (a FramebagError) fails the
+        same on every try, and any other failure has ``retries`` tries."""
+        group = inflight.pop(f)
+        exc = f.exception() if f.status == "error" else None
+        start, stop = group[0][0], group[-1][1]
+        if isinstance(exc, FramebagError):  # bad input, the same on every try
+            raise FramebagError(f"{exc}; the frames done so far are kept") from exc
+        attempts = self._attempts[start] = self._attempts.get(start, 0) + 1
+        if attempts > self.o.retries:
             raise FramebagError(
                 f"partition of frames {self._span(start, stop)} failed after "
                 f"{self.o.retries} retries ({type(exc).__name__}: {exc}); the frames done so "
                 "far are kept: rerun with --resume"
             ) from exc
-        return count
+        log.warning("partition of frames %d..%d failed (%s: %s); retrying", start, stop - 1,
+                    type(exc).__name__, exc)
+        self._submit(client, [group], inflight, attempt=attempts)
 
     def _queue(self, partials: list[Partial]) -> None:
         """Add released partials to the next commit, committing first whenever their
@@ -975,6 +980,28 @@ def own_outputs_left_out(workflow_name: str, inputs: Sequence[str | os.PathLike]
     return [p for p in paths if p not in left], left
 
 
+def _all_scans(workflow: Workflow, paths: list[Path], outputs: dict[Path, Path],
+               opts: RunOptions,
+               progress_for: Callable[[Path], Callable[[dict[str, Any]], None] | None] | None,
+               each: Callable[[int, int, Path, Path, Results | BaseException], None] | None,
+               done: ManyResults, client: Any) -> None:
+    """:func:`run_many`'s scans in turn on ``client``; one that fails does not stop the rest."""
+    for i, inp in enumerate(paths):
+        out = outputs[inp]
+        result: Results | BaseException
+        try:
+            result = run(workflow, inp, out, client=client, options=opts.replace(
+                progress=progress_for(inp) if progress_for else None))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed scan must not stop the rest
+            log.debug("scan %s failed", inp, exc_info=True)
+            result = exc
+        done[inp] = result
+        if each is not None:
+            each(i, len(paths), inp, out, result)
+
+
 def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
              out_dir: str | os.PathLike | None = None, *, client: Any = None,
              options: RunOptions | None = None,
@@ -991,13 +1018,11 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     next one starts: the returned :class:`ManyResults` maps each input to its
     :class:`Results` or to the exception that stopped it. ``options`` are
     :func:`run`'s and apply per output (``resume``, ``overwrite``: each output on its
-    own). An input that is another input's output (a glob that matches the outputs of
-    an earlier run) is left out. ``progress_for(input)`` gives each run its
-    ``progress`` callback; ``each`` is called after every scan with ``(position,
-    number of scans, input, output, result or error)``.
-    ``options.report`` is one performance report over all the scans. Options that every scan
-    shares (parameters, the output directory, duplicate outputs) are checked before
-    the cluster starts, and a bad one raises :class:`FramebagError` for the lot.
+    own). An input that is another input's output is left out. ``progress_for(input)``
+    gives each run its ``progress`` callback; ``each`` is called after every scan with ``(position,
+    number of scans, input, output, result or error)``. ``report`` covers all the
+    scans. What every scan shares (parameters, ROI, output directory) is checked
+    before the cluster starts: a bad one raises :class:`FramebagError` for the lot.
     """
     paths, outputs_given = own_outputs_left_out(workflow.name, inputs, out_dir)
     if outputs_given:
@@ -1014,31 +1039,16 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     done = ManyResults()
     done.outputs = outputs
     t0 = time.monotonic()
-
-    def all_scans(c: Any) -> None:
-        for i, inp in enumerate(paths):
-            out = outputs[inp]
-            result: Results | BaseException
-            try:
-                result = run(workflow, inp, out, client=c, options=each_scan.replace(
-                    progress=progress_for(inp) if progress_for else None))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:  # noqa: BLE001 - one failed scan must not stop the rest
-                log.debug("scan %s failed", inp, exc_info=True)
-                result = exc
-            done[inp] = result
-            if each is not None:
-                each(i, len(paths), inp, out, result)
-
+    scans = functools.partial(_all_scans, workflow, paths, outputs, each_scan, progress_for,
+                              each, done)
     if client is not None:
         with _performance_report(opts.report):
-            all_scans(client)
+            scans(client)
     else:
         from .clusters import start_client
 
         with start_client(opts.profile, announce=opts.announce) as own, \
                 _performance_report(opts.report):
-            all_scans(own)
+            scans(own)
     done.wall = time.monotonic() - t0
     return done

@@ -842,31 +842,9 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         if schema.meta.get(name, {}).get("fold") == "ragged":
             _layout_ragged(g, name, scan_shape, tuple(shape), np.dtype(dtype),
                            schema.meta[name].get("units", ""), grow, chunk_scan)
-            continue
-        if is_stack:
-            full = tuple(scan_shape) + tuple(shape)
-            # chunks of 64 KiB, or one value up to 1 MiB: a commit rewrites (and checksums)
-            # the chunks its frames touch, so small values get small chunks
-            value = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
-                                  maxshape=grow + full[1:], fletcher32=True,
-                                  chunks=_chunks(chunk_scan + tuple(shape),
-                                                 np.dtype(dtype).itemsize,
-                                                 min(1 << 20, max(1 << 16, value))))
-            ds.attrs["fold"] = "stack"
-        elif tuple(shape) == () or 0 in tuple(shape):
-            ds = _compact(g, name, tuple(shape), np.dtype(dtype))
         else:
-            ds = g.create_dataset(name, shape=shape, dtype=dtype, fletcher32=True,
-                                  chunks=_chunks(tuple(shape), np.dtype(dtype).itemsize))
-        meta = schema.meta.get(name, {})
-        ds.attrs["function"] = meta.get("function") or name
-        if meta.get("output"):  # one result of several (outputs=): its key in the dict
-            ds.attrs["output"] = meta["output"]
-        if not is_stack and meta.get("fold"):
-            ds.attrs["fold"] = meta["fold"]
-        if meta.get("units") and meta.get("fold") != "histogram":  # a histogram counts
-            ds.attrs["units"] = _fold_units(meta.get("fold", "stack"), meta["units"])
+            _layout_result(g, name, is_stack, tuple(shape), np.dtype(dtype), scan_shape,
+                           schema.meta.get(name, {}), grow, chunk_scan)
     _layout_nxdata(g, scan_shape, schema, growing)
     # chunks of 64 KiB: marking a commit's frames rewrites (and checksums) little of it
     for name in ("done", "roi_mask") if "roi" in provenance else ("done",):  # set_roi
@@ -879,6 +857,34 @@ def _layout(f: h5py.File, workflow: str, scan_shape: tuple[int, ...], schema: Sc
         fingerprint.layout(g, len(provenance["keys"]), int(np.prod(scan_shape, dtype=np.int64)))
     _layout_checkpoint(g, {name: schema.accs.get(name) for name, (is_stack, _, _)
                            in schema.items() if not is_stack})
+
+
+def _layout_result(g: h5py.Group, name: str, is_stack: bool, shape: tuple[int, ...],
+                   dtype: np.dtype, scan_shape: tuple[int, ...], meta: dict[str, Any],
+                   grow: tuple[int | None, ...], chunk_scan: tuple[int, ...]) -> None:
+    """One stacked or folded result's dataset, with its fold, function, output and units."""
+    if is_stack:
+        full = tuple(scan_shape) + shape
+        # chunks of 64 KiB, or one value up to 1 MiB: a commit rewrites (and checksums)
+        # the chunks its frames touch, so small values get small chunks
+        value = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        ds = g.create_dataset(name, shape=full, dtype=dtype, fillvalue=np.zeros((), dtype),
+                              maxshape=grow + full[1:], fletcher32=True,
+                              chunks=_chunks(chunk_scan + shape, dtype.itemsize,
+                                             min(1 << 20, max(1 << 16, value))))
+        ds.attrs["fold"] = "stack"
+    elif shape == () or 0 in shape:
+        ds = _compact(g, name, shape, dtype)
+    else:
+        ds = g.create_dataset(name, shape=shape, dtype=dtype, fletcher32=True,
+                              chunks=_chunks(shape, dtype.itemsize))
+    ds.attrs["function"] = meta.get("function") or name
+    if meta.get("output"):  # one result of several (outputs=): its key in the dict
+        ds.attrs["output"] = meta["output"]
+    if not is_stack and meta.get("fold"):
+        ds.attrs["fold"] = meta["fold"]
+    if meta.get("units") and meta.get("fold") != "histogram":  # a histogram counts
+        ds.attrs["units"] = _fold_units(meta.get("fold", "stack"), meta["units"])
 
 
 def _layout_ragged(g: h5py.Group, name: str, scan_shape: tuple[int, ...],
@@ -1003,12 +1009,7 @@ def _layout_scan_axes(nx: h5py.Group, scan_shape: tuple[int, ...], given: list[S
             ds = nx.create_dataset(pos.name, shape=(n,), maxshape=(None if grows else n,),
                                    dtype=np.float64, fillvalue=np.nan, fletcher32=True,
                                    chunks=(min(max(n, 1), 4096) if not grows else 256,))
-            _fill_axis(ds, pos.values)
-            ds.attrs["source"] = pos.source
-            ds.attrs["long_name"] = f"{pos.name} ({pos.units})" if pos.units else pos.name
-            if pos.units:
-                ds.attrs["units"] = pos.units
-            ds.attrs["scan_dim"] = np.int64(k)
+            _positions(ds, pos, k)
             made.append(ds)
             names.append(pos.name)
             continue
@@ -1029,14 +1030,19 @@ def _layout_scan_axes(nx: h5py.Group, scan_shape: tuple[int, ...], given: list[S
                                    fletcher32=True, chunks=_chunks(
                                        ((max(full[0], 256),) if growing else full[:1])
                                        + full[1:], 8))
-            _fill_axis(ds, pos.values)
-            ds.attrs["source"] = pos.source
-            ds.attrs["long_name"] = f"{pos.name} ({pos.units})" if pos.units else pos.name
-            if pos.units:
-                ds.attrs["units"] = pos.units
-            ds.attrs["scan_dim"] = np.int64(-1)  # every scan dim
+            _positions(ds, pos, -1)  # every scan dim
             made.append(ds)
     return made, names
+
+
+def _positions(ds: h5py.Dataset, pos: ScanAxis, scan_dim: int) -> None:
+    """Fill an axis dataset with motor positions, and say where they came from."""
+    _fill_axis(ds, pos.values)
+    ds.attrs["source"] = pos.source
+    ds.attrs["long_name"] = f"{pos.name} ({pos.units})" if pos.units else pos.name
+    if pos.units:
+        ds.attrs["units"] = pos.units
+    ds.attrs["scan_dim"] = np.int64(scan_dim)
 
 
 def _fill_axis(ds: h5py.Dataset, values: np.ndarray) -> None:

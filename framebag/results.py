@@ -235,6 +235,29 @@ class Results(dict):
         return xarray.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
+def _read_ragged(res: Results, g: Any, name: str, ds: Any, scan_dims: tuple[str, ...]) -> None:
+    """Enter ragged result ``name`` in ``res``: a :class:`Ragged`, its fold, units, dims."""
+    from .hdf5 import attr_text
+    from .output import nxdata_of
+
+    data = ds["data"]
+    dict.__setitem__(res, name, Ragged(res, name, ds["count"].shape, data.shape[1:],
+                                       data.dtype, data.shape[0]))
+    res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
+    res.units[name] = attr_text(data.attrs.get("units"))
+    nx = nxdata_of(g, name)  # the count map's: its scan axes
+    axes = [attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))] \
+        if nx is not None else []
+    dims = []
+    for k, dim in enumerate(scan_dims):
+        axis = axes[k] if k < len(axes) else "."
+        if nx is not None and axis != "." and axis in nx:
+            dim = axis
+            res.coords.setdefault(dim, nx[axis][()])
+        dims.append(dim)
+    res.dims[name] = tuple(dims)
+
+
 def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> None:
     """Fill ``res`` from a workflow's output group: values, done, folds, units, dims, coords.
 
@@ -251,22 +274,7 @@ def _read_results(res: Results, g: Any, names: list[str], scan_rank: int) -> Non
     for name in names:
         ds = g[name]
         if isinstance(ds, h5py.Group):  # a ragged result (see output._layout_ragged)
-            data = ds["data"]
-            dict.__setitem__(res, name, Ragged(res, name, ds["count"].shape, data.shape[1:],
-                                               data.dtype, data.shape[0]))
-            res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
-            res.units[name] = attr_text(data.attrs.get("units"))
-            nx = nxdata_of(g, name)  # the count map's: its scan axes
-            axes = [attr_text(a) for a in np.atleast_1d(nx.attrs.get("axes", []))] \
-                if nx is not None else []
-            dims = []
-            for k, dim in enumerate(scan_dims):
-                axis = axes[k] if k < len(axes) else "."
-                if nx is not None and axis != "." and axis in nx:
-                    dim = axis
-                    res.coords.setdefault(dim, nx[axis][()])
-                dims.append(dim)
-            res.dims[name] = tuple(dims)
+            _read_ragged(res, g, name, ds, scan_dims)
             continue
         dict.__setitem__(res, name, _UNREAD)  # read when looked up (see Results)
         res.folds[name] = attr_text(ds.attrs.get("fold")) or "?"
