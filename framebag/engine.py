@@ -39,6 +39,7 @@ import numpy as np
 from . import fingerprint, hdf5
 from . import roi as regions
 from ._version import __version__
+from .dispatch import DEFAULT_PARTITION_BYTES, Dispatcher, task_size
 from .errors import FramebagError, FrameError, ValueKindError
 from .folds import check_state
 from .keys import EndOfScan, KeyFollower
@@ -56,14 +57,7 @@ from .output import (
     write_error,
 )
 from .partials import Kinds, Partial
-from .partitions import (
-    DEFAULT_PARTITION_BYTES,
-    Dispatcher,
-    by_block,
-    chunk_run,
-    scan_index,
-    task_size,
-)
+from .partitions import by_block, chunk_run, scan_index
 from .reading import read_run
 from .results import ManyResults, Ragged, Results, _read_results
 from .scan_order import ScanOrder, first_frame, order_matters

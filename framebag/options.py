@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .dispatch import DEFAULT_PARTITION_BYTES
 from .errors import FramebagError
-from .partitions import DEFAULT_PARTITION_BYTES
 
 __all__ = ["RunOptions", "ON_ERROR"]
 

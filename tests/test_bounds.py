@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framebag import FramebagError, Workflow
-from framebag.partitions import TASK_SECONDS, task_size
+from framebag.dispatch import TASK_SECONDS, task_size
 
 
 def _aligned(size: int, chunk: int) -> bool:

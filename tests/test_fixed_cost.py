@@ -92,7 +92,7 @@ def test_a_run_sends_one_dask_task_per_partition_and_nothing_else(make_scan, cli
     is fetched from another worker: the run spec travels with each task."""
     from distributed import get_task_stream
 
-    from framebag.partitions import task_size
+    from framebag.dispatch import task_size
 
     path, data = make_scan((2000,), (8, 8))
     wf = Workflow("one_each", data=DATA, keys=[KEY])

@@ -26,7 +26,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from framebag import FramebagError, Workflow
-from framebag.partitions import Dispatcher, by_block
+from framebag.dispatch import Dispatcher
+from framebag.partitions import by_block
 from framebag.simulate import DATA, FINISHED, KEY, KEY_TIME, expected_frames, simulate
 
 FRAME = (16, 16)

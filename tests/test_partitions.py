@@ -14,18 +14,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from framebag.partitions import (
+from framebag.dispatch import (
     MAX_PARTITION_FRAMES,
     MAX_READS_PER_TASK,
     Dispatcher,
-    blocks,
-    by_block,
-    chunk_run,
-    cut,
     partition_size,
-    selection_shape,
     task_size,
 )
+from framebag.partitions import blocks, by_block, chunk_run, cut, selection_shape
 
 frame_bytes = st.integers(1, 2**23)
 budgets = st.integers(1, 2**27)

@@ -13,8 +13,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from framebag import Workflow
+from framebag.dispatch import partition_size, task_size
 from framebag.partials import Partial
-from framebag.partitions import chunk_run, partition_size, task_size
+from framebag.partitions import chunk_run
 from framebag.scan_order import ScanOrder, first_frame
 
 from .conftest import DATA, KEY, write_scan

@@ -16,7 +16,7 @@ import pytest
 from distributed import get_task_stream
 
 from framebag import Workflow, reading
-from framebag.partitions import task_size
+from framebag.dispatch import task_size
 from framebag.reading import read_run
 
 from .conftest import DATA, KEY
