@@ -18,13 +18,14 @@ from ._version import __version__
 from .clusters import cluster, workers_skip_main
 from .errors import FramebagError
 from .folds import Fold, histogram
+from .options import RunOptions
 from .workflow import Workflow, load_workflow
 
 if TYPE_CHECKING:
     from .engine import Results, run, run_many
 
-__all__ = ["Workflow", "Fold", "histogram", "Results", "run", "run_many", "cluster",
-           "load_workflow", "FramebagError", "__version__"]
+__all__ = ["Workflow", "Fold", "histogram", "Results", "run", "run_many", "RunOptions",
+           "cluster", "load_workflow", "FramebagError", "__version__"]
 
 #: public names of the engine, imported when first looked up (see the docstring)
 _FROM_ENGINE = ("Results", "run", "run_many")

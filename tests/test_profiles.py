@@ -386,7 +386,7 @@ def test_public_surface_is_the_api_only():
     import framebag
 
     assert set(framebag.__all__) == {"Workflow", "Fold", "histogram", "Results", "run",
-                                     "run_many", "cluster", "load_workflow", "FramebagError",
+                                     "run_many", "RunOptions", "cluster", "load_workflow", "FramebagError",
                                      "__version__"}
     for name in framebag.__all__:
         assert getattr(framebag, name) is not None, name
