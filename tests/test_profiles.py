@@ -386,8 +386,8 @@ def test_public_surface_is_the_api_only():
     import framebag
 
     assert set(framebag.__all__) == {"Workflow", "Fold", "histogram", "Results", "run",
-                                     "run_many", "RunOptions", "cluster", "load_workflow", "FramebagError",
-                                     "__version__"}
+                                     "run_many", "RunOptions", "cluster", "load_workflow",
+                                     "FramebagError", "__version__"}
     for name in framebag.__all__:
         assert getattr(framebag, name) is not None, name
     assert framebag.run.__module__ == "framebag.engine"
