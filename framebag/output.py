@@ -1422,12 +1422,21 @@ def _check_layout(path: Path, group: h5py.Group, schema: Schema, rank: int) -> N
 
 
 def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
-    for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys"):
+    for key in ("workflow", "workflow_hash", "parameters", "input_file", "data", "keys",
+                "scan_axes"):
         want = provenance.get(key)
         want = want if isinstance(want, (str, int, float)) else json.dumps(want)
         have = attrs.get(key)
         if isinstance(have, bytes):
             have = have.decode()
+        if have != want and key == "scan_axes":
+            made, given = (json.loads(text or "[]") or [] for text in (have, want))
+            if made != given:
+                raise FramebagError(
+                    f"--resume: {str(path)!r} was made with "
+                    f"{_axes_text(made)}, but this run gives {_axes_text(given)}; resume "
+                    f"with {_axes_text(made)} (or use --overwrite to start again)")
+            continue
         if have != want and key == "workflow_hash":
             raise FramebagError(
                 f"--resume: the workflow's source file changed since {str(path)!r} was made "
@@ -1441,6 +1450,11 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
                 f"--resume: {str(path)!r} does not match this run ({what}: {have!r} there, "
                 f"{want!r} now); use --overwrite to start again"
             )
+
+
+def _axes_text(axes: list[str]) -> str:
+    """Scan axes as the option that gives them: ``--axes A B``, or ``no --axes``."""
+    return f"--axes {' '.join(axes)}" if axes else "no --axes (index axes)"
 
 
 def _unflag(path: Path) -> None:
