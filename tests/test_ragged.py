@@ -211,6 +211,34 @@ def test_a_frame_with_other_rows_is_one_sentence_and_skip_skips_it(tmp_path, cli
     np.testing.assert_array_equal(res["total"], np.where(done, data.sum(axis=(2, 3)), 0))
 
 
+@pytest.mark.parametrize("first_k, words", [
+    (5, ["returned list of shape (0,)", "rows of shape (k, 2)",
+         "for no rows return np.empty((0, 2), 'float64'), not []"]),
+    (4, ["rows of shape (k) dtype float64 on frame (0, 0)",
+         "which makes rows of shape ()", "return np.empty((0, 2), 'float64')"]),
+])
+def test_returning_an_empty_list_says_what_to_return(tmp_path, client, make_scan, unchanged,
+                                                     first_k, words):
+    """``[]`` has no row shape: the message says to return ``np.empty((0, ...))``, whether
+    ``[]`` comes after rows or on the first frame (where it fixes rows of shape ())."""
+    path, data = make_scan((3, 4), (8, 8))
+    with h5py.File(path, "r+") as f:  # the first frame: rows or none; the next one none
+        f[DATA][0, 0, 0, 0], f[DATA][0, 1, 0, 0] = first_k, 5 if first_k % 4 == 0 else 4
+    unchanged(path)
+    wf = Workflow("lists", data=DATA, keys=[KEY])
+
+    @wf.frame(fold="ragged")
+    def spots(frame):
+        return [[float(frame[0, 1]), float(j)] for j in range(int(frame[0, 0]) % 4)]
+
+    with pytest.raises(FramebagError) as info:
+        wf.run(path, tmp_path / "o.h5", client=client)
+    msg = str(info.value)
+    assert "'spots'" in msg and "\n" not in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
 # random lengths and completion masks ---------------------------------------------------
 
 
