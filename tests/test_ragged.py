@@ -28,6 +28,7 @@ from framebag.simulate import DATA, FINISHED, KEY, expected_frames
 
 from .conftest import write_scan
 from .test_live import FRAME, start_writer, stop
+from .test_nexus import scan_with_positions
 from .test_resume import start_cli
 
 PEAKS = Path(__file__).resolve().parent.parent / "workflows" / "peaks.py"
@@ -169,6 +170,25 @@ def test_ragged_nxdata_is_plottable_in_nexusformat_and_silx(tmp_path, client, ma
         default = silx_nxdata.get_default(f)  # the first result is the ragged one
         assert default is not None and default.is_valid
         assert default.signal.name == "/entry/rg/rows_nxdata/count"
+
+
+def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client):
+    """A motor dataset named ``count`` does not collide with the count map in the NXdata."""
+    silx_nxdata = pytest.importorskip("silx.io.nxdata")
+    path, data, y, x = scan_with_positions(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["entry/instrument/count"] = y
+    out = tmp_path / "o.h5"
+    res = ragged_workflow().run(path, out, client=client,
+                                axes=["entry/instrument/count", "entry/instrument/x"])
+    assert res.done.all()
+    with h5py.File(out, "r") as f:
+        nx = f["entry/rg/rows_nxdata"]
+        assert nx.attrs["signal"] == "count" and nx["count"].id == f["entry/rg/rows/count"].id
+        axis = nx.attrs["axes"][0]
+        assert axis != "count" and nx[axis].attrs["source"] == "entry/instrument/count"
+        np.testing.assert_array_equal(nx[axis][()], y)
+        assert silx_nxdata.NXdata(nx).is_valid
 
 
 def bad_rows_workflow() -> Workflow:
