@@ -1430,7 +1430,7 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
         if isinstance(have, bytes):
             have = have.decode()
         if have != want and key == "scan_axes":
-            made, given = (json.loads(text or "[]") or [] for text in (have, want))
+            made, given = (json.loads(str(text or "[]")) or [] for text in (have, want))
             if made != given:
                 raise FramebagError(
                     f"--resume: {str(path)!r} was made with "
