@@ -215,6 +215,8 @@ def read_axes(path: str, names: list[str], scan_shape: tuple[int, ...], growing:
             f"{rank} (scan shape {tuple(scan_shape)}); give one per scan dim, slowest first")
     out: list[ScanAxis] = []
     taken = {*workflow.functions, "done", "errors"}
+    if any(f.fold.is_ragged for f in workflow.functions.values()):
+        taken.add("count")  # a ragged result's NXdata signal, beside the scan axes
     for k, name in enumerate(names):
         try:
             ds = hdf5.dataset(path, name)

@@ -1612,11 +1612,14 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
         have = attrs.get(key)
         if isinstance(have, bytes):
             have = have.decode()
-        if have != want and key == "scan_axes" and have is not None:
-            raise FramebagError(
-                f"--resume: {str(path)!r} was made with --axes {_axes_text(have)}, but this run "
-                f"names {_axes_text(want)}; resume with the same --axes, or use --overwrite to "
-                "start again")
+        if have != want and key == "scan_axes":
+            made, given = (json.loads(str(text or "[]")) or [] for text in (have, want))
+            if made != given:
+                raise FramebagError(
+                    f"--resume: {str(path)!r} was made with "
+                    f"{_axes_text(made)}, but this run gives {_axes_text(given)}; resume "
+                    f"with {_axes_text(made)} (or use --overwrite to start again)")
+            continue
         if have != want and key == "workflow_hash":
             raise FramebagError(
                 f"--resume: the workflow's source file changed since {str(path)!r} was made "
@@ -1632,13 +1635,9 @@ def _check_same(path: Path, attrs: Any, provenance: dict[str, Any]) -> None:
             )
 
 
-def _axes_text(text: Any) -> str:
-    """``--axes`` as recorded (a JSON list), for a message: ``none`` or the paths."""
-    try:
-        names = json.loads(text) if isinstance(text, str) else text
-    except ValueError:
-        return repr(text)
-    return " ".join(str(n) for n in names) if names else "none (scan indices)"
+def _axes_text(axes: list[str]) -> str:
+    """Scan axes as the option that gives them: ``--axes A B``, or ``no --axes``."""
+    return f"--axes {' '.join(axes)}" if axes else "no --axes (index axes)"
 
 
 def _unflag(path: Path) -> None:

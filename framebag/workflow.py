@@ -1046,11 +1046,22 @@ def _ragged_value(v: Any, scan_shape: tuple[int, ...],
                          "(k, ...), where k may vary and be 0")
     if ref is not None and (a.dtype != ref[0] or a.shape[1:] != ref[1][1:]):
         rows = ", ".join(["k", *map(str, ref[1][1:])])
+        hint = ""
+        if a.shape == (0,) and len(ref[1]) > 1:  # `return []` or np.array([]): no row shape
+            hint = f" (for no rows return {_no_rows(ref[1][1:], ref[0])}, not [])"
+        elif ref[1] == (0,) and a.ndim > 1:  # the first frame's [] fixed rows of shape ()
+            hint = (f" (that frame returned no rows as shape (0,), which makes rows of shape "
+                    f"(); for no rows return {_no_rows(a.shape[1:], a.dtype)}, not [])")
         raise ValueError(
             f"returned {_what(v)}, but rows of shape ({rows}) dtype {ref[0]} on frame "
             f"{scan_index(ref[2], scan_shape)}; only the first dim of a ragged result may vary"
-        )
+            + hint)
     return a
+
+
+def _no_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> str:
+    """The expression of an empty ragged value with rows of ``row_shape``, for a message."""
+    return f"np.empty({(0, *row_shape)}, {dtype.name!r})"
 
 
 def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],

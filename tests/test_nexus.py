@@ -228,6 +228,29 @@ def test_bad_axes_fail_in_one_sentence(tmp_path, capsys, axes, words):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("again, words", [
+    (["--axes", "entry/instrument/x", "entry/instrument/x"],
+     ["made with --axes entry/instrument/y entry/instrument/x",
+      "gives --axes entry/instrument/x entry/instrument/x"]),
+    ([], ["gives no --axes", "resume with --axes entry/instrument/y entry/instrument/x"]),
+])
+def test_resume_with_other_axes_is_refused(tmp_path, capsys, again, words):
+    """--resume keeps the output's axes: other --axes (or none) would be silently ignored."""
+    path, *_ = scan_with_positions(tmp_path)
+    out = tmp_path / "out.h5"
+    axes = ["--axes", "entry/instrument/y", "entry/instrument/x"]
+    rc, _ = run_cli(capsys, "run", "workflows/frame_sum.py", str(path), "-o", str(out), *axes)
+    assert rc == 0
+    before = out.read_bytes()
+    rc, err = run_cli(capsys, "run", "workflows/frame_sum.py", str(path), "-o", str(out),
+                      "--resume", *again)
+    assert_one_sentence(rc, err, "--resume", *words)
+    assert out.read_bytes() == before
+    rc, _ = run_cli(capsys, "run", "workflows/frame_sum.py", str(path), "-o", str(out),
+                    "--resume", *axes)
+    assert rc == 0
+
+
 def test_cli_axes_reach_the_output(tmp_path, capsys):
     path, data, y, x = scan_with_positions(tmp_path)
     out = tmp_path / "out.h5"
@@ -474,8 +497,8 @@ def test_resume_with_other_axes_is_one_sentence_naming_axes(tmp_path, client):
         wf.run(path, out, client=client, resume=True)
     message = str(caught.value)
     assert message.count(". ") == 0 and "\n" not in message
-    assert "--axes entry/instrument/y entry/instrument/x, but this run names none" in message \
-        and "--overwrite" in message
+    assert "--axes entry/instrument/y entry/instrument/x, but this run gives no --axes" \
+        in message and "--overwrite" in message
     assert out.read_bytes() == before  # refused before anything was written
     res = wf.run(path, out, client=client, resume=True, axes=axes)
     assert res.done.all()

@@ -28,6 +28,7 @@ from framebag.simulate import DATA, FINISHED, KEY, expected_frames
 
 from .conftest import write_scan
 from .test_live import FRAME, start_writer, stop
+from .test_nexus import scan_with_positions
 from .test_resume import start_cli
 
 PEAKS = Path(__file__).resolve().parent.parent / "workflows" / "peaks.py"
@@ -171,6 +172,25 @@ def test_ragged_nxdata_is_plottable_in_nexusformat_and_silx(tmp_path, client, ma
         assert default.signal.name == "/entry/rg/rows_nxdata/count"
 
 
+def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client):
+    """A motor dataset named ``count`` does not collide with the count map in the NXdata."""
+    silx_nxdata = pytest.importorskip("silx.io.nxdata")
+    path, data, y, x = scan_with_positions(tmp_path)
+    with h5py.File(path, "r+") as f:
+        f["entry/instrument/count"] = y
+    out = tmp_path / "o.h5"
+    res = ragged_workflow().run(path, out, client=client,
+                                axes=["entry/instrument/count", "entry/instrument/x"])
+    assert res.done.all()
+    with h5py.File(out, "r") as f:
+        nx = f["entry/rg/rows_nxdata"]
+        assert nx.attrs["signal"] == "count" and nx["count"].id == f["entry/rg/rows/count"].id
+        axis = nx.attrs["axes"][0]
+        assert axis != "count" and nx[axis].attrs["source"] == "entry/instrument/count"
+        np.testing.assert_array_equal(nx[axis][()], y)
+        assert silx_nxdata.NXdata(nx).is_valid
+
+
 def bad_rows_workflow() -> Workflow:
     wf = Workflow("bad", data=DATA, keys=[KEY])
 
@@ -209,6 +229,34 @@ def test_a_frame_with_other_rows_is_one_sentence_and_skip_skips_it(tmp_path, cli
     assert r.counts[1, 2] == 0 and r.offsets[1, 2] == -1
     np.testing.assert_array_equal(r.counts, np.where(done, data[..., 0, 0] % 3, 0))
     np.testing.assert_array_equal(res["total"], np.where(done, data.sum(axis=(2, 3)), 0))
+
+
+@pytest.mark.parametrize("first_k, words", [
+    (5, ["returned list of shape (0,)", "rows of shape (k, 2)",
+         "for no rows return np.empty((0, 2), 'float64'), not []"]),
+    (4, ["rows of shape (k) dtype float64 on frame (0, 0)",
+         "which makes rows of shape ()", "return np.empty((0, 2), 'float64')"]),
+])
+def test_returning_an_empty_list_says_what_to_return(tmp_path, client, make_scan, unchanged,
+                                                     first_k, words):
+    """``[]`` has no row shape: the message says to return ``np.empty((0, ...))``, whether
+    ``[]`` comes after rows or on the first frame (where it fixes rows of shape ())."""
+    path, data = make_scan((3, 4), (8, 8))
+    with h5py.File(path, "r+") as f:  # the first frame: rows or none; the next one none
+        f[DATA][0, 0, 0, 0], f[DATA][0, 1, 0, 0] = first_k, 5 if first_k % 4 == 0 else 4
+    unchanged(path)
+    wf = Workflow("lists", data=DATA, keys=[KEY])
+
+    @wf.frame(fold="ragged")
+    def spots(frame):
+        return [[float(frame[0, 1]), float(j)] for j in range(int(frame[0, 0]) % 4)]
+
+    with pytest.raises(FramebagError) as info:
+        wf.run(path, tmp_path / "o.h5", client=client)
+    msg = str(info.value)
+    assert "'spots'" in msg and "\n" not in msg
+    for word in words:
+        assert word in msg, (word, msg)
 
 
 # random lengths and completion masks ---------------------------------------------------
