@@ -285,12 +285,7 @@ class OutputFile:
         if schema is not None:
             with open_existing(path) as f, _damaged(path):
                 _check_layout(path, f[f"entry/{workflow}"], schema, len(scan_shape))
-        try:
-            f = h5py.File(path, "r+", libver=LIBVER)
-        except OSError:
-            with _damaged(path):
-                _unflag(path)
-            f = h5py.File(path, "r+", libver=LIBVER)
+        f = _open_to_resume(path)
         try:
             group = f[f"entry/{workflow}"]
             state = read_checkpoint(path, group)
@@ -1469,6 +1464,32 @@ def _check_group(path: Path, group: h5py.Group, in_checkpoint: bool,
                 f"--resume: {where} of output file {str(path)!r} is damaged "
                 f"({_first_line(exc)}); use --overwrite to start again"
             ) from None
+
+
+def _open_to_resume(path: Path) -> h5py.File:
+    """``path`` open for writing again, or one sentence saying why not.
+
+    When it cannot be opened for writing (a killed writer's "open for write" flag, or
+    a reader holding HDF5's file lock) it is first copied into a fresh file, which
+    takes its place; a reader that had it open keeps reading the old copy. If the
+    fresh file cannot be opened either (another program opened it in between), that
+    program is named as the cause.
+    """
+    try:
+        return h5py.File(path, "r+", libver=LIBVER)
+    except OSError:
+        with _damaged(path):
+            _unflag(path)
+    try:
+        return h5py.File(path, "r+", libver=LIBVER)
+    except OSError as exc:
+        if "unable to lock file" in str(exc) or isinstance(exc, BlockingIOError):
+            raise FramebagError(
+                f"--resume: output file {str(path)!r} is open in another program that holds "
+                "HDF5's file lock on it (a reader that did not open it in SWMR mode?); close "
+                "it there, then rerun") from None
+        raise FramebagError(f"--resume: output file {str(path)!r} is damaged "
+                            f"({_first_line(exc)}); use --overwrite to start again") from None
 
 
 @contextlib.contextmanager

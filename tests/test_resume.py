@@ -224,3 +224,30 @@ def test_a_partition_that_keeps_killing_workers_stops_naming_its_frames(job, cli
     assert not done[0, :10].any()
     res = load_workflow(wf).run(path, out, client=client, resume=True)  # healthy workers
     check_final(res, data)
+
+
+def test_resume_while_a_plain_reader_holds_the_output_works_and_the_reader_keeps_its_copy(
+        job, client, tmp_path):
+    """A reader that opened the output without SWMR holds HDF5's file lock: --resume
+    writes into a fresh copy that takes the output's place, and the reader goes on
+    reading the file it opened."""
+    wf, path, data = job
+    out = tmp_path / "out.h5"
+    load_workflow(wf).run(path, out, client=client)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import sys, h5py\nf = h5py.File(sys.argv[1], 'r')\n"
+         "print('resumed_time' in f['entry/slow'].attrs, flush=True)\nsys.stdin.readline()\n"
+         "print('resumed_time' in f['entry/slow'].attrs, flush=True)\n", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "False"
+        res = load_workflow(wf).run(path, out, client=client, resume=True)
+        check_final(res, data)
+        with h5py.File(out, "r") as f:  # the resumed run stamped the file it wrote
+            assert "resumed_time" in f["entry/slow"].attrs
+        again, _ = reader.communicate("\n", timeout=60)
+        assert again.strip() == "False"  # its own copy, unchanged under it
+    finally:
+        if reader.poll() is None:
+            reader.kill()
