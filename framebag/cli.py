@@ -198,6 +198,10 @@ def _check_run_arguments(args: argparse.Namespace) -> list[str]:
         from .profiles import find
 
         find(args.profile)  # an unknown profile is named before the output is checked
+    if getattr(args, "roi", None) is not None:
+        from .roi import parse
+
+        parse(args.roi)  # its syntax, before a batch job is queued for it (submit)
     return inputs
 
 

@@ -198,33 +198,79 @@ def _with_steps(roi: Roi) -> Roi:
     return roi
 
 
-def _read_mask(roi: Roi, input_path: str) -> np.ndarray:
-    """Read the mask dataset ``roi.source`` names: ``FILE:PATH``, or ``PATH`` in the input."""
+def _split(source: str) -> tuple[str, str]:
+    """``FILE:PATH`` split at the first ``:`` after which an existing file ends (so a
+    dataset path, or a file name, may hold colons), else at the last one."""
+    for k, c in enumerate(source):
+        if c == ":" and k and os.path.exists(os.path.expanduser(source[:k])):
+            return source[:k], source[k + 1:]
+    file, _, name = source.rpartition(":")
+    return file, name
+
+
+def _fitting(shape: tuple[int, ...], scan_shape: tuple[int, ...], growing: bool) -> bool:
+    """Whether a mask of ``shape`` (trailing length-1 dims allowed) fits the scan."""
+    rank = len(scan_shape)
+    if len(shape) > rank and all(n == 1 for n in shape[rank:]):
+        shape = shape[:rank]
+    return shape == scan_shape or (growing and len(shape) == rank
+                                   and shape[1:] == scan_shape[1:])
+
+
+def _load(spec: str, obj: h5py.Dataset, scan_shape: tuple[int, ...],
+          growing: bool) -> np.ndarray:
+    """The mask dataset's values, its shape checked before anything is read (a data
+    dataset given by mistake is never loaded whole)."""
+    if obj.shape is not None and not _fitting(tuple(obj.shape), scan_shape, growing):
+        raise _fail(spec, f"the mask has shape {tuple(obj.shape)} but the scan has shape "
+                    f"{scan_shape}; a ROI mask must be scan-shaped")
+    return np.asarray(obj[()])
+
+
+def _read_mask(roi: Roi, input_path: str, scan_shape: tuple[int, ...],
+               growing: bool) -> np.ndarray:
+    """Read the mask dataset ``roi.source`` names: ``FILE:PATH``, or ``PATH`` in the input.
+
+    A mask file is opened without SWMR first: HDF5 then fails at once on a damaged
+    file, where a SWMR reader retries each bad checksum for many minutes. Only a file
+    that refuses that open (one a writer still holds) is opened with SWMR.
+    """
     source = roi.source or ""
     spec = source
-    file, sep, name = source.rpartition(":")
-    if sep and file:
+    file, name = _split(source)
+    if file:
         file = os.path.expanduser(file)
         if not os.path.exists(file):
             raise _fail(spec, f"file {file!r} does not exist")
         try:
-            with hdf5.open_readonly(file, "--roi file") as f:
-                obj = f.get(name)
+            try:
+                hdf5._check_path(file, "--roi file")
+                f = h5py.File(file, "r")
+            except OSError:
+                f = hdf5.open_readonly(file, "--roi file")
+            with f:
+                try:
+                    obj = f[name]
+                except KeyError as exc:  # not there, a broken link, or damaged metadata
+                    reason = hdf5.hdf5_reason(exc)
+                    if "doesn't exist" in reason or "not found" in reason:
+                        raise _fail(spec, f"{name!r} in {file!r} is not there") from None
+                    raise _fail(spec, f"cannot open {name!r} in {file!r} ({reason})") from None
                 if not isinstance(obj, h5py.Dataset):
-                    what = "a group, not a dataset" if obj is not None else "not there"
-                    raise _fail(spec, f"{name!r} in {file!r} is {what}")
-                return np.asarray(obj[()])
+                    raise _fail(spec, f"{name!r} in {file!r} is a group, not a dataset")
+                return _load(spec, obj, scan_shape, growing)
         except FramebagError as exc:
             if str(exc).startswith("--roi"):
                 raise
             raise _fail(spec, str(exc)) from None
-        except OSError as exc:
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:
             raise _fail(spec, f"cannot read {name!r} in {file!r} "
                         f"({hdf5.hdf5_reason(exc)})") from None
     try:
-        return np.asarray(hdf5.dataset(input_path, source)[()])
+        obj = hdf5.dataset(input_path, source)
     except FramebagError as exc:
         raise _fail(spec, f"{exc} (a mask in another file is FILE.h5:PATH)") from None
+    return _load(spec, obj, scan_shape, growing)
 
 
 def _check_slices(roi: Roi, scan_shape: tuple[int, ...], growing: bool) -> None:
@@ -284,7 +330,8 @@ def given(spec: RoiSpec, input_path: str | os.PathLike, scan_shape: tuple[int, .
         return None
     scan_shape = tuple(int(s) for s in scan_shape)
     if roi.source is not None:
-        roi = Roi(roi.text, source=roi.source, array=_read_mask(roi, os.fspath(input_path)))
+        roi = Roi(roi.text, source=roi.source,
+                  array=_read_mask(roi, os.fspath(input_path), scan_shape, growing))
     if roi.array is not None:
         _check_array(roi, scan_shape, growing)
     else:

@@ -363,3 +363,51 @@ def test_roi_over_frames_not_complete_says_so(tmp_path, make_scan, capsys):
     rc, text = run_cli(capsys, "run", "framebag.workflows.frame_sum", str(path), "--roi", "5:",
                        "-o", str(tmp_path / "out.h5"))
     assert_one_sentence(rc, text, "inside --roi 5: (18 of 48 frames)", "outside it are")
+
+
+def test_mask_path_with_colons(tmp_path, client, job, capsys):
+    """``FILE.h5:PATH`` splits where an existing file ends, so PATH may hold colons."""
+    wf, path, data = job
+    inside = region_mask(slice(2, 5), slice(1, 4))
+    with h5py.File(tmp_path / "masks.h5", "w") as f:
+        f["t:12:30/m"] = inside
+    out = tmp_path / "out.h5"
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile",
+                       address_profile(tmp_path, client),
+                       "--roi", f"{tmp_path / 'masks.h5'}:t:12:30/m")
+    assert rc == 0, text
+    check(out, data, inside)
+
+
+def test_wrong_shape_mask_is_refused_before_it_is_read(tmp_path, job, capsys):
+    """A data dataset given as the mask is refused by its shape, never loaded whole: here
+    its values live in a raw file that does not exist, so any read would fail."""
+    wf, path, _ = job
+    frames = int(np.prod(SCAN)) * 16
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset("data", shape=SCAN + (4, 4), dtype="u1",
+                         external=[(str(tmp_path / "gone.raw"), 0, frames)])
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(tmp_path / "out.h5"),
+                       "--roi", f"{tmp_path / 'big.h5'}:data")
+    assert_one_sentence(rc, text, "--roi", "shape (8, 6, 4, 4) but the scan has shape (8, 6)")
+
+
+def test_damaged_mask_file_fails_at_once(tmp_path, job):
+    """A mask file with a damaged checksum is refused in one sentence; read with SWMR,
+    HDF5 retries the bad checksum for many minutes, so this would hang."""
+    wf, path, _ = job
+    damaged = tmp_path / "damaged.h5"
+    with h5py.File(damaged, "w", libver="latest") as f:
+        for k in range(40):  # enough links for a dense (checksummed) link storage
+            f[f"m{k}"] = region_mask(slice(0, 2))
+    raw = bytearray(damaged.read_bytes())
+    for k in range(2000, len(raw), 97):
+        raw[k] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    cli = "import sys; from framebag.cli import main; sys.exit(main())"
+    proc = subprocess.run([sys.executable, "-c", cli, "run", str(wf), str(path),
+                           "-o", str(tmp_path / "out.h5"), "--profile", "inline",
+                           "--roi", f"{damaged}:m3"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_sentence(proc.returncode, proc.stderr.strip(), "--roi", "damaged.h5", "m3")

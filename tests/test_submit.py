@@ -136,6 +136,8 @@ def test_several_inputs_and_a_glob_go_to_the_driver_expanded(tmp_path):
     (["--profile", "PROF", "--driver-memory", "lots"], "--driver-memory 'lots' is not a size"),
     (["--profile", "PROF", "-o", "exists.h5"], "output file"),
     (["--profile", "PROF", "nope.h5", "other.h5"], "input file 'nope.h5' does not exist"),
+    (["--profile", "PROF", "--roi", "1:x"], "--roi 1:x: '1:x' is not a slice"),
+    (["--profile", "PROF", "--roi", "::0"], "--roi ::0: step 0"),
 ])
 def test_submit_refuses_before_writing_anything(tmp_path, scan, argv, says):
     prof = _profile(tmp_path / "site.yaml", "slurm", queue="debug")
