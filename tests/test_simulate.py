@@ -107,6 +107,40 @@ def test_file_is_in_swmr_mode_when_it_appears(tmp_path):
     assert p.exitcode == 0
 
 
+def _keys_set(path) -> int:
+    with h5py.File(path, "r", swmr=True) as f:
+        return int((f[KEY][()] != 0).sum())
+
+
+def test_gate_stops_the_writer_at_each_stop_until_released(tmp_path):
+    # the writer stops at 5 and again at 12 frames; each release (the gate file) opens one
+    # stop, and the writer removes the file as it passes a stop that is not the last
+    path, gate = tmp_path / "sim.h5", tmp_path / "gate"
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=simulate, args=(str(path), (20,), (4, 4), 10_000.0),
+                    kwargs={"gate": str(gate), "gate_after": (12, 5)})
+    p.start()
+    try:
+        for stop, left in ((5, True), (12, False)):
+            n = 0
+            while n < stop:  # a safety net only: the writer cannot pass the stop unreleased
+                assert p.exitcode is None, "the simulator failed"
+                n = _keys_set(path) if path.exists() else 0
+                time.sleep(0.005)
+            assert n == stop and not gate.exists()
+            gate.touch()
+            while left and gate.exists():  # consumed: the next stop waits for a new release
+                assert p.exitcode is None, "the simulator failed"
+                time.sleep(0.005)
+        p.join(timeout=60)
+        assert p.exitcode == 0 and _keys_set(path) == 20 and gate.exists()
+        with h5py.File(path, "r") as f:
+            assert f[FINISHED][()] == 1
+    finally:
+        if p.is_alive():
+            p.kill()
+
+
 def test_cli_writes_a_scan_and_rejects_bad_options(tmp_path, capsys):
     out = tmp_path / "cli.h5"
     proc = subprocess.run(
