@@ -27,7 +27,15 @@ from hypothesis import strategies as st
 
 from framebag import FramebagError, Workflow
 from framebag.partitions import Dispatcher, by_block
-from framebag.simulate import DATA, FINISHED, KEY, KEY_TIME, expected_frames, simulate
+from framebag.simulate import (
+    DATA,
+    FINISHED,
+    KEY,
+    KEY_TIME,
+    emission_order,
+    expected_frames,
+    simulate,
+)
 
 FRAME = (16, 16)
 
@@ -39,7 +47,8 @@ def start_writer(path: Path, scan=(10, 20), rate=400.0, **opts) -> subprocess.Po
            "--rate", str(rate)]
     for key, value in opts.items():
         flag = "--" + key.replace("_", "-")
-        cmd += [flag] if value is True else [flag, str(value)]
+        values = value if isinstance(value, (list, tuple)) else [value]  # a repeated flag
+        cmd += [flag] if value is True else [x for v in values for x in (flag, str(v))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     while not path.exists():
@@ -287,24 +296,40 @@ def test_reader_sees_done_grow_during_the_run(tmp_path, client):
 
 
 def test_no_frame_counted_twice_when_blocks_go_out_in_pieces(tmp_path, client):
-    # one block of 200 frames (the whole scan) arrives slowly and out of order, so the
-    # latency bound sends it in many pieces; each frame must still be folded once
+    # one block of 200 frames (the whole scan) arrives out of order and in pieces: the
+    # writer stops at each of STOPS until the run has processed every frame written so
+    # far, so the latency bound must send the block piece by piece; each frame must
+    # still be folded once
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (10, 20)
-    proc = start_writer(path, scan, rate=120, writers=2, writer_lag=11)
-    processed = set()
+    stops = [40, 90, 150]
+    gate = tmp_path / "piece-processed"
+    proc = start_writer(path, scan, rate=400, writers=2, writer_lag=11, gate=gate,
+                        gate_after=stops)
+    processed = []
+    released = []
 
     def progress(p):
-        processed.add(p["processed"])
+        processed.append(p["processed"])
+        if len(released) < len(stops) and p["processed"] == stops[len(released)]:
+            released.append(p["processed"])
+            gate.touch()  # the writer removes it as it goes on, to wait at the next stop
 
     try:
+        # the timeout only ends a broken run: at a stop, no frame completes until the
+        # run has caught up
         res = follow(path, out, client, scan, latency=0.02, partition_bytes=200 * 512,
-                     progress=progress)
+                     progress=progress, timeout=60.0)
     finally:
         stop(proc)
+    # the block went out in pieces: the run stood at each stop with the block part done
+    assert released == stops, f"the run stood at no stop: processed {sorted(set(processed))}"
     check(res, scan)
     assert res.stats["processed"] == 200
-    assert len(processed - {0, 200}) >= 3, f"the block did not go out in pieces: {processed}"
+    assert proc.returncode == 0
+    # and out of order: the frames written before the first stop are not the first 40
+    written = emission_order(scan, writers=2, writer_lag=11)[:stops[0]]
+    assert not np.array_equal(np.sort(written), np.arange(stops[0]))
 
 
 # the Dispatcher on its own: every frame handed out exactly once, whatever the arrival order
