@@ -39,8 +39,26 @@ from framebag.simulate import (
 FRAME = (16, 16)
 
 
+#: the first bytes of an HDF5 file (its superblock's signature)
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _there(path: Path, armed: bool) -> bool:
+    """Whether the writer's file is at ``path``; an armed one only once HDF5 has written its
+    superblock, which it does after taking the file's lock (a reader that came earlier
+    would find an empty, unlocked file, or hold the lock the writer needs)."""
+    if not armed:
+        return path.exists()  # it appears already in SWMR mode (renamed into place)
+    try:
+        with open(path, "rb") as f:  # plain bytes: no HDF5 lock taken
+            return f.read(len(SIGNATURE)) == SIGNATURE
+    except FileNotFoundError:
+        return False
+
+
 def start_writer(path: Path, scan=(10, 20), rate=400.0, **opts) -> subprocess.Popen:
-    """Start ``framebag simulate`` on ``path`` and return once the file is there (in SWMR)."""
+    """Start ``framebag simulate`` on ``path`` and return once the file is there (in SWMR,
+    or with ``arm_for`` written and locked by the writer)."""
     cmd = [sys.executable, "-m", "framebag.cli", "simulate", str(path),
            "--scan", "x".join(map(str, scan)), "--frame", "x".join(map(str, FRAME)),
            "--rate", str(rate)]
@@ -50,7 +68,7 @@ def start_writer(path: Path, scan=(10, 20), rate=400.0, **opts) -> subprocess.Po
         cmd += [flag] if value is True else [x for v in values for x in (flag, str(v))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
-    while not path.exists():
+    while not _there(path, "arm_for" in opts):
         if proc.poll() is not None:
             raise AssertionError(f"simulator exited early: {proc.stderr.read().decode()}")
         assert time.monotonic() < deadline, "simulator did not create its file"
