@@ -76,6 +76,18 @@ def start_writer(path: Path, scan=(10, 20), rate=400.0, **opts) -> subprocess.Po
     return proc
 
 
+def keys_set(path: Path, n: int, proc: subprocess.Popen) -> None:
+    """Wait until the writer has set ``n`` keys (read with swmr=True, as a run reads them)."""
+    with h5py.File(path, "r", swmr=True) as f:
+        key = f[KEY]
+        while True:
+            key.refresh()
+            if int((key[()] != 0).sum()) >= n:
+                return
+            assert proc.poll() is None, f"simulator exited: {proc.stderr.read().decode()}"
+            time.sleep(0.01)
+
+
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """Let the writer finish within ``grace`` seconds, else terminate it."""
     try:
@@ -234,6 +246,9 @@ def test_timeout_with_a_stalled_writer(tmp_path, client):
     scan = (8, 20)
     proc = start_writer(path, scan, rate=400, stall_after=45)
     try:
+        # the run starts once the writer has stalled: the timeout then counts from the
+        # first poll, however slowly this machine wrote the 45 frames
+        keys_set(path, 45, proc)
         t0 = time.monotonic()
         res = follow(path, out, client, scan, timeout=1.0)
         wall = time.monotonic() - t0
@@ -253,12 +268,22 @@ def test_timeout_with_a_stalled_writer(tmp_path, client):
 def test_growing_layout(tmp_path, client):
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (12, 15)
-    proc = start_writer(path, scan, rate=300, growing=True, writers=2, snake=True)
+    # the writer waits after 30 frames until the run has processed some: the run follows
+    # a scan that is still growing, however slow this machine is
+    gate = tmp_path / "run-has-results"
+    proc = start_writer(path, scan, rate=300, growing=True, writers=2, snake=True, gate=gate,
+                        gate_after=30)
     with h5py.File(path, "r", swmr=True) as f:
         assert f[KEY].maxshape[0] is None and f[DATA].maxshape[0] is None
         assert f[KEY].shape[0] < scan[0], "the scan should start smaller than it ends"
+
+    def progress(p):
+        if p["processed"] and not gate.exists():
+            assert p["total"] < 180, "the run saw the whole scan before the writer went on"
+            gate.touch()
+
     try:
-        res = follow(path, out, client, scan, latency=0.1)
+        res = follow(path, out, client, scan, latency=0.1, progress=progress)
     finally:
         stop(proc)
     check(res, scan)
