@@ -9,10 +9,12 @@ that finds the path can open it at once with ``swmr=True``. With ``arm_for``
 it is created at ``OUTPUT`` itself and held there, not yet in SWMR mode and
 so unreadable, for that many seconds first, like a detector being armed.
 
-With ``gate`` (a path) the writer waits, once, until that file exists: while
-armed (with ``arm_for``), else before frame ``gate_after`` of its emission order,
-else before it sets the finished flag. A test creates the file when it has seen
-what it waits for, so it is sequenced by events rather than by sleeps.
+With ``gate`` (a path) the writer waits until that file exists: while armed
+(with ``arm_for``), else before frame ``gate_after`` of its emission order, else
+before it sets the finished flag. ``gate_after`` may be several frame counts: the
+writer stops at each, and removes the file as it passes every stop but the last,
+so the next stop waits for a new release. A test creates the file when it has
+seen what it waits for, so it is sequenced by events rather than by sleeps.
 
 Frame content is a pure function of ``(seed, flat index)`` (:func:`frame_at`,
 :func:`expected_frames`), so a test can compute the exact answer with numpy.
@@ -224,7 +226,7 @@ class SimOptions:
     drop: tuple[int, ...] = ()
     arm_for: float | None = None
     gate: str | os.PathLike | None = None
-    gate_after: int | None = None
+    gate_after: int | tuple[int, ...] | None = None
 
 
 def simulate(path: str | os.PathLike, scan: tuple[int, ...] = (20, 30),
@@ -374,26 +376,33 @@ class _Writer:
 
 
 class _Gate:
-    """The writer's one wait for a file (``--gate``): before frame ``after``, or when asked."""
+    """The writer's waits for a file (``--gate``): before each frame count of ``after``
+    (a stop), or when asked; one release (the file appearing) opens one stop."""
 
-    def __init__(self, path: str | os.PathLike | None, after: int | None, n: int) -> None:
-        if after is not None and (path is None or not 0 <= after <= n):
-            raise FramebagError(f"--gate-after {after} needs --gate and a number of frames "
+    def __init__(self, path: str | os.PathLike | None, after: int | tuple[int, ...] | None,
+                 n: int) -> None:
+        stops = [] if after is None else [after] if isinstance(after, int) else list(after)
+        bad = [s for s in stops if path is None or not 0 <= s <= n]
+        if bad:
+            raise FramebagError(f"--gate-after {bad[0]} needs --gate and a number of frames "
                                 f"from 0 to {n}")
-        self.path, self.after = path, n if after is None else after
+        self.path, self.stops = path, sorted(stops) or [n]
 
     def cap(self, due: int) -> int:
-        """How many frames may be written by now: none past the gate while it is shut."""
-        return due if self.path is None else min(due, self.after)
+        """How many frames may be written by now: none past the next stop while it is shut."""
+        return due if self.path is None or not self.stops else min(due, self.stops[0])
 
     def wait(self, written: int | None = None) -> bool:
-        """Hold the file open, writing nothing, until the gate file exists, if the gate is
-        due (at ``written`` frames, or now); True if it was."""
-        if self.path is None or (written is not None and written < self.after):
+        """Hold the file open, writing nothing, until the gate file exists, if a stop is
+        due (at ``written`` frames, or now); True if one was."""
+        if self.path is None or not self.stops or (written is not None
+                                                   and written < self.stops[0]):
             return False
         while not os.path.exists(self.path):
             time.sleep(0.005)
-        self.path = None
+        self.stops.pop(0)
+        if self.stops:  # the release is used up: the next stop waits for a new one
+            os.unlink(self.path)
         return True
 
 
@@ -456,10 +465,11 @@ def add_parser(sub: Any) -> None:
                    help="create OUTPUT in place and hold it unreadable (not yet SWMR) for "
                         "S seconds before the scan, like a detector being armed")
     p.add_argument("--gate", metavar="FILE",
-                   help="wait, once, until FILE exists: while armed (--arm-for), else before "
+                   help="wait until FILE exists: while armed (--arm-for), else before "
                         "frame --gate-after, else before setting the finished flag")
-    p.add_argument("--gate-after", type=int, metavar="N",
-                   help="with --gate: write N frames, then wait for the gate")
+    p.add_argument("--gate-after", type=int, action="append", metavar="N",
+                   help="with --gate: write N frames, then wait for the gate (repeatable: "
+                        "each stop but the last removes FILE, to wait for a new release)")
     p.set_defaults(func=cmd_simulate)
 
 
@@ -477,7 +487,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                      stall_for=args.stall_for, growing=args.growing, dtype=args.dtype,
                      finished_shape=args.finished_shape, chunk_frames=args.chunk_frames,
                      compression=args.compression, seed=args.seed, drop=tuple(args.drop),
-                     arm_for=args.arm_for, gate=args.gate, gate_after=args.gate_after,
+                     arm_for=args.arm_for, gate=args.gate,
+                     gate_after=None if args.gate_after is None else tuple(args.gate_after),
                      overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)

@@ -176,6 +176,35 @@ def docs_dir(tmp_path_factory) -> Path:
     return d
 
 
+#: distributed's own ERROR record when a worker's heartbeat is in flight as a closing cluster
+#: drops the worker's comms (dask/distributed#7105, open upstream; likelier on a loaded
+#: machine): a log of the shutdown, not a failure of the script. Only this record is taken
+#: out of stderr before it is searched for tracebacks: header, traceback, up to the
+#: CommClosedError of the heartbeat's own comm.
+HEARTBEAT_AT_CLOSE = re.compile(
+    r"^[-\d]+ [:,\d]+ - distributed\.worker - ERROR - Failed to communicate with scheduler "
+    r"during heartbeat\.\n(?:(?![-\d]+ [:,\d]+ - ).*\n)*?"
+    r"distributed\.comm\.core\.CommClosedError: in <TCP \(closed\) "
+    r"ConnectionPool\.heartbeat_worker [^\n]*>: Stream is closed\n", re.M)
+
+
+def test_heartbeat_at_close_drops_only_that_record():
+    record = (
+        "2026-11-27 20:33:31,834 - distributed.worker - ERROR - Failed to communicate with "
+        "scheduler during heartbeat.\nTraceback (most recent call last):\n  File \"x.py\", "
+        "line 1, in read\ntornado.iostream.StreamClosedError: Stream is closed\n\nThe above "
+        "exception was the direct cause of the following exception:\n\nTraceback (most "
+        "recent call last):\n  File \"y.py\", line 2, in heartbeat\n"
+        "distributed.comm.core.CommClosedError: in <TCP (closed) ConnectionPool."
+        "heartbeat_worker local=tcp://127.0.0.1:1 remote=tcp://127.0.0.1:2>: Stream is closed\n")
+    other = "Traceback (most recent call last):\nValueError: the script's own\n"
+    assert HEARTBEAT_AT_CLOSE.sub("", "framebag: dashboard\n" + record + other) == \
+        "framebag: dashboard\n" + other
+    # a record of another failure is kept whole
+    mid = record.replace("ConnectionPool.heartbeat_worker", "ConnectionPool.gather")
+    assert HEARTBEAT_AT_CLOSE.sub("", mid) == mid
+
+
 @pytest.mark.parametrize("where, text", SCRIPTS, ids=_ids(SCRIPTS))
 def test_python_script_block_runs_as_a_script(where, text, docs_dir):
     script = docs_dir / "script.py"
@@ -184,4 +213,5 @@ def test_python_script_block_runs_as_a_script(where, text, docs_dir):
     out = subprocess.run([sys.executable, str(script)], cwd=docs_dir, capture_output=True,
                          text=True, env=env, timeout=300)
     assert out.returncode == 0, f"{where} failed as a script:\n{out.stderr[-3000:]}"
-    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    err = HEARTBEAT_AT_CLOSE.sub("", out.stderr)
+    assert "Traceback" not in err, err[-3000:]

@@ -28,27 +28,58 @@ from hypothesis import strategies as st
 from framebag import FramebagError, Workflow
 from framebag.dispatch import Dispatcher
 from framebag.partitions import by_block
-from framebag.simulate import DATA, FINISHED, KEY, KEY_TIME, expected_frames, simulate
+from framebag.simulate import DATA, FINISHED, KEY, emission_order, expected_frames, simulate
 
 FRAME = (16, 16)
 
 
+#: the first bytes of an HDF5 file (its superblock's signature)
+SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _there(path: Path, armed: bool) -> bool:
+    """Whether the writer's file is at ``path``; an armed one only once HDF5 has written its
+    superblock, which it does after taking the file's lock (a reader that came earlier
+    would find an empty, unlocked file, or hold the lock the writer needs)."""
+    if not armed:
+        return path.exists()  # it appears already in SWMR mode (renamed into place)
+    try:
+        with open(path, "rb") as f:  # plain bytes: no HDF5 lock taken
+            return f.read(len(SIGNATURE)) == SIGNATURE
+    except FileNotFoundError:
+        return False
+
+
 def start_writer(path: Path, scan=(10, 20), rate=400.0, **opts) -> subprocess.Popen:
-    """Start ``framebag simulate`` on ``path`` and return once the file is there (in SWMR)."""
+    """Start ``framebag simulate`` on ``path`` and return once the file is there (in SWMR,
+    or with ``arm_for`` written and locked by the writer)."""
     cmd = [sys.executable, "-m", "framebag.cli", "simulate", str(path),
            "--scan", "x".join(map(str, scan)), "--frame", "x".join(map(str, FRAME)),
            "--rate", str(rate)]
     for key, value in opts.items():
         flag = "--" + key.replace("_", "-")
-        cmd += [flag] if value is True else [flag, str(value)]
+        values = value if isinstance(value, (list, tuple)) else [value]  # a repeated flag
+        cmd += [flag] if value is True else [x for v in values for x in (flag, str(v))]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
-    while not path.exists():
+    while not _there(path, "arm_for" in opts):
         if proc.poll() is not None:
             raise AssertionError(f"simulator exited early: {proc.stderr.read().decode()}")
         assert time.monotonic() < deadline, "simulator did not create its file"
         time.sleep(0.01)
     return proc
+
+
+def keys_set(path: Path, n: int, proc: subprocess.Popen) -> None:
+    """Wait until the writer has set ``n`` keys (read with swmr=True, as a run reads them)."""
+    with h5py.File(path, "r", swmr=True) as f:
+        key = f[KEY]
+        while True:
+            key.refresh()
+            if int((key[()] != 0).sum()) >= n:
+                return
+            assert proc.poll() is None, f"simulator exited: {proc.stderr.read().decode()}"
+            time.sleep(0.01)
 
 
 def stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
@@ -151,18 +182,31 @@ def test_live_results_equal_numpy_and_arrive_while_writer_runs(tmp_path, client,
 def test_out_of_order_keys_two_writers_snake(tmp_path, client):
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (10, 20)
-    proc = start_writer(path, scan, rate=400, writers=2, writer_lag=7, snake=True)
+    # the writer stops at each of STOPS until the run has processed every frame written so
+    # far: the run sees each of these out-of-order states, however slow this machine is
+    stops = [50, 120]
+    written = emission_order(scan, writers=2, snake=True, writer_lag=7)
+    for n in stops:  # the scenario really is out of order: no stop is at a prefix of the scan
+        assert not np.array_equal(np.sort(written[:n]), np.arange(n))
+    gate = tmp_path / "caught-up"
+    proc = start_writer(path, scan, rate=400, writers=2, writer_lag=7, snake=True, gate=gate,
+                        gate_after=stops)
+    released = []
+
+    def progress(p):
+        if len(released) < len(stops) and p["processed"] == stops[len(released)]:
+            released.append(p["processed"])
+            gate.touch()  # the writer removes it as it goes on, to wait at the next stop
+
     try:
-        res = follow(path, out, client, scan, latency=0.05)
+        # the timeout only ends a broken run: at a stop, nothing completes until released
+        res = follow(path, out, client, scan, latency=0.05, progress=progress, timeout=60.0)
     finally:
         stop(proc)
-    with h5py.File(path, "r") as f:
-        key_time = f[KEY_TIME][()].ravel()
-    order = np.argsort(key_time, kind="stable")
-    # the scenario really is out of order: keys did not complete in flat order
-    assert (np.diff(key_time) < 0).sum() > 20 and not np.array_equal(order, np.arange(200))
+    assert released == stops, "the run never caught up with a stop"
     check(res, scan)
     assert res.stats["ended_by"] in ON_DATA
+    assert proc.returncode == 0
 
 
 @pytest.mark.parametrize("shape, ended", [("scalar", "finished_flag"), ("1", "finished_flag"),
@@ -196,6 +240,9 @@ def test_timeout_with_a_stalled_writer(tmp_path, client):
     scan = (8, 20)
     proc = start_writer(path, scan, rate=400, stall_after=45)
     try:
+        # the run starts once the writer has stalled: the timeout then counts from the
+        # first poll, however slowly this machine wrote the 45 frames
+        keys_set(path, 45, proc)
         t0 = time.monotonic()
         res = follow(path, out, client, scan, timeout=1.0)
         wall = time.monotonic() - t0
@@ -215,12 +262,22 @@ def test_timeout_with_a_stalled_writer(tmp_path, client):
 def test_growing_layout(tmp_path, client):
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (12, 15)
-    proc = start_writer(path, scan, rate=300, growing=True, writers=2, snake=True)
+    # the writer waits after 30 frames until the run has processed some: the run follows
+    # a scan that is still growing, however slow this machine is
+    gate = tmp_path / "run-has-results"
+    proc = start_writer(path, scan, rate=300, growing=True, writers=2, snake=True, gate=gate,
+                        gate_after=30)
     with h5py.File(path, "r", swmr=True) as f:
         assert f[KEY].maxshape[0] is None and f[DATA].maxshape[0] is None
         assert f[KEY].shape[0] < scan[0], "the scan should start smaller than it ends"
+
+    def progress(p):
+        if p["processed"] and not gate.exists():
+            assert p["total"] < 180, "the run saw the whole scan before the writer went on"
+            gate.touch()
+
     try:
-        res = follow(path, out, client, scan, latency=0.1)
+        res = follow(path, out, client, scan, latency=0.1, progress=progress)
     finally:
         stop(proc)
     check(res, scan)
@@ -288,24 +345,40 @@ def test_reader_sees_done_grow_during_the_run(tmp_path, client):
 
 
 def test_no_frame_counted_twice_when_blocks_go_out_in_pieces(tmp_path, client):
-    # one block of 200 frames (the whole scan) arrives slowly and out of order, so the
-    # latency bound sends it in many pieces; each frame must still be folded once
+    # one block of 200 frames (the whole scan) arrives out of order and in pieces: the
+    # writer stops at each of STOPS until the run has processed every frame written so
+    # far, so the latency bound must send the block piece by piece; each frame must
+    # still be folded once
     path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
     scan = (10, 20)
-    proc = start_writer(path, scan, rate=120, writers=2, writer_lag=11)
-    processed = set()
+    stops = [40, 90, 150]
+    gate = tmp_path / "piece-processed"
+    proc = start_writer(path, scan, rate=400, writers=2, writer_lag=11, gate=gate,
+                        gate_after=stops)
+    processed = []
+    released = []
 
     def progress(p):
-        processed.add(p["processed"])
+        processed.append(p["processed"])
+        if len(released) < len(stops) and p["processed"] == stops[len(released)]:
+            released.append(p["processed"])
+            gate.touch()  # the writer removes it as it goes on, to wait at the next stop
 
     try:
+        # the timeout only ends a broken run: at a stop, no frame completes until the
+        # run has caught up
         res = follow(path, out, client, scan, latency=0.02, partition_bytes=200 * 512,
-                     progress=progress)
+                     progress=progress, timeout=60.0)
     finally:
         stop(proc)
+    # the block went out in pieces: the run stood at each stop with the block part done
+    assert released == stops, f"the run stood at no stop: processed {sorted(set(processed))}"
     check(res, scan)
     assert res.stats["processed"] == 200
-    assert len(processed - {0, 200}) >= 3, f"the block did not go out in pieces: {processed}"
+    assert proc.returncode == 0
+    # and out of order: the frames written before the first stop are not the first 40
+    written = emission_order(scan, writers=2, writer_lag=11)[:stops[0]]
+    assert not np.array_equal(np.sort(written), np.arange(stops[0]))
 
 
 # the Dispatcher on its own: every frame handed out exactly once, whatever the arrival order
