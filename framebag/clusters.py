@@ -393,12 +393,20 @@ def _announce(client: Any, prof: Profile) -> None:
 def dashboard_link(prof: Profile, link: str) -> str:
     """The dashboard link as it can be opened: dask builds it from the scheduler's host,
     but a batch profile's dashboard listens on 127.0.0.1 unless the profile names a host
-    (see ``cluster_options``), so the link names 127.0.0.1 then."""
-    if prof.cluster in ("local", "address"):
+    (see ``cluster_options``), so the link names 127.0.0.1 then. So does an in-process
+    local cluster's (``inline``): its scheduler has no socket, and dask names the
+    machine's own address instead."""
+    if prof.cluster == "address":
         return link
-    sched = cluster_options(prof).get("scheduler_options") or {}
-    if not str(sched.get("dashboard_address", "")).startswith(LOOPBACK + ":"):
-        return link
+    if prof.cluster == "local":
+        opts = cluster_options(prof)
+        if opts.get("processes", True) or \
+                not str(opts.get("dashboard_address", "")).startswith(LOOPBACK + ":"):
+            return link
+    else:
+        sched = cluster_options(prof).get("scheduler_options") or {}
+        if not str(sched.get("dashboard_address", "")).startswith(LOOPBACK + ":"):
+            return link
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(link)

@@ -577,7 +577,7 @@ class _Job:
         if self.o.progress:
             self.o.progress({"processed": self._processed, "complete": int(complete.sum()),
                              "seen": self.follower.seen, "total": self._total(complete),
-                             "inflight": len(self._inflight)})
+                             "inflight": len(self._inflight), "resumed": self._resumed})
 
     def _wait(self, client: Any, got_some: bool) -> None:
         """Wait for a task to complete, or until the next poll of a live file's keys."""

@@ -21,6 +21,8 @@ makes both; only a followed file may still be growing.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 import threading
@@ -65,9 +67,60 @@ def open_readonly(path: str | os.PathLike, what: str = "input file", **kwargs: A
     name = os.fspath(path)
     _check_path(name, what)
     try:
+        if set(kwargs) <= {"rdcc_nbytes"} and _metadata_read_attempts() is not None:
+            return open_swmr_read(name, kwargs.get("rdcc_nbytes"))
         return h5py.File(name, "r", swmr=True, **kwargs)
     except OSError as exc:
         raise InputNotReady(f"cannot open {what} {name!r}: {exc}") from exc
+
+
+#: metadata read attempts of an SWMR read; HDF5's default of 100, with
+#: a sleep that doubles on each, hangs for minutes on a damaged file
+SWMR_READ_ATTEMPTS = 10
+
+
+def open_swmr_read(path: str | os.PathLike, rdcc_nbytes: int | None = None) -> h5py.File:
+    """An SWMR read-only h5py.File of ``path`` whose metadata retries are bounded.
+
+    HDF5 retries a metadata block whose checksum fails up to 100 times, with a
+    sleep that doubles each time, since a live writer may be halfway through it;
+    on a damaged file that hangs for minutes (and ignores SIGTERM). Ten tries
+    still ride out a writer's flush. ``rdcc_nbytes`` sets the chunk cache.
+    """
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)  # HDF5's close degree, as h5py's own
+    if rdcc_nbytes is not None:
+        mdc, nslots, _, w0 = fapl.get_cache()
+        fapl.set_cache(mdc, nslots, rdcc_nbytes, w0)
+    setter = _metadata_read_attempts()
+    if setter is None or setter(fapl.id, SWMR_READ_ATTEMPTS) < 0:
+        raise OSError("this h5py's HDF5 cannot bound its SWMR metadata retries")
+    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
+                        fapl=fapl)
+    return h5py.File(fid)
+
+
+@functools.cache
+def _metadata_read_attempts() -> Any:
+    """``H5Pset_metadata_read_attempts`` of the libhdf5 h5py uses, or None.
+
+    Looked up through h5py's own extension module: the dynamic linker searches
+    the libraries it links, which is the very libhdf5 h5py calls. Its version
+    must be h5py's, so a stray copy of the library is never used.
+    """
+    try:
+        lib = ctypes.CDLL(h5py.h5p.__file__)
+        setter = lib.H5Pset_metadata_read_attempts
+        version = lib.H5get_libversion
+    except (OSError, AttributeError):
+        return None
+    parts = [ctypes.c_uint() for _ in range(3)]
+    version.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 3
+    if version(*[ctypes.byref(p) for p in parts]) < 0 or \
+            tuple(p.value for p in parts) != tuple(h5py.version.hdf5_version_tuple[:3]):
+        return None
+    setter.argtypes = [ctypes.c_int64, ctypes.c_uint]
+    setter.restype = ctypes.c_int
+    return setter
 
 
 def _check_path(name: str, what: str) -> None:

@@ -120,6 +120,7 @@ import numpy as np
 
 from . import fingerprint
 from .errors import FramebagError
+from .hdf5 import open_swmr_read
 from .keys import DataInfo
 from .layout import NXDATA_SUFFIX, RESERVED
 from .lock import OutputLock
@@ -1527,51 +1528,10 @@ def open_existing(path: Path) -> h5py.File:
             raise FramebagError(f"--resume: cannot read output file {str(path)!r} "
                                 f"({_first_line(exc)}); use --overwrite to start again") from None
     try:
-        return _open_swmr_read(path)
+        return open_swmr_read(path)
     except OSError as exc:
         raise FramebagError(f"--resume: cannot read output file {str(path)!r} "
                             f"({_first_line(exc)}); use --overwrite to start again") from None
-
-
-#: metadata read attempts of an SWMR read of an output; HDF5's default of 100, with
-#: a sleep that doubles on each, hangs for minutes on a damaged file
-SWMR_READ_ATTEMPTS = 10
-
-
-def _open_swmr_read(path: Path) -> h5py.File:
-    """An SWMR read-only h5py.File of ``path`` whose metadata retries are bounded."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
-    setter = _metadata_read_attempts()
-    if setter is None or setter(fapl.id, SWMR_READ_ATTEMPTS) < 0:
-        raise OSError("this h5py's HDF5 cannot bound its SWMR metadata retries")
-    fid = h5py.h5f.open(os.fsencode(path), h5py.h5f.ACC_RDONLY | h5py.h5f.ACC_SWMR_READ,
-                        fapl=fapl)
-    return h5py.File(fid)
-
-
-@functools.cache
-def _metadata_read_attempts() -> Any:
-    """``H5Pset_metadata_read_attempts`` of the libhdf5 h5py uses, or None.
-
-    Looked up through h5py's own extension module: the dynamic linker searches
-    the libraries it links, which is the very libhdf5 h5py calls. Its version
-    must be h5py's, so a stray copy of the library is never used.
-    """
-    try:
-        lib = ctypes.CDLL(h5py.h5p.__file__)
-        setter = lib.H5Pset_metadata_read_attempts
-        version = lib.H5get_libversion
-    except (OSError, AttributeError):
-        return None
-    parts = [ctypes.c_uint() for _ in range(3)]
-    version.argtypes = [ctypes.POINTER(ctypes.c_uint)] * 3
-    if version(*[ctypes.byref(p) for p in parts]) < 0 or \
-            tuple(p.value for p in parts) != tuple(h5py.version.hdf5_version_tuple[:3]):
-        return None
-    setter.argtypes = [ctypes.c_int64, ctypes.c_uint]
-    setter.restype = ctypes.c_int
-    return setter
 
 
 def check_resumable(path: Path, workflow: str, provenance: dict[str, Any],
@@ -1670,7 +1630,7 @@ def _unflag(path: Path) -> None:
     tmp = _temp_beside(path)
     dst = None
     try:
-        with _open_swmr_read(path) as src:
+        with open_swmr_read(path) as src:
             dst = h5py.File(tmp, "w", libver=LIBVER)
             for key, value in src.attrs.items():
                 dst.attrs[key] = value

@@ -100,7 +100,9 @@ class Progress:
                     self.waiting = True
                     log.info("waiting for the first complete frame of %d", int(state["total"]))
                 return
-            self.first = processed
+            # frames done before this run: the engine says (a fast first task may be in
+            # ``processed`` already); an older caller's first count is taken as them
+            self.first = int(state.get("resumed", processed))
             self.start = time.monotonic()
         self.state = {k: int(v) for k, v in state.items()}
         if not self.enabled:
@@ -144,7 +146,7 @@ class Progress:
     def first_line(self) -> str:
         """What the run has to do, said once when the first frames are complete."""
         s = self.state
-        text = f"{s['complete'] - s['processed']} complete frames to process"
+        text = f"{s['complete'] - self.resumed} complete frames to process"
         if self.resumed:
             text += f" ({self.resumed} done before)"
         if self.follow:

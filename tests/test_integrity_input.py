@@ -456,3 +456,28 @@ def test_one_value_type_per_function_passes_and_mixed_python_numpy_scalars_are_f
     assert p.stacks["mixed"].dtype == np.float64
     np.testing.assert_array_equal(p.accs["image"], frames.max(axis=0))
     assert p.kinds["mixed"][0] == np.float64 and p.kinds["image"][0] == np.uint16
+
+
+def test_damaged_chunk_index_is_one_sentence_and_never_hangs(tmp_path):
+    """Flipped bytes all over a finished input's metadata: an SWMR read retried them for
+    good (SIGTERM did not stop it); now the read fails after bounded tries."""
+    from framebag.simulate import simulate
+
+    good = tmp_path / "scan.h5"
+    simulate(good, (4, 5), (16, 16), rate=1e6)
+    raw = bytearray(good.read_bytes())
+    for i in range(2000, min(20000, len(raw)), 97):
+        raw[i] ^= 0xFF
+    bad = tmp_path / "flip.h5"
+    bad.write_bytes(bytes(raw))
+    before = bad.read_bytes()
+    env = {k: v for k, v in os.environ.items() if k != "DASK_LOGGING__DISTRIBUTED"}
+    proc = subprocess.run(  # a hang is the test's timeout, not a pass
+        [sys.executable, "-m", "framebag.cli", "run", "framebag.workflows.frame_sum", str(bad),
+         "-o", str(tmp_path / "out.h5"), "--profile", "inline"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("framebag: error: ") and str(bad) in last, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert bad.read_bytes() == before

@@ -397,7 +397,7 @@ def test_damaged_metadata_fails_resume_and_never_hangs(finished, where, flagged)
 
 def _spot_flagged(out: Path, where: str) -> int:
     """Object header addresses of a flagged file, read the way framebag reads it."""
-    from framebag.output import _open_swmr_read
+    from framebag.hdf5 import open_swmr_read
 
-    with _open_swmr_read(out) as f:
+    with open_swmr_read(out) as f:
         return h5py.h5o.get_info(f[where].id).addr + 6
