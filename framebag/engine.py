@@ -703,17 +703,12 @@ class _Job:
 
     def _combine(self, client: Any, finished: list[Any],
                  inflight: dict[Any, list[tuple[int, int]]]) -> int:
-        """Combine and commit every successful partial; then raise for a failed one.
+        """Gather, combine and commit every successful partial; then handle a failed one.
 
-        Successful partials of the same batch are committed first, so a failure
-        never loses work that had already arrived. A task that failed on bad
-        input (a function's error, a read that fails, any FramebagError) stops
-        the run at once, since it would fail the same way again; one that failed
-        otherwise (a dead worker: KilledWorker) is retried up to ``retries`` times.
+        What arrived is committed first, so a failure never loses it (see :meth:`_retry`).
         Partials are gathered in one round trip for as many tasks as fit their stacked
-        results in the read budget (one task at a time for large ones), and committed
-        before their stacked results pass it, so the driver never holds more than that
-        (plus one task's, and those held back for scan order) of them.
+        results in the read budget, and committed before they pass it, so the driver
+        never holds more than that (plus those held back for scan order).
         """
         ok = [f for f in finished if f.status == "finished"]
         failed = [f for f in finished if f.status != "finished"]
@@ -841,19 +836,7 @@ class _Job:
             for name, (counts, rows) in p.ragged.items():
                 ragged.setdefault(name, []).append((p.start, p.done, counts, rows))
             for name, acc in p.accs.items():
-                fold = self.wf.functions[name].fold
-                had = self.accs[name]
-                try:
-                    self.accs[name] = fold.combine(had, acc)
-                except Exception as exc:
-                    self._mismatch(name, p, f"{type(exc).__name__}: {exc}")
-                # None means "no frame yet": a binop or combine returning it would drop frames
-                if (acc is None and p.done.any()) or (
-                        self.accs[name] is None and (had is not None or acc is not None)):
-                    raise FramebagError(
-                        f"fold {fold.name!r} of function {name!r} returned None for frames "
-                        f"{self._span(p.start, p.stop)} ({'binop' if acc is None else 'combine'}"
-                        "); None means no frame yet, so their values would be lost")
+                self._combine_one(name, acc, p)
             newly.append(np.arange(p.start, p.stop)[p.done])
             self.errors.extend(p.errors)
         for name, stacked in runs.items():
@@ -871,6 +854,22 @@ class _Job:
         self._recorder.note(self.info, newly_done)  # flushed by the commit, before its checkpoint
         self.out.commit(newly_done, results, accs, [e for p in partials for e in p.errors],
                         checkpoint=True if final else None)
+
+    def _combine_one(self, name: str, acc: Any, p: Partial) -> None:
+        """Combine one fold's accumulator from partial ``p`` into the run's."""
+        fold = self.wf.functions[name].fold
+        had = self.accs[name]
+        try:
+            self.accs[name] = fold.combine(had, acc)
+        except Exception as exc:
+            self._mismatch(name, p, f"{type(exc).__name__}: {exc}")
+        # None means "no frame yet": a binop or combine returning it would drop frames
+        if (acc is None and p.done.any()) or (
+                self.accs[name] is None and (had is not None or acc is not None)):
+            raise FramebagError(
+                f"fold {fold.name!r} of function {name!r} returned None for frames "
+                f"{self._span(p.start, p.stop)} ({'binop' if acc is None else 'combine'}"
+                "); None means no frame yet, so their values would be lost")
 
     def _span(self, start: int, stop: int) -> str:
         """The flat run ``start .. stop`` named by its first and last scan index."""
