@@ -51,29 +51,27 @@ def test_tasks_per_partition_not_per_frame(make_scan, client, tmp_path):
 
 
 def _count_opens() -> None:
-    import os
+    """Count, in this worker, the opens of an input file (framebag.hdf5.open_readonly)."""
+    from framebag import hdf5
 
-    import h5py
+    if getattr(hdf5, "_framebag_test_opens", None) is None:
+        real = hdf5.open_readonly
 
-    if getattr(h5py.File, "_framebag_test_opens", None) is None:
-        init = h5py.File.__init__
+        def counting(*args, **kwargs):
+            hdf5._framebag_test_opens += 1
+            return real(*args, **kwargs)
 
-        def counting(self, name, *args, **kwargs):
-            if isinstance(name, (str, bytes, os.PathLike)):  # not h5py re-wrapping an open id
-                h5py.File._framebag_test_opens += 1
-            init(self, name, *args, **kwargs)
-
-        h5py.File._framebag_test_init = init
-        h5py.File.__init__ = counting
-    h5py.File._framebag_test_opens = 0
+        hdf5._framebag_test_real = real
+        hdf5.open_readonly = counting
+    hdf5._framebag_test_opens = 0
 
 
 def _opens() -> int:
-    import h5py
+    from framebag import hdf5
 
-    n = h5py.File._framebag_test_opens
-    h5py.File.__init__ = h5py.File._framebag_test_init
-    del h5py.File._framebag_test_opens, h5py.File._framebag_test_init
+    n = hdf5._framebag_test_opens
+    hdf5.open_readonly = hdf5._framebag_test_real
+    del hdf5._framebag_test_opens, hdf5._framebag_test_real
     return n
 
 
