@@ -12,12 +12,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from .dispatch import DEFAULT_PARTITION_BYTES
 from .errors import FramebagError
 
 __all__ = ["RunOptions", "ON_ERROR"]
+
+#: the options that are numbers (checked as such: a str from a config file is refused)
+_NUMBERS = ("timeout", "poll_interval", "latency", "partition_bytes", "retries",
+            "commit_interval")
 
 #: what ``on_error`` may be
 ON_ERROR = ("raise", "skip")
@@ -97,13 +102,21 @@ class RunOptions:
     def __post_init__(self) -> None:
         for name in ("keys", "axes"):  # lists are accepted, and kept as tuples
             value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
+            if isinstance(value, (str, PurePath)):  # one path, as Workflow(keys=...) takes it
+                object.__setattr__(self, name, (str(value),))
+            elif value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if self.report is not None:
             object.__setattr__(self, "report", str(self.report))
         self._check()
 
     def _check(self) -> None:
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if value is None and name == "commit_interval":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise FramebagError(f"run option {name} must be a number, not {value!r}")
         if self.on_error not in ON_ERROR:
             raise FramebagError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}")
         if self.partition_bytes <= 0:
@@ -112,6 +125,7 @@ class RunOptions:
         if self.timeout <= 0:
             raise FramebagError(f"--timeout must be positive, got {self.timeout}")
         for option, value in (("--latency", self.latency), ("--retries", self.retries),
+                              ("poll_interval", self.poll_interval),
                               ("--commit-interval", self.commit_interval or 0.0)):
             if value < 0:
                 raise FramebagError(f"{option} must be zero or more, got {value}")

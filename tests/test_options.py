@@ -55,3 +55,18 @@ def test_the_commit_interval_defaults_by_follow():
     assert RunOptions().resolved_commit_interval == 0.5
     assert RunOptions(follow=True).resolved_commit_interval == 0.1
     assert RunOptions(follow=True, commit_interval=2).resolved_commit_interval == 2.0
+
+
+def test_one_key_path_as_a_str_is_one_path_not_its_letters():
+    # Workflow(keys="a/b") takes one path; RunOptions(keys="a/b") made ('a', '/', 'b')
+    assert RunOptions(keys="entry/keys/key_1").keys == ("entry/keys/key_1",)
+    assert RunOptions(axes="entry/x").axes == ("entry/x",)
+
+
+@pytest.mark.parametrize("given", [dict(timeout="5"), dict(partition_bytes="64M"),
+                                   dict(latency=float("nan")), dict(poll_interval=-1),
+                                   dict(retries=True)])
+def test_a_bad_number_is_a_framebag_error_naming_the_option(given):
+    (name,) = given
+    with pytest.raises(FramebagError, match=name):
+        RunOptions(**given)
