@@ -136,6 +136,9 @@ class RunOptions:
 
         An unknown keyword is a ``TypeError`` naming it, as for any function.
         """
+        if options is not None and not isinstance(options, RunOptions):
+            raise TypeError(f"options must be a RunOptions, not {type(options).__name__}; "
+                            "for a dict d, pass options=RunOptions(**d) or **d")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(given) - known)
         if unknown:

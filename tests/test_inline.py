@@ -58,3 +58,19 @@ def test_the_python_api_takes_the_inline_profile(tmp_path):
     res = load_workflow(wf_path).run(path, tmp_path / "out.h5", profile="inline")
     expected = expected_frames((2, 3), (4, 4)).astype("int64").sum()
     assert res["total"] == expected
+
+
+def test_a_client_of_an_ended_cluster_block_is_refused_in_one_sentence(tmp_path):
+    import pytest
+
+    import framebag
+
+    path = tmp_path / "in.h5"
+    simulate(path, (2, 3), (4, 4), rate=1e6)
+    wf_path = tmp_path / "debugged.py"
+    wf_path.write_text(WORKFLOW)
+    wf = load_workflow(wf_path)
+    with framebag.cluster("inline") as client:
+        wf.run(path, tmp_path / "a.h5", client=client)
+    with pytest.raises(framebag.FramebagError, match="closed"):  # was 'IOLoop is closed'
+        wf.run(path, tmp_path / "b.h5", client=client)

@@ -70,3 +70,8 @@ def test_a_bad_number_is_a_framebag_error_naming_the_option(given):
     (name,) = given
     with pytest.raises(FramebagError, match=name):
         RunOptions(**given)
+
+
+def test_options_given_as_a_dict_says_what_to_pass():
+    with pytest.raises(TypeError, match="RunOptions"):  # was "replace() should be called ..."
+        RunOptions.of({"overwrite": True})
