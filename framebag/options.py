@@ -10,6 +10,7 @@ is written twice. The options of the display (``--plot``, ``--log-interval``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
@@ -115,8 +116,11 @@ class RunOptions:
             value = getattr(self, name)
             if value is None and name == "commit_interval":
                 continue
+            flag = _FLAGS.get(name, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-                raise FramebagError(f"run option {name} must be a number, not {value!r}")
+                raise FramebagError(f"{flag} must be a number, not {value!r}")
+            if name in ("commit_interval", "poll_interval") and not math.isfinite(value):
+                raise FramebagError(f"{flag} must be a finite number of seconds, not {value!r}")
         if self.on_error not in ON_ERROR:
             raise FramebagError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}")
         if self.partition_bytes <= 0:
@@ -156,6 +160,10 @@ class RunOptions:
         if self.commit_interval is not None:
             return float(self.commit_interval)
         return 0.1 if self.follow else 0.5
+
+
+#: each option's name in messages: its flag where ``framebag run`` has one
+_FLAGS = {f.name: f.metadata["flag"] or f.name for f in dataclasses.fields(RunOptions)}
 
 
 def cli_fields() -> list[dataclasses.Field[Any]]:
