@@ -112,6 +112,12 @@ class RunOptions:
         self._check()
 
     def _check(self) -> None:
+        if self.profile is not None and not isinstance(self.profile, (str, PurePath)):
+            raise FramebagError(f"profile must be a profile name or YAML file, not "
+                                f"{self.profile!r}")
+        if self.params is not None and not isinstance(self.params, Mapping):
+            raise FramebagError(f"params must be a mapping of parameter names to values "
+                                f"(params={{'y0': 1}}), not {self.params!r}")
         for name in _NUMBERS:
             value = getattr(self, name)
             if value is None and name == "commit_interval":

@@ -75,3 +75,10 @@ def test_a_bad_number_is_a_framebag_error_naming_the_option(given):
 def test_options_given_as_a_dict_says_what_to_pass():
     with pytest.raises(TypeError, match="RunOptions"):  # was "replace() should be called ..."
         RunOptions.of({"overwrite": True})
+
+
+@pytest.mark.parametrize("given", [dict(profile=123), dict(params=["y0=1"])])
+def test_a_profile_or_params_of_the_wrong_kind_is_a_framebag_error(given):
+    (name,) = given  # were a raw TypeError / AttributeError from deep in the run
+    with pytest.raises(FramebagError, match=name):
+        RunOptions(**given)
