@@ -74,3 +74,17 @@ def test_a_client_of_an_ended_cluster_block_is_refused_in_one_sentence(tmp_path)
         wf.run(path, tmp_path / "a.h5", client=client)
     with pytest.raises(framebag.FramebagError, match="closed"):  # was 'IOLoop is closed'
         wf.run(path, tmp_path / "b.h5", client=client)
+
+
+def test_pdb_without_a_terminal_names_the_inline_profile():
+    import bdb
+
+    import numpy as np
+    import pytest
+
+    from framebag import Workflow
+    from framebag.errors import FramebagError
+
+    with pytest.raises(FramebagError, match="--profile inline"):  # was 'BdbQuit: ' alone
+        Workflow._fail("total", 5, (2, 3), bdb.BdbQuit(), "raise", [],
+                       np.ones(1, bool), 0)
