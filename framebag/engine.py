@@ -90,6 +90,7 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     grow, and left out there it is the one recorded.
     """
     opts = RunOptions.of(options, **given)
+    _check_client(client)
     resolved = workflow.resolve_params(opts.params)
     input_path = Path(input).resolve()
     finished_required = bool(opts.finished)
@@ -106,6 +107,15 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
                            finished_required)
     finally:
         lock.release()
+
+
+def _check_client(client: Any) -> None:
+    """A client that is closed (its ``framebag.cluster`` block has ended) is refused at once."""
+    if client is not None and getattr(client, "status", None) in ("closing", "closed"):
+        raise FramebagError(
+            "the client given is closed (a framebag.cluster(...) client lasts to the end of "
+            "its with-block): run inside the block, or leave client out to start the "
+            "profile's cluster for the run")
 
 
 def _run_locked(workflow: Workflow, input_path: Path, out_path: Path, resolved: dict[str, Any],
@@ -1027,6 +1037,7 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     if not paths:
         raise FramebagError("run_many needs at least one input")
     opts = RunOptions.of(options, **given)
+    _check_client(client)
     workflow.resolve_params(opts.params)  # a bad --set fails once, not once per scan
     regions.parse(opts.roi)  # and a bad --roi: its files are read per scan
     each_scan = opts.replace(report=None)

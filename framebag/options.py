@@ -10,14 +10,20 @@ is written twice. The options of the display (``--plot``, ``--log-interval``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from .dispatch import DEFAULT_PARTITION_BYTES
 from .errors import FramebagError
 
 __all__ = ["RunOptions", "ON_ERROR"]
+
+#: the options that are numbers (checked as such: a str from a config file is refused)
+_NUMBERS = ("timeout", "poll_interval", "latency", "partition_bytes", "retries",
+            "commit_interval")
 
 #: what ``on_error`` may be
 ON_ERROR = ("raise", "skip")
@@ -97,13 +103,30 @@ class RunOptions:
     def __post_init__(self) -> None:
         for name in ("keys", "axes"):  # lists are accepted, and kept as tuples
             value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
+            if isinstance(value, (str, PurePath)):  # one path, as Workflow(keys=...) takes it
+                object.__setattr__(self, name, (str(value),))
+            elif value is not None and not isinstance(value, tuple):
                 object.__setattr__(self, name, tuple(value))
         if self.report is not None:
             object.__setattr__(self, "report", str(self.report))
         self._check()
 
     def _check(self) -> None:
+        if self.profile is not None and not isinstance(self.profile, (str, PurePath)):
+            raise FramebagError(f"profile must be a profile name or YAML file, not "
+                                f"{self.profile!r}")
+        if self.params is not None and not isinstance(self.params, Mapping):
+            raise FramebagError(f"params must be a mapping of parameter names to values "
+                                f"(params={{'y0': 1}}), not {self.params!r}")
+        for name in _NUMBERS:
+            value = getattr(self, name)
+            if value is None and name == "commit_interval":
+                continue
+            flag = _FLAGS.get(name, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise FramebagError(f"{flag} must be a number, not {value!r}")
+            if name in ("commit_interval", "poll_interval") and not math.isfinite(value):
+                raise FramebagError(f"{flag} must be a finite number of seconds, not {value!r}")
         if self.on_error not in ON_ERROR:
             raise FramebagError(f"on_error must be 'raise' or 'skip', not {self.on_error!r}")
         if self.partition_bytes <= 0:
@@ -112,6 +135,7 @@ class RunOptions:
         if self.timeout <= 0:
             raise FramebagError(f"--timeout must be positive, got {self.timeout}")
         for option, value in (("--latency", self.latency), ("--retries", self.retries),
+                              ("poll_interval", self.poll_interval),
                               ("--commit-interval", self.commit_interval or 0.0)):
             if value < 0:
                 raise FramebagError(f"{option} must be zero or more, got {value}")
@@ -122,6 +146,9 @@ class RunOptions:
 
         An unknown keyword is a ``TypeError`` naming it, as for any function.
         """
+        if options is not None and not isinstance(options, RunOptions):
+            raise TypeError(f"options must be a RunOptions, not {type(options).__name__}; "
+                            "for a dict d, pass options=RunOptions(**d) or **d")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(given) - known)
         if unknown:
@@ -139,6 +166,10 @@ class RunOptions:
         if self.commit_interval is not None:
             return float(self.commit_interval)
         return 0.1 if self.follow else 0.5
+
+
+#: each option's name in messages: its flag where ``framebag run`` has one
+_FLAGS = {f.name: f.metadata["flag"] or f.name for f in dataclasses.fields(RunOptions)}
 
 
 def cli_fields() -> list[dataclasses.Field[Any]]:

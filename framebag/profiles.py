@@ -36,6 +36,7 @@ signatures and shares the same wording of errors.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 import logging
 import os
@@ -516,6 +517,15 @@ def resolved(prof: Profile) -> dict[str, Any]:
     return out
 
 
+def _check_keyword(key: str, valid: set[str]) -> None:
+    """A misspelt keyword of :func:`framebag.cluster` itself, named with the right one."""
+    keywords = ["workers", "first_worker_timeout", "announce"]
+    near = difflib.get_close_matches(key, keywords + sorted(valid), 1)
+    if near and near[0] in keywords:
+        raise FramebagError(f"unknown option {key!r}; did you mean {near[0]}=... "
+                            "(a keyword of framebag.cluster)?")
+
+
 def override(prof: Profile, *, workers: int | None = None, **options: Any) -> Profile:
     """``prof`` with ``options`` replacing its ``options:`` and ``workers`` its scale,
     validated as :func:`load` validates a profile's own (for :func:`framebag.cluster`).
@@ -537,6 +547,8 @@ def override(prof: Profile, *, workers: int | None = None, **options: Any) -> Pr
     merged = {**prof.options, **options}
     valid = valid_options(prof.cluster)
     for key in options:
+        if key not in valid:
+            _check_keyword(str(key), valid)
         _check_option(where, prof.cluster, str(key), valid)
     if "security" in options:
         _check_security(where, options["security"])

@@ -717,6 +717,9 @@ class Workflow:
     def _fail(fname: str, flat: int, scan_shape: tuple[int, ...], exc: Exception,
               on_error: str, errors: list, done: np.ndarray, i: int) -> None:
         message = f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ == "BdbQuit":  # pdb with no terminal to read from
+            message = ("BdbQuit (a breakpoint() or pdb with no terminal to read from; "
+                       "to debug, run with --profile inline from a terminal)")
         if on_error != "skip":
             raise FrameError(
                 f"function {fname!r} failed on frame {scan_index(flat, scan_shape)}: {message}"

@@ -58,3 +58,33 @@ def test_the_python_api_takes_the_inline_profile(tmp_path):
     res = load_workflow(wf_path).run(path, tmp_path / "out.h5", profile="inline")
     expected = expected_frames((2, 3), (4, 4)).astype("int64").sum()
     assert res["total"] == expected
+
+
+def test_a_client_of_an_ended_cluster_block_is_refused_in_one_sentence(tmp_path):
+    import pytest
+
+    import framebag
+
+    path = tmp_path / "in.h5"
+    simulate(path, (2, 3), (4, 4), rate=1e6)
+    wf_path = tmp_path / "debugged.py"
+    wf_path.write_text(WORKFLOW)
+    wf = load_workflow(wf_path)
+    with framebag.cluster("inline") as client:
+        wf.run(path, tmp_path / "a.h5", client=client)
+    with pytest.raises(framebag.FramebagError, match="closed"):  # was 'IOLoop is closed'
+        wf.run(path, tmp_path / "b.h5", client=client)
+
+
+def test_pdb_without_a_terminal_names_the_inline_profile():
+    import bdb
+
+    import numpy as np
+    import pytest
+
+    from framebag import Workflow
+    from framebag.errors import FramebagError
+
+    with pytest.raises(FramebagError, match="--profile inline"):  # was 'BdbQuit: ' alone
+        Workflow._fail("total", 5, (2, 3), bdb.BdbQuit(), "raise", [],
+                       np.ones(1, bool), 0)

@@ -55,3 +55,30 @@ def test_the_commit_interval_defaults_by_follow():
     assert RunOptions().resolved_commit_interval == 0.5
     assert RunOptions(follow=True).resolved_commit_interval == 0.1
     assert RunOptions(follow=True, commit_interval=2).resolved_commit_interval == 2.0
+
+
+def test_one_key_path_as_a_str_is_one_path_not_its_letters():
+    # Workflow(keys="a/b") takes one path; RunOptions(keys="a/b") made ('a', '/', 'b')
+    assert RunOptions(keys="entry/keys/key_1").keys == ("entry/keys/key_1",)
+    assert RunOptions(axes="entry/x").axes == ("entry/x",)
+
+
+@pytest.mark.parametrize("given", [dict(timeout="5"), dict(partition_bytes="64M"),
+                                   dict(latency=float("nan")), dict(poll_interval=-1),
+                                   dict(retries=True), dict(commit_interval=float("inf"))])
+def test_a_bad_number_is_a_framebag_error_naming_the_option(given):
+    (name,) = given
+    with pytest.raises(FramebagError, match=f"{name}|{name.replace('_', '-')}"):
+        RunOptions(**given)
+
+
+def test_options_given_as_a_dict_says_what_to_pass():
+    with pytest.raises(TypeError, match="RunOptions"):  # was "replace() should be called ..."
+        RunOptions.of({"overwrite": True})
+
+
+@pytest.mark.parametrize("given", [dict(profile=123), dict(params=["y0=1"])])
+def test_a_profile_or_params_of_the_wrong_kind_is_a_framebag_error(given):
+    (name,) = given  # were a raw TypeError / AttributeError from deep in the run
+    with pytest.raises(FramebagError, match=name):
+        RunOptions(**given)

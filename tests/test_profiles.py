@@ -394,3 +394,11 @@ def test_public_surface_is_the_api_only():
     assert not hasattr(framebag, "workers_skip_main")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         framebag.nope  # noqa: B018
+
+
+def test_a_misspelt_keyword_of_framebag_cluster_is_named_with_the_right_one():
+    from framebag.profiles import load, override
+
+    with pytest.raises(FramebagError, match=r"did you mean workers=") as e:
+        override(load("local"), wrkers=1)  # was: unknown option 'wrkers' for cluster 'local';
+    assert "WorkerStateClass" not in str(e.value)  # ... valid options are (70 dask names)
