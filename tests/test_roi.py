@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from framebag import FramebagError, Workflow
+from framebag import FramebagError, Workflow, load_workflow
 from framebag.simulate import DATA as SIM_DATA
 from framebag.simulate import FINISHED as SIM_FINISHED
 from framebag.simulate import KEY as SIM_KEY
@@ -158,20 +158,9 @@ def test_frames_outside_the_roi_are_never_read(tmp_path, client, unchanged):
     inside = region_mask(2)  # an integer selects one row
     _damage_chunks(path, ~inside)
     unchanged(path)
-    wf = Workflow("region", data=DATA, keys=[KEY])
-
-    @wf.frame
-    def total(frame):
-        return frame.sum(dtype=np.int64)
-
-    @wf.frame(fold="sum")
-    def summed(frame):
-        return frame.astype(np.int64)
-
-    @wf.frame(fold="sum")
-    def count(frame):
-        return np.int64(1)
-
+    source = tmp_path / "region.py"
+    source.write_text(WF)
+    wf = load_workflow(source)  # the workflow the other tests run, from its file
     with pytest.raises(FramebagError, match="(?i)checksum|fletcher|filter"):
         wf.run(path, tmp_path / "whole.h5", client=client)  # the damage is real
     res = wf.run(path, tmp_path / "out.h5", client=client, roi=(2,))
