@@ -61,14 +61,13 @@ from .partitions import by_block, chunk_run, scan_index
 from .reading import read_run
 from .results import ManyResults, Ragged, Results, _read_results
 from .scan_order import ScanOrder, first_frame, order_matters
-from .tasks import RunSpec, process_groups, process_partition, process_task, setup_files
+from .tasks import RunSpec, process_task, setup_files
 from .tuning import tune_workers
 
 if TYPE_CHECKING:  # a type only: the workflow module imports this one (Workflow.run)
     from .workflow import Workflow
 
-__all__ = ["run", "run_many", "Results", "Ragged", "ManyResults", "RunSpec", "process_partition",
-           "process_groups", "process_task"]
+__all__ = ["run", "run_many", "Results", "Ragged", "ManyResults"]
 
 log = logging.getLogger("framebag")
 #: the logger framebag.progress configures and --quiet silences (a name, not an import of it)

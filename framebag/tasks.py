@@ -25,7 +25,7 @@ from .reading import ReadError, read_run
 if TYPE_CHECKING:  # a type only: the workflow is pickled into the spec
     from .workflow import Workflow
 
-__all__ = ["RunSpec", "process_partition", "process_groups", "process_task", "setup_files"]
+__all__ = ["RunSpec", "process_partition", "process_task", "setup_files"]
 
 
 @dataclass(frozen=True)
@@ -108,11 +108,6 @@ def _stopped(exc: FramebagError) -> str:
                "--resume an output it did not make), or leave the function as it is and "
                "rerun with --resume --on-error skip to skip such frames")
     return f"{text}; the frames done so far are kept: {fix}"
-
-
-def process_groups(groups: list[list[tuple[int, int]]], spec: RunSpec) -> list[Partial]:
-    """Runs on a worker: :func:`process_partition` over the runs of several groups."""
-    return process_partition([run for group in groups for run in group], spec)
 
 
 #: the run specs a worker process has unpickled, by token: each is unpickled once, not
