@@ -119,8 +119,8 @@ def test_a_run_waits_on_its_own_client_when_another_is_the_default(make_scan, tm
 ])
 def test_slabs_lie_on_the_grid_of_reads(make_scan, start, stop, read, want) -> None:
     """A run's slabs (one partial each) are cut at multiples of the read, wherever it starts."""
-    from framebag.tasks import RunSpec, process_partition
     from framebag.keys import KeyFollower
+    from framebag.tasks import RunSpec, process_partition
 
     path, data = make_scan((20,), (3,))
     info = KeyFollower(path, DATA, [KEY]).data
