@@ -23,6 +23,9 @@ __all__ = ["DEFAULT_PARTITION_BYTES", "TASK_SECONDS", "partition_size", "task_si
 DEFAULT_PARTITION_BYTES = 32 * 2**20
 MAX_PARTITION_FRAMES = 65536
 MAX_READS_PER_TASK = 16
+#: a finished scan is cut into at least this many reads (fewer only for fewer frames or
+#: whole chunks): tasks of whole reads then spread a small scan over up to 16 workers
+READS_PER_SCAN = 16
 TASK_SECONDS = 0.25
 
 
@@ -52,44 +55,62 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
               frame_seconds: float = 0.0, result_nbytes: int = 0) -> tuple[int, int]:
     """``(frames per task, frames per read)`` for a scan of ``nframes`` complete frames.
 
+    The read is the unit of a partial: partials lie on the grid of multiples of the
+    read and are combined in scan order, so the read never depends on ``workers``,
+    and a task is a whole number of reads (bar the last, cut by the scan's end). Two
+    runs of one scan on any numbers of workers thus fold the same partials in the
+    same order, and a float fold (``mean``, ``var``, ``std``) gives the same bits.
+
     A read is about ``target_bytes`` (see :func:`partition_size`) and bounds a
-    worker's memory. A task -- one partition -- is several reads, so that a
-    finished scan goes out as about two tasks per worker (at most
-    ``MAX_READS_PER_TASK`` reads each): dask costs about 1-2 ms per task on a
-    small machine, which would otherwise be a tenth of the work of cheap frames.
-    A scan too small for that is cut into near-equal tasks of one read each.
-    Without ``nframes`` (a live scan) a task is one read.
+    worker's memory; a finished scan is at least ``READS_PER_SCAN`` reads, so that
+    even a small one can be spread over workers. It is smaller still where a cap
+    binds (see :func:`task_cap`):
 
-    Whatever the scan size, a task is capped (see :func:`task_cap`) by
-
-    - time: with ``frame_seconds`` (the probe's measured cost of one frame), no
-      more than about ``TASK_SECONDS`` of work, so that progress, checkpoints and
-      the work lost with a worker or a killed driver stay fine-grained;
     - memory: with ``result_nbytes`` (the bytes one frame adds to the stacked
       results), no more than half of ``target_bytes`` of stacked results, so a
-      worker's partials and the driver's commit stay within the read budget.
+      worker's partials and the driver's commit stay within the read budget;
+    - time: with ``frame_seconds`` (the probe's measured cost of one frame), no
+      more than about ``TASK_SECONDS`` of work, so that progress, checkpoints and
+      the work lost with a worker or a killed driver stay fine-grained. The read is
+      halved until it fits, so only a timing that crosses a power of two moves
+      the grid.
 
-    Only a single frame may exceed a cap (one frame is the smallest task). Both
-    sizes are a multiple of ``chunk`` or a divisor of it, and ``read <= task``.
+    A task is as many reads (at most a half of a worker's share, ``MAX_READS_PER_TASK``
+    and the caps) as let the busiest worker finish soonest, ties going to fewer and
+    larger tasks: dask costs about 1-2 ms per task on a small machine, which would
+    otherwise be a tenth of the work of cheap frames. Without ``nframes`` (a
+    live scan) a task is one read. Only a single frame may exceed a cap (one frame
+    is the smallest task). Both sizes are a multiple of ``chunk`` or a divisor of it.
     """
     cap = task_cap(target_bytes, frame_seconds, result_nbytes)
-    read = _fit(partition_size(frame_nbytes, target_bytes, chunk), cap, chunk)
+    read = partition_size(frame_nbytes, target_bytes, chunk)
+    if nframes:  # a share of READS_PER_SCAN, rounded up to whole chunk runs
+        share = math.ceil(nframes / READS_PER_SCAN)
+        read = min(read, math.ceil(share / chunk) * chunk if share >= chunk
+                   else _align(share, chunk))
+    read = _fit(read, task_cap(target_bytes, 0.0, result_nbytes), chunk)
+    while read > 1 and read > cap:
+        read = _align(read // 2, chunk)
     if not nframes:
         return read, read
-    if nframes <= 2 * workers * read:
-        balanced = partition_size(frame_nbytes, target_bytes, chunk, nframes, 2 * workers)
-        if balanced > cap:
-            balanced = _even(nframes, _align(cap, chunk), 2 * workers, chunk) \
-                if cap >= chunk else _align(cap, chunk)
-        return balanced, balanced
-    reads = math.ceil(math.ceil(nframes / read) / (2 * workers))
-    reads = max(1, min(reads, MAX_READS_PER_TASK, cap // read))
-    if read < chunk:  # read divides the chunk run: a task is one read, or whole chunk runs
-        task = _even(nframes, reads * read, 2 * workers, chunk)
-        task = task if task <= min(cap, MAX_READS_PER_TASK * read) else read
+    reads = math.ceil(nframes / read)
+    most = max(1, min(math.ceil(reads / (2 * workers)), MAX_READS_PER_TASK, cap // read))
+    if read < chunk:  # reads divide a chunk run: a task is a divisor of it or whole runs
+        sizes = {_align(k, chunk // read) for k in range(1, most + 1)}
     else:
-        task = _even(nframes, reads * read, 2 * workers, chunk)
-    return task, min(read, task)
+        sizes = set(range(1, most + 1))
+    per_task = min(sizes, key=lambda k: (_makespan(reads, k, workers), -k))
+    return per_task * read, read
+
+
+def _makespan(reads: int, per_task: int, workers: int) -> int:
+    """Reads done by the busiest worker when ``reads`` go out ``per_task`` to a task, the
+    tasks taken in turn by ``workers`` (the last task holds what is left)."""
+    tasks = math.ceil(reads / per_task)
+    rounds = math.ceil(tasks / workers)
+    last = reads - (tasks - 1) * per_task
+    alone = tasks - (rounds - 1) * workers == 1  # the last round is the last task alone
+    return (rounds - 1) * per_task + (last if alone else per_task)
 
 
 def task_cap(target_bytes: int, frame_seconds: float = 0.0, result_nbytes: int = 0) -> int:

@@ -7,7 +7,8 @@ to :class:`ScanOrder` and combines only what it releases: the partials before
 the first task still in flight, in scan order. With one partial per read, cut on
 the fixed grid of reads (see :func:`framebag.tasks.process_partition`), the fold
 is the same sequence of ``combine`` calls whichever worker finishes first, and on
-any number of workers whose tasks lie on that grid.
+any number of workers (:func:`framebag.dispatch.task_size` keeps the read the same
+for every number of workers, and a task whole reads).
 
 In a live run a task dispatched late may hold frames before ones already
 combined (frames complete out of order); those are combined when they arrive,

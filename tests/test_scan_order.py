@@ -13,7 +13,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from framebag import Workflow
-from framebag.dispatch import partition_size, task_size
+from framebag.dispatch import DEFAULT_PARTITION_BYTES, task_size
 from framebag.partials import Partial
 from framebag.partitions import chunk_run
 from framebag.scan_order import ScanOrder, first_frame
@@ -66,14 +66,16 @@ def _float_workflow() -> Workflow:
     return wf
 
 
-def _run_on(n_workers: int, path, out) -> dict[str, np.ndarray]:
+def _run_on(n_workers: int, path, out, **options) -> dict[str, np.ndarray]:
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as c:
-        res = _float_workflow().run(path, out, client=c, partition_bytes=READ_BYTES)
+        res = _float_workflow().run(path, out, client=c, **options)
     return {k: v for k, v in res.items() if k.startswith("f_")}
 
 
-def test_float_folds_are_bit_identical_on_one_and_two_workers(tmp_path, unchanged) -> None:
+@pytest.mark.parametrize("read_bytes", [READ_BYTES, None], ids=["small-reads", "default"])
+def test_float_folds_are_bit_identical_on_one_and_two_workers(tmp_path, unchanged,
+                                                              read_bytes) -> None:
     rng = np.random.default_rng(7)
     # magnitudes over six decades: any change in the order of the sums shows in the bits
     data = (rng.standard_normal(SCAN + FRAME) * 10.0 ** rng.integers(-3, 4, SCAN + FRAME)
@@ -81,14 +83,16 @@ def test_float_folds_are_bit_identical_on_one_and_two_workers(tmp_path, unchange
     path = unchanged(write_scan(tmp_path / "in.h5", data, 2, chunks=CHUNKS))
     nframes, nbytes = data[..., 0, 0].size, data[0, 0].nbytes
     chunk = chunk_run(SCAN, CHUNKS)
-    read = partition_size(nbytes, READ_BYTES, chunk)
-    tasks = {w: task_size(nbytes, READ_BYTES, chunk, nframes, w)[0] for w in (1, 2)}
-    # the case this test is for: other tasks on 2 workers than on 1, all on the grid of reads
-    assert tasks[1] != tasks[2] and all(t % read == 0 for t in tasks.values())
+    budget = read_bytes or DEFAULT_PARTITION_BYTES
+    sizes = {w: task_size(nbytes, budget, chunk, nframes, w) for w in (1, 2)}
+    # the case this test is for: other tasks on 2 workers than on 1, on one grid of reads
+    (task1, read1), (task2, read2) = sizes[1], sizes[2]
+    assert task1 != task2 and read1 == read2 and task1 % read1 == task2 % read2 == 0
 
-    one = _run_on(1, path, tmp_path / "one.h5")
-    two = _run_on(2, path, tmp_path / "two.h5")
-    again = _run_on(2, path, tmp_path / "again.h5")
+    options = {"partition_bytes": read_bytes} if read_bytes else {}
+    one = _run_on(1, path, tmp_path / "one.h5", **options)
+    two = _run_on(2, path, tmp_path / "two.h5", **options)
+    again = _run_on(2, path, tmp_path / "again.h5", **options)
     want = data.reshape(-1, *FRAME).astype(np.float64)
     np.testing.assert_allclose(one["f_mean"], want.mean(axis=0), rtol=1e-9, atol=1e-12)
     for name in one:
