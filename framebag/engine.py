@@ -28,6 +28,7 @@ import functools
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -320,6 +321,7 @@ class _Job:
         self._task_bytes = 0  # stacked result bytes of one task (see _max_inflight)
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
         self._last_commit = 0.0
+        self._closing: threading.Thread | None = None  # workers closing their input handles
         self._broken = False
         self._write_failed = False  # the output is abandoned: nothing more is written to it
         #: seconds between commits: a live reader sees results this often; fewer
@@ -471,13 +473,17 @@ class _Job:
             raise
         finally:
             self._stop(client, status)
-        if self.out is None:
-            raise FramebagError(
-                f"no frame of {self.info.path!r} became complete before the run ended "
-                f"({self.ended_by}); no output was written"
-            )
-        return self._results(time.monotonic() - t0, self._processed - self._resumed,
-                             self._resumed)
+        try:
+            if self.out is None:
+                raise FramebagError(
+                    f"no frame of {self.info.path!r} became complete before the run ended "
+                    f"({self.ended_by}); no output was written"
+                )
+            return self._results(time.monotonic() - t0, self._processed - self._resumed,
+                                 self._resumed)
+        finally:
+            if self._closing is not None:  # the workers' input handles (see _cleanup)
+                self._closing.join()
 
     def _start(self, client: Any) -> None:
         """Tune the workers, poll the keys first, and (for a finished file) probe."""
@@ -892,10 +898,11 @@ class _Job:
         )
 
     def _cleanup(self, client: Any, status: str) -> None:
-        try:
-            client.run(hdf5.close, self.info.path)
-        except Exception:  # noqa: BLE001 - workers may be gone already
-            log.debug("could not close input handles on the workers", exc_info=True)
+        # the workers close their input handles while the driver closes the output and
+        # reads it back (a round trip of 4-5 ms, off the end of every run); run() waits
+        self._closing = threading.Thread(target=_close_inputs, args=(client, self.info.path),
+                                         name="framebag-close-inputs", daemon=True)
+        self._closing.start()
         if self.follower.growing and self.out is not None and not self._write_failed:
             try:
                 self._copy_axes()  # the positions written last
@@ -941,6 +948,14 @@ class _Job:
                      "done": int(res.done.sum()), "ended_by": self.ended_by}
         return res
 
+
+
+def _close_inputs(client: Any, path: str) -> None:
+    """Close the handles on the input ``path`` held by every worker of ``client``."""
+    try:
+        client.run(hdf5.close, path)
+    except Exception:  # noqa: BLE001 - workers may be gone already
+        log.debug("could not close input handles on the workers", exc_info=True)
 
 
 def many_outputs(workflow_name: str, inputs: list[Path],
