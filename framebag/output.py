@@ -124,6 +124,7 @@ from .hdf5 import open_swmr_read
 from .keys import DataInfo
 from .layout import NXDATA_SUFFIX, RESERVED
 from .lock import OutputLock
+from .partials import runs_of
 from .partitions import blocks, selection_shape
 from .roi import Roi
 
@@ -423,11 +424,11 @@ class OutputFile:
         counts, offsets = [], []
         for start, done, count, _ in parts:
             offset = at + np.cumsum(count) - count
-            offset[~done] = -1
             at += int(count.sum())
-            stop = start + len(done)
-            counts.append((start, stop, count))
-            offsets.append((start, stop, offset))
+            # only the frames done: a frame between them may be another task's
+            for a, b in runs_of(start, done):
+                counts.append((a, b, count[a - start:b - start]))
+                offsets.append((a, b, offset[a - start:b - start]))
         self.write_stack(f"{name}/count", counts)
         self.write_stack(f"{name}/offset", offsets)
         return end

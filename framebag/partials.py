@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Partial", "Kinds"]
+__all__ = ["Partial", "Kinds", "runs_of"]
 
 #: a function's values: ``name -> (dtype, value shape, flat index of the frame that showed it)``
 Kinds = dict[str, tuple[np.dtype, tuple[int, ...], int]]
@@ -40,3 +40,17 @@ rows each frame gave (0 where not done) and their rows, concatenated in frame or
     kinds: Kinds = field(default_factory=dict)
     #: per ``ragged`` function: ``(counts, rows)``, see above
     ragged: dict[str, tuple[np.ndarray, np.ndarray | None]] = field(default_factory=dict)
+
+    def done_runs(self) -> list[tuple[int, int]]:
+        """The flat runs ``(start, stop)`` of the frames done: the only frames whose values
+        the driver writes (a partial merged from several runs of a read spans frames of
+        other tasks, and a skipped frame keeps the output's fill value)."""
+        return runs_of(self.start, self.done)
+
+
+def runs_of(start: int, mask: np.ndarray) -> list[tuple[int, int]]:
+    """The flat runs ``(a, b)`` of the frames set in ``mask``, whose first is ``start``."""
+    if mask.all():
+        return [(start, start + len(mask))] if len(mask) else []
+    edges = np.flatnonzero(np.diff(np.r_[0, mask.view(np.int8), 0]))
+    return [(start + int(a), start + int(b)) for a, b in zip(edges[::2], edges[1::2])]

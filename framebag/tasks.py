@@ -45,15 +45,19 @@ class RunSpec:
 
 
 def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partial]:
-    """Runs on a worker: read each run in slabs of ``spec.read_frames``, apply, fold.
+    """Runs on a worker: read ``runs`` in slabs of ``spec.read_frames``, apply, fold.
 
-    Each slab is folded into one Partial; slabs lie on the grid of multiples of
-    ``read_frames``. A function's error or a read that fails stops the task: it is
-    returned as a failed Partial (after the partials done before it), not raised,
-    since a retry would fail the same way. Each slab's values are checked against
-    the probe's kinds (or, without them, the first slab's), so a function's dtype
-    cannot change between tasks. The setup values are looked up once per task
-    (each setup runs once per worker process; see :meth:`Workflow.setup`).
+    Each read of the fixed grid of multiples of ``read_frames`` gives one Partial:
+    the pieces of the runs within it (many short ones when a live scan's frames
+    completed out of order) are read together where the frames between them are
+    few (:data:`GAP_BYTES`), applied piece by piece and merged
+    (:meth:`Workflow.merge`). A function's error or a read that fails stops the
+    task: it is returned as a failed Partial (after the partials done before it),
+    not raised, since a retry would fail the same way. Each piece's values are
+    checked against the probe's kinds (or, without them, the first piece's), so a
+    function's dtype cannot change between tasks. The setup values are looked up
+    once per task (each setup runs once per worker process; see
+    :meth:`Workflow.setup`).
     """
     d, wf = spec.data, spec.workflow
     try:
@@ -62,28 +66,64 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
         a, b = runs[0] if runs else (0, 0)
         return [Partial(a, b, np.zeros(b - a, dtype=bool),
                         failure=f"{exc}; the frames done so far are kept")]
-    out = []
+    out: list[Partial] = []
     refresh = spec.live
     expect = spec.kinds
-    r = spec.read_frames
+    gap = max(0, GAP_BYTES // max(1, d.frame_nbytes))
+    for pieces in _by_read(runs, spec.read_frames):
+        # one Partial per read (not merged further here): the driver folds them in scan
+        # order, so the sum is the same whatever the tasks were
+        parts: list[Partial] = []
+        for group in _near(pieces, gap):
+            lo, hi = group[0][0], group[-1][1]
+            try:
+                frames = read_run(d.path, d.name, lo, hi, d.scan_shape, d.frame_shape,
+                                  d.dtype, refresh=refresh)
+                refresh = False
+                for a, b in group:
+                    parts.append(wf.apply(frames[a - lo:b - lo], a, d.scan_shape, spec.params,
+                                          spec.on_error, expect, setups))
+                    expect = expect or parts[-1].kinds
+            except (FrameError, ReadError) as exc:
+                if parts:
+                    out.append(wf.merge(parts, parts[0].start, parts[-1].stop))
+                out.append(Partial(lo, hi, np.zeros(hi - lo, dtype=bool), failure=_stopped(exc)))
+                return out
+            del frames  # frees the slab buffer for the next read
+        out.append(wf.merge(parts, pieces[0][0], pieces[-1][1]))
+    return out
+
+
+#: frames between two runs of one read are read with them (and not used) when they are
+#: at most this many bytes: about what one more read call costs in time
+GAP_BYTES = 256 * 1024
+
+
+def _by_read(runs: list[tuple[int, int]], r: int) -> list[list[tuple[int, int]]]:
+    """``runs`` cut at multiples of ``r`` and grouped by read: each group holds pieces,
+    in scan order, that lie within one read of the grid (runs in scan order, as a
+    task's are, give one group per read)."""
+    reads: list[list[tuple[int, int]]] = []
     for start, stop in runs:
-        # slabs on the fixed grid of reads, one Partial each (not merged here): the driver
-        # folds them in scan order, so the sum is the same whatever the tasks were
         edges = [start, *range((start // r + 1) * r, stop, r), stop]
         for a, b in zip(edges[:-1], edges[1:]):
-            try:
-                frames = read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype,
-                                  refresh=refresh)
-                refresh = False
-                part = wf.apply(frames, a, d.scan_shape, spec.params, spec.on_error, expect,
-                                setups)
-            except (FrameError, ReadError) as exc:
-                out.append(Partial(a, b, np.zeros(b - a, dtype=bool), failure=_stopped(exc)))
-                return out
-            out.append(part)
-            expect = expect or part.kinds
-            del frames  # frees the slab buffer for the next read
-    return out
+            if reads and reads[-1][-1][1] <= a and reads[-1][0][0] // r == a // r:
+                reads[-1].append((a, b))
+            else:
+                reads.append([(a, b)])
+    return reads
+
+
+def _near(pieces: list[tuple[int, int]], gap: int) -> list[list[tuple[int, int]]]:
+    """``pieces`` grouped into reads: a new read where more than ``gap`` frames lie
+    between one piece and the next."""
+    groups = [[pieces[0]]]
+    for a, b in pieces[1:]:
+        if a - groups[-1][-1][1] <= gap:
+            groups[-1].append((a, b))
+        else:
+            groups.append([(a, b)])
+    return groups
 
 
 def setup_files(provenance: dict[str, Any]) -> str:

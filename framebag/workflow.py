@@ -540,6 +540,44 @@ class Workflow:
         return Partial(start, start + r.n, r.done, stacks, accs, r.errors, kinds=r.kinds,
                        ragged=ragged)
 
+    def merge(self, parts: list[Partial], start: int, stop: int) -> Partial:
+        """One partial for ``start .. stop`` from the partials of runs within it, in order.
+
+        A task of a live scan may hold many short runs of one read (frames that
+        completed out of order); the driver then gets one partial per read, not one
+        per run. Frames between the runs are not done, and their stacked values and
+        row counts are zeros (the driver writes only the frames done, see
+        :meth:`Partial.done_runs`); every fold's accumulators are combined in the
+        runs' order, and the rows of ragged results are concatenated in frame order.
+        """
+        if len(parts) == 1 and (parts[0].start, parts[0].stop) == (start, stop):
+            return parts[0]
+        n = stop - start
+        out = Partial(start, stop, np.zeros(n, dtype=bool))
+        for p in parts:
+            a, b = p.start - start, p.stop - start
+            out.done[a:b] = p.done
+            out.errors.extend(p.errors)
+            for name, kind in p.kinds.items():
+                out.kinds.setdefault(name, kind)
+            for name, values in p.stacks.items():
+                if name not in out.stacks:
+                    out.stacks[name] = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+                out.stacks[name][a:b] = values
+            for name, acc in p.accs.items():
+                out.accs[name] = self.functions[name].fold.combine(out.accs[name], acc) \
+                    if name in out.accs else acc
+        for name in parts[0].ragged:
+            counts = np.zeros(n, dtype=np.int64)
+            rows: list[np.ndarray] = []
+            for p in parts:
+                count, got = p.ragged[name]
+                counts[p.start - start:p.stop - start] = count
+                if got is not None:
+                    rows.append(got)
+            out.ragged[name] = (counts, np.concatenate(rows) if rows else None)
+        return out
+
     def _call_batched(self, r: _Read, batched: list[tuple[str, list[FrameFunction]]],
                       ) -> dict[str, Any]:
         """Each batched function's values for the whole read, by result (None: none)."""

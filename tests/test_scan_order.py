@@ -149,3 +149,39 @@ def test_tasks_start_in_scan_order(make_scan, tmp_path) -> None:
         res = wf.run(path, tmp_path / "o.h5", client=c, partition_bytes=32)
     firsts = res["started"][::task]
     assert (np.diff(firsts) > 0).all(), np.argsort(firsts)
+
+
+@pytest.mark.parametrize("frame_nbytes_gap", [True, False], ids=["read-together", "read-apart"])
+def test_runs_of_one_read_give_one_partial(make_scan, monkeypatch, frame_nbytes_gap) -> None:
+    """A live task's short runs of one read (frames completed out of order) come back as
+    one partial per read: frames between the runs are not done, and only the runs'
+    frames are folded, whether the runs are read together or one by one."""
+    from framebag import tasks
+    from framebag.keys import KeyFollower
+    from framebag.tasks import RunSpec, process_partition
+
+    if not frame_nbytes_gap:  # no frame between two runs is read: each run is a read
+        monkeypatch.setattr(tasks, "GAP_BYTES", 0)
+    path, data = make_scan((20,), (3,))
+    info = KeyFollower(path, DATA, [KEY]).data
+    wf = Workflow("merged", data=DATA, keys=[KEY])
+    wf.frame(lambda frame: frame, name="stacked")
+    wf.frame(lambda frame: frame.astype(np.float64), fold="mean", name="avg")
+    wf.frame(lambda frame: frame[None, :2], fold="ragged", name="rows")
+    runs = [(1, 2), (3, 5), (8, 9), (9, 10), (11, 13)]
+    parts = process_partition(runs, RunSpec(info, wf, {}, "raise", True, 10))
+    assert [(p.start, p.stop) for p in parts] == [(1, 10), (11, 13)]
+    mine = np.array([i for a, b in runs for i in range(a, b)])
+    for p in parts:
+        want = mine[(mine >= p.start) & (mine < p.stop)]
+        assert p.done_runs() == [r for r in [(1, 2), (3, 5), (8, 10), (11, 13)]
+                                 if p.start <= r[0] < p.stop]
+        np.testing.assert_array_equal(np.flatnonzero(p.done) + p.start, want)
+        np.testing.assert_array_equal(p.stacks["stacked"][p.done], data[want])
+        assert not p.stacks["stacked"][~p.done].any()
+        n, mean, _ = p.accs["avg"]
+        assert n == len(want)
+        np.testing.assert_allclose(mean, data[want].mean(axis=0))
+        counts, rows = p.ragged["rows"]
+        np.testing.assert_array_equal(counts, p.done.astype(np.int64))
+        np.testing.assert_array_equal(rows, data[want][:, :2])
