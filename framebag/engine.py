@@ -576,9 +576,12 @@ class _Job:
         self._processed = self._resumed = int(self.out.done.sum())
 
     def _dispatch(self, client: Any, now: float) -> None:
-        """Send the runs that are due, as many tasks as may be out at a time."""
+        """Send the runs that are due, as many tasks as may be out at a time: a partial
+        block waits ``latency`` only while every worker has a task (an idle worker gains
+        nothing from the wait, and the frames' results come later)."""
         d = self._dispatcher
-        runs = d.due(self._complete, now, flush=self._end.final)
+        idle = len(self._inflight) < self._nworkers
+        runs = d.due(self._complete, now, flush=self._end.final or idle)
         if runs:
             # one task per block: the runs of one block (frames that completed out of
             # order) share a task instead of costing one task each
@@ -846,8 +849,10 @@ class _Job:
         runs: dict[str, list[tuple[int, int, np.ndarray]]] = {}
         ragged: dict[str, list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]] = {}
         for p in partials:
+            done = p.done_runs()  # only frames done are written: see Partial.done_runs
             for name, values in p.stacks.items():
-                runs.setdefault(name, []).append((p.start, p.stop, values))
+                runs.setdefault(name, []).extend(
+                    (a, b, values[a - p.start:b - p.start]) for a, b in done)
             for name, (counts, rows) in p.ragged.items():
                 ragged.setdefault(name, []).append((p.start, p.done, counts, rows))
             for name, acc in p.accs.items():

@@ -75,8 +75,9 @@ class RunOptions:
               "long for the input file to appear", "--timeout", type=float, metavar="S")
     poll_interval: float = _opt(0.05, "seconds between polls of the key datasets")
     latency: float = _opt(
-        0.25, "with --follow: send the complete frames waiting as a task, however few, "
-              "after this many seconds", "--latency", type=float, metavar="S")
+        0.25, "with --follow: while every worker has a task, send the complete frames "
+              "waiting as a task, however few, after this many seconds (at once to an idle "
+              "worker)", "--latency", type=float, metavar="S")
     partition_bytes: int = _opt(
         DEFAULT_PARTITION_BYTES, "the read budget: bytes of frames per read (one slab read on "
                                  "a worker)", "--partition-bytes", metavar="SIZE")

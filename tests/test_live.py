@@ -381,6 +381,34 @@ def test_no_frame_counted_twice_when_blocks_go_out_in_pieces(tmp_path, client):
     assert not np.array_equal(np.sort(written), np.arange(stops[0]))
 
 
+def test_a_partial_block_goes_at_once_to_an_idle_worker(tmp_path, client):
+    # --latency bounds the wait while every worker is busy; with the workers idle, the
+    # first frames of a block far from complete go out at the next poll. The writer stops
+    # after 30 frames of the one 200-frame block until the run has processed them: with a
+    # latency of a day, only the idle workers get them processed (else the run would end
+    # on the timeout, the rest of the scan never written)
+    path, out = tmp_path / "scan.h5", tmp_path / "out.h5"
+    scan = (10, 20)
+    gate = tmp_path / "first-frames-processed"
+    proc = start_writer(path, scan, rate=400, gate=gate, gate_after=[30])
+    released = []
+
+    def progress(p):
+        if not released and p["processed"] == 30:
+            released.append(p["processed"])
+            gate.touch()
+
+    try:
+        res = follow(path, out, client, scan, latency=86400.0,
+                     partition_bytes=200 * int(np.prod(FRAME)) * 2, progress=progress,
+                     timeout=20.0)
+    finally:
+        stop(proc)
+    assert released == [30]
+    assert res.stats["ended_by"] in ON_DATA, res.stats
+    check(res, scan)
+
+
 # the Dispatcher on its own: every frame handed out exactly once, whatever the arrival order
 
 
