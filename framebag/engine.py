@@ -431,7 +431,7 @@ class _Job:
         if schema is None:  # on resume too: a broken function fails early
             schema = self._probe_schema(complete)
         if self.o.resume:
-            self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name, self.provenance,
+            self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name,
                                                     self.info.scan_shape, schema)
         else:  # with --overwrite, the old file is replaced atomically by the new one
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,

@@ -273,17 +273,17 @@ class OutputFile:
     # resuming ------------------------------------------------------------------
 
     @classmethod
-    def resume(cls, path: Path, workflow: str, provenance: dict[str, Any],
-               scan_shape: tuple[int, ...], schema: Schema | None = None,
-               ) -> tuple[OutputFile, dict[str, Any]]:
-        """Reopen an earlier run's output after checking it is the same job.
+    def resume(cls, path: Path, workflow: str, scan_shape: tuple[int, ...],
+               schema: Schema | None = None) -> tuple[OutputFile, dict[str, Any]]:
+        """Reopen an earlier run's output, which :func:`check_resumable` found to be this
+        job's (the caller checks it first, under the output lock: its integrity read of
+        every dataset is not repeated here).
 
         With ``schema`` (this run's probe), every result must have the dtype and
         value shape laid out for it: a dataset of another dtype would cast what
         is written into it. Returns the file and the restored accumulators;
         ``.done`` holds the done mask.
         """
-        check_resumable(path, workflow, provenance, scan_shape)
         if schema is not None:
             with open_existing(path) as f, _damaged(path):
                 _check_layout(path, f[f"entry/{workflow}"], schema, len(scan_shape))
