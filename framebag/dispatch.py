@@ -63,7 +63,9 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
 
     A read is about ``target_bytes`` (see :func:`partition_size`) and bounds a
     worker's memory; a finished scan is at least ``READS_PER_SCAN`` reads, so that
-    even a small one can be spread over workers. It is smaller still where a cap
+    even a small one can be spread over workers, unless no divisor of the chunk
+    comes within half of that share: then it is whole chunks (fewer reads), since
+    every read decompresses each chunk it touches. It is smaller still where a cap
     binds (see :func:`task_cap`):
 
     - memory: with ``result_nbytes`` (the bytes one frame adds to the stacked
@@ -86,8 +88,12 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     read = partition_size(frame_nbytes, target_bytes, chunk)
     if nframes:  # a share of READS_PER_SCAN, rounded up to whole chunk runs
         share = math.ceil(nframes / READS_PER_SCAN)
-        read = min(read, math.ceil(share / chunk) * chunk if share >= chunk
-                   else _align(share, chunk))
+        part = math.ceil(share / chunk) * chunk if share >= chunk else _align(share, chunk)
+        if 2 * part <= share:
+            # no divisor of the chunk near the share (a chunk of 101 frames has only 1):
+            # whole chunks, not reads of one frame that each decompress the chunk again
+            part = chunk
+        read = min(read, part)
     read = _fit(read, task_cap(target_bytes, 0.0, result_nbytes), chunk)
     while read > 1 and read > cap:
         read = _align(read // 2, chunk)

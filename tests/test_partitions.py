@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from framebag.dispatch import (
     MAX_PARTITION_FRAMES,
     MAX_READS_PER_TASK,
+    READS_PER_SCAN,
     Dispatcher,
     partition_size,
     task_size,
@@ -119,6 +120,20 @@ def test_the_read_does_not_depend_on_the_number_of_workers(frame, budget, chunk,
     combine the same partials in the same order (bit-identical results)."""
     reads = {task_size(frame, budget, chunk, nframes, w, frame_seconds)[1] for w in range(1, 17)}
     assert len(reads) == 1, reads
+
+
+@given(frame=frame_bytes, budget=budgets, chunk=chunks, nframes=st.integers(1, 10**6),
+       workers=st.integers(1, 16))
+@example(frame=16384, budget=32 * 2**20, chunk=101, nframes=1010, workers=2)
+def test_a_chunk_without_a_divisor_near_the_share_is_read_whole(frame, budget, chunk, nframes,
+                                                                workers):
+    """A chunk of 101 frames has no divisor but 1 near a 16th of a 1010-frame scan: reads
+    of one frame would each decompress the chunk again (1010 tasks where 10 do)."""
+    task, read = task_size(frame, budget, chunk, nframes, workers)
+    full_read = partition_size(frame, budget, chunk)
+    if full_read % chunk == 0:  # the budget holds a chunk: only the scan's size cuts the read
+        assert math.ceil(nframes / read) <= max(2 * READS_PER_SCAN,
+                                                math.ceil(nframes / full_read))
 
 
 def busiest(nframes: int, task: int, workers: int) -> int:
