@@ -317,6 +317,7 @@ class _Job:
         self._backlog: list[list[tuple[int, int]]] = []  # groups of runs not yet submitted
         self.result_nbytes = 0  # stacked result bytes per frame, from the probe
         self._nworkers = 1
+        self._planned = 0  # workers the cluster plans: see planned_workers
         self._workers_at = -1e9  # when _nworkers was read from the scheduler
         self._task_bytes = 0  # stacked result bytes of one task (see _max_inflight)
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
@@ -490,6 +491,7 @@ class _Job:
         tune_workers(client)  # malloc thresholds on every worker, whoever started it
         self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         self._workers_at = time.monotonic()  # read once here, not again by _max_inflight
+        self._planned = planned_workers(client)
         self._end = EndOfScan(self.follower, self.o.follow, self.o.timeout, full=self._full)
         self._complete = self._end.poll()
         self.info = self.follower.data
@@ -500,7 +502,7 @@ class _Job:
             else:
                 self._schema = self._probe_schema(self._complete)
         self._dispatcher = Dispatcher(self._complete.size,
-                                      self._task_size(self._complete, self._nworkers),
+                                      self._task_size(self._complete),
                                       self.o.latency, self.follower.growing)
         self._inflight: dict[Any, list[tuple[int, int]]] = {}
         self._processed = self._resumed = 0
@@ -563,7 +565,7 @@ class _Job:
         if self.out is None and self._complete.any():
             self._open_output(self._complete)
             # nothing went out yet: the probe's timing sizes the tasks
-            self._dispatcher.size = self._task_size(self._complete, self._nworkers)
+            self._dispatcher.size = self._task_size(self._complete)
         if self.out is None or self._opened:
             return
         self._opened = True
@@ -646,8 +648,12 @@ class _Job:
         waiting = max(self.o.partition_bytes, DEFAULT_PARTITION_BYTES)
         return self._nworkers * max(2, waiting // per_task)
 
-    def _task_size(self, complete: np.ndarray, nworkers: int) -> int:
+    def _task_size(self, complete: np.ndarray) -> int:
         """Frames per task, and (``_read_frames``) per read: see :func:`task_size`.
+
+        Cut for the workers connected or, if more, those the cluster plans (the jobs
+        of a batch cluster that have not started yet): a scan cut for the first
+        worker alone would leave the later ones without a task.
 
         Sized by the probe (frame cost, stacked result bytes) once the output is open;
         a live scan is sized per read, not by the frames complete so far.
@@ -655,7 +661,8 @@ class _Job:
         size, self._read_frames = task_size(
             self.info.frame_nbytes, self.o.partition_bytes,
             chunk_run(self.info.scan_shape, self.info.chunks),
-            None if self.o.follow else int(complete.sum()), nworkers, self.frame_seconds,
+            None if self.o.follow else int(complete.sum()), max(self._nworkers, self._planned),
+            self.frame_seconds,
             self.result_nbytes,
         )
         return size
@@ -953,6 +960,16 @@ class _Job:
                      "done": int(res.done.sum()), "ended_by": self.ended_by}
         return res
 
+
+
+def planned_workers(client: Any) -> int:
+    """The workers ``client``'s cluster plans, started or not (``SpecCluster.plan``:
+    a dask-jobqueue cluster's queued jobs, a LocalCluster's workers); 0 when the client
+    has no cluster object here (a scheduler started elsewhere)."""
+    try:
+        return len(client.cluster.plan)
+    except Exception:  # noqa: BLE001 - no cluster, or one without a plan
+        return 0
 
 
 def _close_inputs(client: Any, path: str) -> None:

@@ -161,3 +161,33 @@ def test_blosc_lz4_input_reads_without_importing_hdf5plugin_first(tmp_path, clie
     res = _sum_workflow().run(path, tmp_path / "out.h5", client=client,
                               partition_bytes=40 * 512)
     np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
+
+
+def test_tasks_are_cut_for_the_workers_the_cluster_plans(make_scan, tmp_path):
+    """A batch cluster's later jobs start after the run: its scan is cut for every worker
+    the cluster plans (``SpecCluster.plan``), not for the first one alone."""
+    from distributed import Client, LocalCluster
+
+    gate = tmp_path / "later-workers-may-start"
+    preload = tmp_path / "wait_at_gate.py"  # a worker runs it before it joins the scheduler
+    preload.write_text("import os, time\n\n\ndef dask_setup(worker):\n"
+                       f"    while not os.path.exists({str(gate)!r}):\n"
+                       "        time.sleep(0.02)\n")
+    path, data = make_scan((2000,), (8, 8))
+    wf = _sum_workflow()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        try:
+            cluster.new_spec["options"]["preload"] = [str(preload)]
+            cluster.scale(4)  # three more, held at the gate: planned, not connected
+            assert len(cluster.plan) == 4
+            assert len(client.scheduler_info()["workers"]) == 1
+            with get_task_stream(client) as ts:
+                res = wf.run(path, tmp_path / "out.h5", client=client,
+                             partition_bytes=100 * 128)
+        finally:
+            gate.touch()
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
+    tasks = {w: math.ceil(2000 / task_size(128, 100 * 128, 1, 2000, w)[0]) for w in (1, 4)}
+    assert tasks[4] > tasks[1]
+    assert sum("framebag-structure" in str(t["key"]) for t in ts.data) == tasks[4]
