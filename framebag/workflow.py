@@ -1054,13 +1054,13 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
         a = np.asarray(v)
     except Exception:  # noqa: BLE001 - e.g. a ragged list numpy refuses
         a = np.asarray(None)
-    where = scan_index(flat, scan_shape)
     if a.dtype.kind not in NUMERIC:
         raise ValueKindError(
-            f"{who} returned {_what(v)} on frame {where}; a function must return "
-            "a number or a numeric array"
+            f"{who} returned {_what(v)} on frame {scan_index(flat, scan_shape)}; a function "
+            "must return a number or a numeric array"
         )
     if ref is not None and _unlike(a.dtype, a.shape, ref, is_stack):
+        where = scan_index(flat, scan_shape)
         raise _mismatch(f"{who} returned {_what(v)} on frame {where}, but "
                         f"{_earlier(ref, scan_shape, is_stack)}; {_fix(ref, is_stack)}", ref)
     kinds.setdefault(fname, (a.dtype, a.shape, flat))
