@@ -635,7 +635,8 @@ class Workflow:
             for (rname, fold, who), v in zip(slots, row):
                 k = first.get(rname)
                 t = type(v)
-                if k is None or t is not k[0] or k[3] is None or (k[3] and (
+                if k is None or t is not k[0] or (k[3] is None and not (
+                        t is int and k[1] is _INT64 and -_INT_MAX <= v < _INT_MAX)) or (k[3] and (
                         (v.dtype is not k[1] and v.dtype != k[1])
                         or (fold.is_stack and v.shape != k[2]))):
                     k = first[rname] = _value_kind(
@@ -1035,6 +1036,11 @@ def _mismatch(message: str, ref: tuple[np.dtype, tuple[int, ...], int]) -> Value
         err.fix = ("correct shape= and dtype= on the function's decorator (or drop them, to "
                    "probe it), then rerun with --overwrite")
     return err
+
+
+#: a Python int in int64's range has numpy's dtype int64: checked without np.asarray
+_INT64 = np.dtype(np.int64)
+_INT_MAX = 2**63
 
 
 def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_stack: bool,
