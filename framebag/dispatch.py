@@ -77,10 +77,9 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
       halved until it fits, so only a timing that crosses a power of two moves
       the grid.
 
-    A task is as many reads (at most a half of a worker's share, ``MAX_READS_PER_TASK``
-    and the caps) as let the busiest worker finish soonest, ties going to fewer and
-    larger tasks: dask costs about 1-2 ms per task on a small machine, which would
-    otherwise be a tenth of the work of cheap frames. Without ``nframes`` (a
+    A task is several reads (:func:`_reads_per_task`): dask costs about 1-2 ms per
+    task on a small machine, which would otherwise be a tenth of the work of cheap
+    frames. Without ``nframes`` (a
     live scan) a task is one read. Only a single frame may exceed a cap (one frame
     is the smallest task). Both sizes are a multiple of ``chunk`` or a divisor of it.
     """
@@ -99,14 +98,19 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
         read = _align(read // 2, chunk)
     if not nframes:
         return read, read
-    reads = math.ceil(nframes / read)
+    return _reads_per_task(math.ceil(nframes / read), read, chunk, workers, cap) * read, read
+
+
+def _reads_per_task(reads: int, read: int, chunk: int, workers: int, cap: int) -> int:
+    """How many of a scan's ``reads`` a task takes: at most half a worker's share (and
+    ``MAX_READS_PER_TASK``, and ``cap`` frames), as many as let the busiest worker
+    finish soonest, ties going to fewer, larger tasks."""
     most = max(1, min(math.ceil(reads / (2 * workers)), MAX_READS_PER_TASK, cap // read))
     if read < chunk:  # reads divide a chunk run: a task is a divisor of it or whole runs
         sizes = {_align(k, chunk // read) for k in range(1, most + 1)}
     else:
         sizes = set(range(1, most + 1))
-    per_task = min(sizes, key=lambda k: (_makespan(reads, k, workers), -k))
-    return per_task * read, read
+    return min(sizes, key=lambda k: (_makespan(reads, k, workers), -k))
 
 
 def _makespan(reads: int, per_task: int, workers: int) -> int:

@@ -1062,11 +1062,11 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     every scan. A scan that fails, for any reason but Ctrl-C, is recorded and the
     next one starts: the returned :class:`ManyResults` maps each input to its
     :class:`Results` or to the exception that stopped it. ``options`` are
-    :func:`run`'s and apply per output (``resume``, ``overwrite``: each output on its
-    own). An input that is another input's output is left out. ``progress_for(input)``
-    gives each run its ``progress`` callback; ``each`` is called after every scan with ``(position,
-    number of scans, input, output, result or error)``. ``report`` covers all the
-    scans. What every scan shares (parameters, ROI, output directory) is checked
+    :func:`run`'s and apply per output (``resume``, ``overwrite``: each output on its own).
+    An input that is another input's output is left out. ``progress_for(input)`` gives
+    each run its ``progress`` callback; ``each`` is called after every scan with
+    ``(position, number of scans, input, output, result or error)``. ``report`` covers
+    all the scans. What every scan shares (parameters, ROI, output directory) is checked
     before the cluster starts: a bad one raises :class:`FramebagError` for the lot.
     """
     paths, outputs_given = own_outputs_left_out(workflow.name, inputs, out_dir)
@@ -1082,9 +1082,8 @@ def run_many(workflow: Workflow, inputs: Sequence[str | os.PathLike],
     regions.parse(opts.roi)  # and a bad --roi: its files are read per scan
     each_scan = opts.replace(report=None)
     outputs = many_outputs(workflow.name, paths, out_dir)
-    done = ManyResults()
+    done, t0 = ManyResults(), time.monotonic()
     done.outputs = outputs
-    t0 = time.monotonic()
     scans = functools.partial(_all_scans, workflow, paths, outputs, each_scan, progress_for,
                               each, done)
     if client is not None:

@@ -197,3 +197,15 @@ def test_worker_side_does_not_load_the_writer(module: str) -> None:
     assert not bad, f"{module} loads the writer: " + "; ".join(
         " -> ".join(p) for p in bad.values())
     assert not set(WRITER) & GRAPH[module]["lazy"]
+
+
+def test_no_function_is_longer_than_50_lines():
+    """Issue 11: every function of framebag, docstring included, fits in 50 lines."""
+    long = []
+    for name, path in _modules(PACKAGE).items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 50:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, long
