@@ -229,10 +229,11 @@ def case_cpu(ctx: Context) -> list[Row]:
 def case_layouts(ctx: Context) -> list[Row]:
     rows = []
     wf = jobs.per_frame_sum()
-    layouts = [("16 frames/chunk", ScanSpec(ctx.n_cheap, chunk=16)),
-               ("gzip level 1", ScanSpec(ctx.n_cheap, compression="gzip")),
-               ("blosc lz4", ScanSpec(ctx.n_cheap, compression="lz4"))]
-    for label, spec in layouts:
+    # issue 15's targets: 0.8x, 0.9x (gzip's decompression is most of both sides' time), 0.8x
+    layouts = [("16 frames/chunk", ScanSpec(ctx.n_cheap, chunk=16), 0.8),
+               ("gzip level 1", ScanSpec(ctx.n_cheap, compression="gzip"), 0.9),
+               ("blosc lz4", ScanSpec(ctx.n_cheap, compression="lz4"), 0.8)]
+    for label, spec, target in layouts:
         if spec.compression == "lz4" and not _has_hdf5plugin():
             continue
         path = ctx.scan(spec)
@@ -242,7 +243,7 @@ def case_layouts(ctx: Context) -> list[Row]:
             "reference": _ref_runner(ctx.pool, path, spec, reference.job_sum),
         }, lambda: settle(ctx.client))
         rows.append(_throughput_row("3 layouts", f"per-frame sum, {label}", spec.nframes, t,
-                                    None))
+                                    target))
     return rows
 
 
