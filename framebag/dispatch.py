@@ -159,14 +159,15 @@ def _even(nframes: int, size: int, multiple: int, chunk: int = 1) -> int:
 
 
 class Dispatcher:
-    """Decides which completed frames go out as partitions, and when.
+    """Decides which completed frames go out as tasks, and when.
 
     A run that fills its block goes at once; a partial run goes once its oldest
-    frame has waited ``latency`` seconds, or at once when ``flush`` is asked for.
-    Every frame is handed out exactly once.
+    frame has waited ``latency`` seconds (``RunOptions.latency``), or at once when
+    ``flush`` is asked for (the engine asks while a worker has no task). Every
+    frame is handed out exactly once.
     """
 
-    def __init__(self, nframes: int, size: int, latency: float = 0.25,
+    def __init__(self, nframes: int, size: int, latency: float,
                  growing: bool = False) -> None:
         self.size = size
         self.latency = latency
