@@ -8,7 +8,9 @@ the scan's shape, in the input (``"PATH"``), in another file (``"FILE.h5:PATH"``
 say a result of an earlier run thresholded into a mask), or a numpy array.
 
 Frames outside the ROI are never complete for the run (the key follower masks
-them out), so they are never read; the output keeps the full scan shape.
+them out), so they are never processed (a worker may read a few between two ROI
+frames with them, unused: a failure to read those never stops the run, see
+:func:`framebag.tasks.process_partition`); the output keeps the full scan shape.
 The output records the ROI as its ``roi`` attribute (the slices as text, or
 ``mask ...`` naming where the mask came from) and a ``roi_mask`` dataset (uint8,
 scan-shaped, 1 inside), so a resumed run can keep it or check that a new one

@@ -11,6 +11,7 @@ writer: workers never load it.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,11 +78,9 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
         for group in _near(pieces, gap):
             lo, hi = group[0][0], group[-1][1]
             try:
-                frames = read_run(d.path, d.name, lo, hi, d.scan_shape, d.frame_shape,
-                                  d.dtype, refresh=refresh)
-                refresh = False
-                for a, b in group:
-                    parts.append(wf.apply(frames[a - lo:b - lo], a, d.scan_shape, spec.params,
+                for a, frames in _read_group(spec, group, refresh):
+                    refresh = False
+                    parts.append(wf.apply(frames, a, d.scan_shape, spec.params,
                                           spec.on_error, expect, setups))
                     expect = expect or parts[-1].kinds
             except (FrameError, ReadError) as exc:
@@ -97,6 +96,27 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
 #: frames between two runs of one read are read with them (and not used) when they are
 #: at most this many bytes: about what one more read call costs in time
 GAP_BYTES = 256 * 1024
+
+
+def _read_group(spec: RunSpec, group: list[tuple[int, int]], refresh: bool,
+                ) -> Iterator[tuple[int, np.ndarray]]:
+    """The first frame of each piece ``(a, b)`` of ``group``, and its frames: read in one
+    call from the first piece to the last, or, if that fails, piece by piece: a frame
+    between them is not this task's (outside the ROI, say), so only a piece's own frames
+    that cannot be read may stop the task."""
+    d = spec.data
+    lo, hi = group[0][0], group[-1][1]
+    try:
+        frames = read_run(d.path, d.name, lo, hi, d.scan_shape, d.frame_shape, d.dtype,
+                          refresh=refresh)
+    except ReadError:
+        if len(group) == 1:
+            raise
+        for a, b in group:
+            yield a, read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype)
+        return
+    for a, b in group:
+        yield a, frames[a - lo:b - lo]
 
 
 def _by_read(runs: list[tuple[int, int]], r: int) -> list[list[tuple[int, int]]]:

@@ -172,6 +172,29 @@ def test_frames_outside_the_roi_are_never_read(tmp_path, client, unchanged):
     check(tmp_path / "mask.h5", data, inside)
 
 
+def test_frames_between_the_roi_frames_of_one_read_are_never_read(tmp_path, client,
+                                                                  unchanged):
+    # every other column, as the README's example: the frames between two ROI frames lie in
+    # the same read of the grid, and one damaged there must not stop the run
+    scan = (8, 40)  # reads of several frames
+    data = np.random.default_rng(4).integers(0, 1000, scan + FRAME).astype("uint16")
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset(DATA, data=data, chunks=(1, 1) + FRAME, fletcher32=True)
+        f.create_dataset(KEY, data=np.ones(scan, dtype="i4"))
+    inside = np.zeros(scan, dtype=bool)
+    inside[:, ::2] = True
+    _damage_chunks(path, ~inside)
+    unchanged(path)
+    source = tmp_path / "region.py"
+    source.write_text(WF)
+    wf = load_workflow(source)
+    with pytest.raises(FramebagError, match="(?i)checksum|fletcher|filter"):
+        wf.run(path, tmp_path / "whole.h5", client=client)  # the damage is real
+    wf.run(path, tmp_path / "out.h5", client=client, roi=(slice(None), slice(None, None, 2)))
+    check(tmp_path / "out.h5", data, inside)
+
+
 def test_mask_from_a_previous_output(tmp_path, client, job, capsys):
     """A mask computed from an earlier result (thresholded, in another file) is a ROI."""
     wf, path, data = job

@@ -169,8 +169,14 @@ def test_runs_of_one_read_give_one_partial(make_scan, monkeypatch, frame_nbytes_
     wf.frame(lambda frame: frame.astype(np.float64), fold="mean", name="avg")
     wf.frame(lambda frame: frame[None, :2], fold="ragged", name="rows")
     runs = [(1, 2), (3, 5), (8, 9), (9, 10), (11, 13)]
+    reads = []  # the real reads, recorded: together, one per read of the grid
+    read_run = tasks.read_run
+    monkeypatch.setattr(tasks, "read_run",
+                        lambda *a, **k: reads.append(a[2:4]) or read_run(*a, **k))
     parts = process_partition(runs, RunSpec(info, wf, {}, "raise", True, 10))
     assert [(p.start, p.stop) for p in parts] == [(1, 10), (11, 13)]
+    assert reads == ([(1, 10), (11, 13)] if frame_nbytes_gap else
+                     [(1, 2), (3, 5), (8, 10), (11, 13)])
     mine = np.array([i for a, b in runs for i in range(a, b)])
     for p in parts:
         want = mine[(mine >= p.start) & (mine < p.stop)]
