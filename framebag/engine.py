@@ -318,6 +318,7 @@ class _Job:
         self.result_nbytes = 0  # stacked result bytes per frame, from the probe
         self._nworkers = 1
         self._planned = 0  # workers the cluster plans: see planned_workers
+        self._early_at = -math.inf  # when frames last went early to an idle worker
         self._workers_at = -1e9  # when _nworkers was read from the scheduler
         self._task_bytes = 0  # stacked result bytes of one task (see _max_inflight)
         self.frame_seconds = 0.0  # one frame through every function, timed by the probe
@@ -583,11 +584,15 @@ class _Job:
 
     def _dispatch(self, client: Any, now: float) -> None:
         """Send the runs that are due, as many tasks as may be out at a time: a partial
-        block waits ``latency`` only while every worker has a task (an idle worker gains
-        nothing from the wait, and the frames' results come later)."""
+        block waits ``latency`` while every worker has a task; while one has none, the
+        frames waiting go to it at once, at most every half ``latency`` (an idle worker
+        gains nothing from the wait, but each task costs the driver a few ms of CPU)."""
         d = self._dispatcher
-        idle = len(self._inflight) < self._nworkers
+        idle = len(self._inflight) < self._nworkers and \
+            now - self._early_at >= self.o.latency / 2
         runs = d.due(self._complete, now, flush=self._end.final or idle)
+        if idle and runs:
+            self._early_at = now
         if runs:
             # one task per block: the runs of one block (frames that completed out of
             # order) share a task instead of costing one task each
