@@ -585,11 +585,12 @@ class _Job:
     def _dispatch(self, client: Any, now: float) -> None:
         """Send the runs that are due, as many tasks as may be out at a time: a partial
         block waits ``latency`` while every worker has a task; while one has none, the
-        frames waiting go to it at once, at most every half ``latency`` (an idle worker
-        gains nothing from the wait, but each task costs the driver a few ms of CPU)."""
+        frames waiting go to it at once, at most once per commit interval (an idle worker
+        gains nothing from the wait, but each task costs the driver a few ms of CPU, and
+        a result is seen no sooner than the commit after it)."""
         d = self._dispatcher
         idle = len(self._inflight) < self._nworkers and \
-            now - self._early_at >= self.o.latency / 2
+            now - self._early_at >= self.commit_interval
         runs = d.due(self._complete, now, flush=self._end.final or idle)
         if idle and runs:
             self._early_at = now

@@ -76,8 +76,8 @@ class RunOptions:
     poll_interval: float = _opt(0.05, "seconds between polls of the key datasets")
     latency: float = _opt(
         0.25, "with --follow: while every worker has a task, send the complete frames "
-              "waiting as a task, however few, after this many seconds (at once to an idle "
-              "worker)", "--latency", type=float, metavar="S")
+              "waiting as a task, however few, after this many seconds (to an idle worker, "
+              "at the next commit interval)", "--latency", type=float, metavar="S")
     partition_bytes: int = _opt(
         DEFAULT_PARTITION_BYTES, "the read budget: bytes of frames per read (one slab read on "
                                  "a worker)", "--partition-bytes", metavar="SIZE")
