@@ -26,7 +26,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ._version import __version__
 from .errors import FramebagError
@@ -415,8 +415,21 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, for a command line a user types: an option is taken only when
+    spelt whole (``--resum`` is not ``--resume``), and a value argparse refuses is one
+    line on stderr, not the usage block and a line."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"framebag: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="framebag", description=DESCRIPTION)
+    parser = _Parser(prog="framebag", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"framebag {__version__}")
     _add_global_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

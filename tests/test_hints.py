@@ -40,3 +40,19 @@ def test_debug_adds_the_traceback_and_keeps_the_exit_code(capsys, tmp_path):
     assert rc == rc_debug == 2
     assert "Traceback" in err_debug and "Traceback" not in err
     assert err_debug.splitlines()[-1] == err.splitlines()[-1]
+
+
+def test_an_option_cut_short_is_not_taken_for_the_whole(capsys, tmp_path):
+    """argparse took ``--resum`` for ``--resume``: a typo must not change what a run does."""
+    rc, err = run_cli(capsys, "run", "framebag.workflows.frame_sum", str(tmp_path / "in.h5"),
+                      "--resum")
+    assert_one_sentence(rc, err, "--resum", "did you mean --resume?")
+    assert rc == 2
+
+
+def test_a_value_argparse_refuses_is_one_line_naming_the_option(capsys, tmp_path):
+    """It printed argparse's whole usage block before the error."""
+    rc, err = run_cli(capsys, "run", "framebag.workflows.frame_sum", str(tmp_path / "in.h5"),
+                      "--retries", "x")
+    assert_one_sentence(rc, err, "--retries", "'x'", "framebag run --help")
+    assert rc == 2
