@@ -127,7 +127,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
             default=f"{RunOptions().partition_bytes // 2**20}MiB")
     for name in ("on_error", "retries", "commit_interval", "resume", "overwrite"):
         _option(p, name)
-    p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)  # INPUTs after an option
+    p.add_argument("extra", nargs="*", default=[], help=argparse.SUPPRESS)  # INPUTs after an option
     p.add_argument("--log-interval", type=float, default=10.0, metavar="S",
                    help="seconds between progress lines when stderr is not a terminal")
     p.add_argument("--plot", action="store_true",
