@@ -306,6 +306,7 @@ class OutputFile:
             out.done[:] = np.unpackbits(state["done"], count=out.done.size).astype(bool)
             out._packed = np.packbits(out.done)
             out._stale[state["slot"]] = False  # the slot read back holds exactly _packed
+            _drop_chunks(group["checkpoint"][f"slot{out.slot}"])
             accs = state["accs"]
             out.n_errors = state["n_errors"]
             out.group["errors"].resize((out.n_errors,))
@@ -1302,6 +1303,23 @@ def _head_crc(generation: int, n_errors: int, done: np.ndarray, none: np.ndarray
 def _crc(a: np.ndarray, crc: int) -> int:
     """CRC-32 of the bytes of ``a`` (as stored), continuing ``crc``."""
     return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data, crc)
+
+
+def _drop_chunks(g: h5py.Group) -> None:
+    """Free the chunks of the resizable datasets under slot ``g``, keeping their shapes.
+
+    For the slot a resumed run writes next, which may be the one that failed its
+    checksum: HDF5 reads a chunk that a write covers only in part (the packed done
+    mask fills a fraction of its chunk), and a damaged chunk would fail every
+    checkpoint. A dropped chunk reads as zeros, so the slot fails its CRC until it
+    is written whole; the slot read back is left as it is.
+    """
+    def drop(_: str, ds: Any) -> None:
+        if isinstance(ds, h5py.Dataset) and ds.chunks and ds.maxshape[0] is None:
+            shape = ds.shape
+            ds.resize((0, *shape[1:]))
+            ds.resize(shape)
+    g.visititems(drop)
 
 
 def _write_checkpoint(slot: _Slot, f: h5py.File, state: dict[str, Any],

@@ -347,6 +347,25 @@ def test_a_damaged_newest_slot_falls_back_to_the_older_and_resume_is_exact(finis
     np.testing.assert_allclose(res["mean_image"], data.mean(axis=(0, 1)), rtol=1e-12)
 
 
+@pytest.mark.parametrize("which", ["newest", "older"])
+def test_a_damaged_done_mask_in_one_slot_is_written_over_on_resume(finished, client, which):
+    """The slot a resumed run writes next may be the damaged one: its packed done mask
+    fills a fraction of its chunk, which HDF5 would read (and fail on) to write it."""
+    wf, path, data, out, _ = finished
+    gens = _slot_gens(out)
+    damaged = int(np.argmax(gens) if which == "newest" else np.argmin(gens))
+    flip(out, chunk_offset(out, f"entry/integ/checkpoint/slot{damaged}/done"))
+    res = load_workflow(wf).run(path, out, client=client, resume=True)
+    assert res.done.all()
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(2, 3)))
+    assert res["grand"] == data.astype(np.int64).sum()
+    np.testing.assert_allclose(res["mean_image"], data.mean(axis=(0, 1)), rtol=1e-12)
+    with h5py.File(out, "r") as f:
+        state = _read_checkpoint(f["entry/integ/checkpoint"])
+        assert f["entry/integ/done"][()].all()
+    assert np.unpackbits(state["done"], count=400).all()
+
+
 @pytest.mark.parametrize("damage", ["both_slots", "no_group", "meta_of_both"])
 def test_an_unreadable_checkpoint_stops_resume_and_offers_overwrite(finished, damage):
     wf, path, _, out, _ = finished
