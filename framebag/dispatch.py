@@ -29,25 +29,13 @@ READS_PER_SCAN = 16
 TASK_SECONDS = 0.25
 
 
-def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
-                   nframes: int | None = None, min_partitions: int = 1) -> int:
-    """Frames per partition: about ``target_bytes`` of frames, aligned to ``chunk``.
-
-    With ``nframes`` and ``min_partitions``, it is also small enough that the scan
-    splits into at least that many partitions (to keep every worker busy).
-    """
+def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1) -> int:
+    """Frames per read: about ``target_bytes`` of frames (at most ``MAX_PARTITION_FRAMES``),
+    aligned to ``chunk`` (see :func:`_align`)."""
     if target_bytes <= 0:
         raise ValueError(f"partition target must be positive bytes, got {target_bytes}")
-    n = max(1, target_bytes // max(1, frame_nbytes))
-    balance = bool(nframes) and min_partitions > 1
-    if balance and nframes:
-        n = _even(nframes, min(n, max(1, math.ceil(nframes / min_partitions))), min_partitions)
-    n = min(n, MAX_PARTITION_FRAMES)
-    if n >= chunk:
-        if balance:  # round up, not down, so the count does not grow past the multiple
-            return math.ceil(n / chunk) * chunk
-        return (n // chunk) * chunk
-    return max(d for d in range(1, n + 1) if chunk % d == 0)
+    return _align(min(max(1, target_bytes // max(1, frame_nbytes)), MAX_PARTITION_FRAMES),
+                  chunk)
 
 
 def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
@@ -79,9 +67,9 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
 
     A task is several reads (:func:`_reads_per_task`): dask costs about 1-2 ms per
     task on a small machine, which would otherwise be a tenth of the work of cheap
-    frames. Without ``nframes`` (a
-    live scan) a task is one read. Only a single frame may exceed a cap (one frame
-    is the smallest task). Both sizes are a multiple of ``chunk`` or a divisor of it.
+    frames. Without ``nframes`` (a live scan) a task is one read. Only a single frame
+    may exceed a cap (one frame is the smallest task). Both sizes are a multiple of
+    ``chunk`` or a divisor of it.
     """
     cap = task_cap(target_bytes, frame_seconds, result_nbytes)
     read = partition_size(frame_nbytes, target_bytes, chunk)
@@ -145,17 +133,6 @@ def _align(n: int, chunk: int) -> int:
 def _fit(size: int, cap: int, chunk: int) -> int:
     """``size``, or the largest aligned size under ``cap`` when it is over."""
     return size if size <= cap else _align(cap, chunk)
-
-
-def _even(nframes: int, size: int, multiple: int, chunk: int = 1) -> int:
-    """A size near ``size`` that cuts ``nframes`` into near-equal pieces, as many as a
-    multiple of ``multiple``, rounded up to whole ``chunk``s.
-
-    7 pieces on 2 workers would leave one worker idle while the other does the last
-    (the CPU-heavy case); 8 near-equal ones do not.
-    """
-    pieces = math.ceil(math.ceil(nframes / size) / multiple) * multiple
-    return math.ceil(math.ceil(nframes / pieces) / chunk) * chunk
 
 
 class Dispatcher:
