@@ -21,6 +21,7 @@ from . import fingerprint
 from .errors import FramebagError, FrameError, SetupError, ValueKindError
 from .keys import DataInfo
 from .partials import Kinds, Partial
+from .partitions import by_block
 from .reading import ReadError, read_run
 
 if TYPE_CHECKING:  # a type only: the workflow is pickled into the spec
@@ -120,18 +121,13 @@ def _read_group(spec: RunSpec, group: list[tuple[int, int]], refresh: bool,
 
 
 def _by_read(runs: list[tuple[int, int]], r: int) -> list[list[tuple[int, int]]]:
-    """``runs`` cut at multiples of ``r`` and grouped by read: each group holds pieces,
-    in scan order, that lie within one read of the grid (runs in scan order, as a
-    task's are, give one group per read)."""
-    reads: list[list[tuple[int, int]]] = []
+    """``runs`` (in scan order, as a task's are) cut at multiples of ``r`` and grouped by
+    the read of the grid each piece lies in (:func:`~framebag.partitions.by_block`)."""
+    pieces: list[tuple[int, int]] = []
     for start, stop in runs:
         edges = [start, *range((start // r + 1) * r, stop, r), stop]
-        for a, b in zip(edges[:-1], edges[1:]):
-            if reads and reads[-1][-1][1] <= a and reads[-1][0][0] // r == a // r:
-                reads[-1].append((a, b))
-            else:
-                reads.append([(a, b)])
-    return reads
+        pieces += zip(edges[:-1], edges[1:])
+    return by_block(pieces, r)
 
 
 def _near(pieces: list[tuple[int, int]], gap: int) -> list[list[tuple[int, int]]]:
