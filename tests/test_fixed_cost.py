@@ -105,7 +105,7 @@ def test_a_run_sends_one_dask_task_per_partition_and_nothing_else(make_scan, cli
         res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=100 * 128)
     np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
     nworkers = len(client.scheduler_info()["workers"])
-    tasks = -(-2000 // task_size(128, 100 * 128, 1, 2000, nworkers)[0])
+    tasks = -(-2000 // task_size(128, 100 * 128, 1, 2000, nworkers, result_nbytes=8)[0])
     keys = [str(t["key"]) for t in ts.data]
     assert len(keys) == tasks and all(k.startswith("framebag-one_each-") for k in keys), keys
     # nothing a task needs is fetched from another worker (the spec travels with each task)

@@ -108,7 +108,10 @@ def test_tasks_stay_on_the_chunk_grid_within_the_read_budget(frame, budget, chun
     assert read * frame <= max(budget, frame)  # the read budget bounds a worker's memory
     assert task <= MAX_READS_PER_TASK * read
     if nframes > 2 * workers * full_read and full_read % chunk == 0:
-        assert math.ceil(nframes / task) >= workers  # a big scan keeps every worker busy
+        # a big scan keeps every worker busy, or leaving one idle costs no time: the
+        # busiest worker does no more reads than with one read per task
+        assert math.ceil(nframes / task) >= workers or \
+            busiest(nframes, task, workers) <= math.ceil(math.ceil(nframes / read) / workers) * read
 
 
 @given(frame=frame_bytes, budget=budgets, chunk=chunks, nframes=st.integers(1, 10**6),
@@ -149,11 +152,14 @@ def busiest(nframes: int, task: int, workers: int) -> int:
 def test_without_chunks_a_finished_scan_keeps_every_worker_busy(frame, budget, nframes,
                                                                 workers):
     task, read = task_size(frame, budget, 1, nframes, workers)
-    tasks = math.ceil(nframes / task)
-    assert tasks >= min(workers, nframes)
+    reads = math.ceil(nframes / read)
     # the busiest worker does no more reads than with one read per task: tasks of several
-    # reads cost no time at the end of the run (the last read of the scan may be short)
-    assert busiest(nframes, task, workers) <= math.ceil(math.ceil(nframes / read) / workers) * read
+    # reads cost no time at the end of the run (the last read of the scan may be short);
+    # a worker is left without a task only where that holds (4 reads on 3 workers: two
+    # tasks of two reads end when four tasks of one would)
+    assert busiest(nframes, task, workers) <= math.ceil(reads / workers) * read
+    if reads % workers == 0:
+        assert math.ceil(nframes / task) >= workers
 
 
 @given(frame=frame_bytes, budget=budgets, chunk=chunks, workers=st.integers(1, 16))

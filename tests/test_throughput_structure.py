@@ -40,8 +40,9 @@ def test_tasks_per_partition_not_per_frame(make_scan, client, tmp_path):
         res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=size * 128)
     np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
     nworkers = len(client.scheduler_info()["workers"])
-    # frame_seconds=0: a sum of 64 pixels is far too cheap for the time cap to bind
-    task, read = task_size(128, size * 128, 1, 2000, nworkers)
+    # frame_seconds=0: a sum of 64 pixels is far too cheap for the time cap to bind; the
+    # stacked sums (8 bytes a frame) bind the memory cap, as in the run
+    task, read = task_size(128, size * 128, 1, 2000, nworkers, result_nbytes=8)
     assert read == size and task > size  # a task is several reads
     tasks = math.ceil(2000 / task)
     keys = [str(t["key"]) for t in ts.data]
@@ -188,6 +189,7 @@ def test_tasks_are_cut_for_the_workers_the_cluster_plans(make_scan, tmp_path):
         finally:
             gate.touch()
     np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
-    tasks = {w: math.ceil(2000 / task_size(128, 100 * 128, 1, 2000, w)[0]) for w in (1, 4)}
+    tasks = {w: math.ceil(2000 / task_size(128, 100 * 128, 1, 2000, w, result_nbytes=8)[0])
+             for w in (1, 4)}
     assert tasks[4] > tasks[1]
     assert sum("framebag-structure" in str(t["key"]) for t in ts.data) == tasks[4]
