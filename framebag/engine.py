@@ -42,7 +42,7 @@ from . import roi as regions
 from ._version import __version__
 from .dispatch import DEFAULT_PARTITION_BYTES, Dispatcher, task_size
 from .errors import FramebagError, FrameError, ValueKindError
-from .folds import check_state
+from .folds import OVERFLOW_FIX, SumOverflow, check_state
 from .keys import EndOfScan, KeyFollower
 from .lock import OutputLock
 from .options import RunOptions
@@ -898,6 +898,11 @@ class _Job:
         had = self.accs[name]
         try:
             self.accs[name] = fold.combine(had, acc)
+        except SumOverflow as exc:
+            raise FramebagError(
+                f"function {name!r}: its sum leaves the range of {exc.dtype} with frames "
+                f"{self._span(p.start, p.stop)} (numpy would wrap it around, a wrong result); "
+                f"the frames done so far are kept: {OVERFLOW_FIX}") from exc
         except Exception as exc:
             self._mismatch(name, p, f"{type(exc).__name__}: {exc}")
         # None means "no frame yet": a binop or combine returning it would drop frames

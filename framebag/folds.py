@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Fold", "stack", "ragged", "pack_ragged", "histogram", "resolve", "BUILTIN",
-           "check_state", "NUMERIC"]
+           "check_state", "NUMERIC", "SumOverflow", "OVERFLOW_FIX"]
 
 #: the numpy dtype kinds an accumulator's arrays and scalars may have
 NUMERIC = "biufc"
@@ -169,11 +169,56 @@ def _merge_many(reduce: Callable[..., Any], ufunc: np.ufunc) -> Callable[[Any, A
 # sum ---------------------------------------------------------------------------
 
 
+class SumOverflow(OverflowError):
+    """An integer ``sum`` left its accumulator's range (int64 or uint64).
+
+    numpy wraps such a sum around without a word, which would be a silently wrong
+    result; the fold raises this instead. Values of up to 32 bits cannot get there
+    (it takes 2**32 frames), so only 64-bit integer values pay for the check.
+    """
+
+    def __init__(self, dtype: np.dtype) -> None:
+        super().__init__(f"the sum leaves the range of {np.dtype(dtype)}")
+        self.dtype = np.dtype(dtype)
+
+
+#: what fixes a :class:`SumOverflow`, for the sentence that stops the run
+OVERFLOW_FIX = ("return float values (float(v), or an array of dtype float64) for sums this "
+                "large, then rerun with --overwrite; --on-error skip does not help here")
+
+
+def _limits(dtype: np.dtype) -> tuple[int, int]:
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+_LIMITS = {np.dtype(t).char: _limits(np.dtype(t)) for t in (np.int64, np.uint64)}
+
+
+def _wrapped(out: np.ndarray, v: np.ndarray) -> bool:
+    """Whether ``out = acc + v`` (integers, in ``out``'s dtype) wrapped around."""
+    v = np.asarray(v).astype(out.dtype, copy=False)
+    if out.dtype.kind == "u":
+        return bool(np.any(out < v))
+    acc = out - v  # the old accumulator, exactly: two's complement
+    return bool(np.any(((acc ^ out) & (v ^ out)) < 0))
+
+
 def _sum_binop(acc: Any, v: Any) -> Any:
+    if isinstance(v, (int, np.integer)) and isinstance(acc, np.ndarray) and acc.ndim == 0 \
+            and acc.dtype.kind in "iu":  # one integer per frame: exact, in Python's ints
+        total = int(acc) + int(v)
+        lo, hi = _LIMITS.get(acc.dtype.char) or _limits(acc.dtype)
+        if not lo <= total <= hi:
+            raise SumOverflow(acc.dtype)
+        acc[()] = total
+        return acc
     v = np.asarray(v)
     if acc is None:
         return v.astype(_accumulator_dtype(v.dtype), copy=True)
     acc += v
+    if v.dtype.kind in "iu" and v.dtype.itemsize == 8 and _wrapped(acc, v):
+        raise SumOverflow(acc.dtype)
     return acc
 
 
@@ -181,8 +226,37 @@ def _sum_many(acc: Any, values: Any) -> Any:
     values = np.asarray(values)
     if len(values) == 0:
         return acc
-    part = values.sum(axis=0, dtype=_accumulator_dtype(values.dtype))
-    return part if acc is None else acc + part
+    dtype = _accumulator_dtype(values.dtype)
+    part = values.sum(axis=0, dtype=dtype)
+    if values.dtype.kind in "iu" and values.dtype.itemsize == 8:
+        _check_reduction(values, dtype)
+    return part if acc is None else _sum_combine(acc, part)
+
+
+def _check_reduction(values: np.ndarray, dtype: np.dtype) -> None:
+    """Raise :class:`SumOverflow` if the sum of 64-bit ``values`` along axis 0 leaves
+    ``dtype``'s range: a float64 sum says where it cannot (a margin of 2**62 is far above
+    its rounding), Python's exact integers decide the rest."""
+    info = np.iinfo(dtype)
+    near = np.abs(values.sum(axis=0, dtype=np.float64)) >= 2.0**62
+    if not np.any(near):
+        return
+    exact = values[:, near] if values.ndim > 1 else values
+    total = exact.astype(object).sum(axis=0)
+    if np.any((total < int(info.min)) | (total > int(info.max))):
+        raise SumOverflow(dtype)
+
+
+def _sum_combine(a: Any, b: Any) -> Any:
+    """``combine`` of two sum accumulators, refusing an integer sum that wraps around."""
+    if a is None:
+        return None if b is None else np.array(b, copy=True)
+    if b is None:
+        return a
+    out = _into(np.add, a, b)
+    if np.asarray(out).dtype.kind in "iu" and _wrapped(np.asarray(out), b):
+        raise SumOverflow(np.asarray(out).dtype)
+    return out
 
 
 # mean, var, std: accumulator (n, mean, M2) merged with Chan et al.'s formula ----
@@ -317,7 +391,7 @@ def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # n
 BUILTIN: dict[str, Callable[[], Fold]] = {
     "stack": stack,
     "ragged": ragged,
-    "sum": lambda: Fold("sum", _none, _sum_binop, _merge(np.add), binop_many=_sum_many),
+    "sum": lambda: Fold("sum", _none, _sum_binop, _sum_combine, binop_many=_sum_many),
     "mean": lambda: _moments_fold("mean", lambda acc: acc[1]),
     "var": lambda: _moments_fold("var", _var),
     "std": lambda: _moments_fold("std", lambda acc: np.sqrt(_var(acc))),

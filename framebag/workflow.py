@@ -534,7 +534,11 @@ class Workflow:
         for _, rs in batched:
             for f in rs:
                 if values[f.name] is not None:
-                    _fold_batched(f, values[f.name], r.done, stacks, accs)
+                    try:
+                        _fold_batched(f, values[f.name], r.done, stacks, accs)
+                    except _folds.SumOverflow as exc:
+                        raise _overflow(_who(f), exc, f"frames {scan_index(start, scan_shape)} "
+                                        f"to {scan_index(start + r.n - 1, scan_shape)}") from exc
         ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
                   for f in self.functions.values() if f.fold.is_ragged}
         return Partial(start, start + r.n, r.done, stacks, accs, r.errors, kinds=r.kinds,
@@ -565,8 +569,12 @@ class Workflow:
                     out.stacks[name] = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
                 out.stacks[name][a:b] = values
             for name, acc in p.accs.items():
-                out.accs[name] = self.functions[name].fold.combine(out.accs[name], acc) \
-                    if name in out.accs else acc
+                try:
+                    out.accs[name] = self.functions[name].fold.combine(out.accs[name], acc) \
+                        if name in out.accs else acc
+                except _folds.SumOverflow as exc:
+                    raise _overflow(f"function {name!r}", exc, f"the frames at flat indices "
+                                    f"{p.start} to {p.stop - 1}") from exc
         for name in parts[0].ragged:
             counts = np.zeros(n, dtype=np.int64)
             rows: list[np.ndarray] = []
@@ -1182,8 +1190,19 @@ def _keys_error(fname: str, keys: tuple[str, ...], v: Any, flat: int,
     raise err
 
 
+def _overflow(who: str, exc: _folds.SumOverflow, where: str) -> ValueKindError:
+    """The sentence for an integer ``sum`` that left its dtype's range (see SumOverflow)."""
+    err = ValueKindError(f"{who}: its sum leaves the range of {exc.dtype} at {where} "
+                         "(numpy would wrap it around, a wrong result)")
+    err.fix = _folds.OVERFLOW_FIX
+    return err
+
+
 def _fold_error(fname: str, fold: _folds.Fold, acc: Any, v: Any, flat: int,
                 scan_shape: tuple[int, ...], exc: Exception, who: str = "") -> None:
+    if isinstance(exc, _folds.SumOverflow):
+        raise _overflow(who or f"function {fname!r}", exc,
+                        f"frame {scan_index(flat, scan_shape)}") from exc
     try:
         earlier = f"shape {np.shape(fold.finalize(acc))} before"
     except Exception:  # noqa: BLE001 - a custom fold's accumulator may not finalize
