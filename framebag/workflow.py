@@ -642,7 +642,7 @@ class Workflow:
                     k = first[rname] = _value_kind(
                         rname, v, r.start + i, r.scan_shape, fold.is_stack,
                         r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
-                        r.kinds, who)
+                        r.kinds, who, ragged=fold.is_ragged)
                 if fold.is_stack:
                     out = outs[rname]
                     if out is None:
@@ -691,9 +691,9 @@ class Workflow:
         """
         n = len(frames)
         try:
-            out = list(f.func(frames, **kw))
-            if len(out) != n:
-                raise ValueError(f"returned {len(out)} arrays for a stack of {n} frames")
+            out = _ragged_list(f.name, f.func(frames, **kw), n, start, scan_shape)
+        except ValueKindError:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported with the frame
             if on_error != "skip" or n == 1:
                 self._fail(f.name, start, scan_shape, exc, on_error, errors, done, 0)
@@ -708,7 +708,7 @@ class Workflow:
                     self._fail(f.name, start + i, scan_shape, one, "skip", errors, done, i)
                     out.append(None)
         for i, v in enumerate(out):
-            if v is None or not done[i]:
+            if not done[i]:  # failed on its own above, or in a function before this one
                 continue
             try:
                 out[i] = v = _ragged_value(v, scan_shape,
@@ -718,7 +718,8 @@ class Workflow:
                 out[i] = None
                 continue
             _value_kind(f.name, v, start + i, scan_shape, False,
-                        kinds.get(f.name) or expect.get(f.name), kinds)
+                        kinds.get(f.name) or expect.get(f.name), kinds,
+                        f"batched function {f.name!r}", ragged=True)
         return out
 
     def _batched_one_by_one(self, rs: list[FrameFunction], frames: np.ndarray,
@@ -1045,7 +1046,8 @@ _INT_MAX = 2**63
 
 def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_stack: bool,
                 ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                kinds: Kinds, who: str = "") -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
+                kinds: Kinds, who: str = "", *, ragged: bool = False,
+                ) -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
     """Check a value whose type differs from the result's first value here (or the first).
 
     Returns its ``(type, dtype, shape, is_array)`` for the hot path's check (``is_array``
@@ -1053,7 +1055,8 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     a result's first value, records ``(dtype, shape, flat)`` in ``kinds``. Raises
     :class:`ValueKindError` for a value that is not numeric, or whose dtype (or shape,
     for a stack or a declared result) differs from ``ref``. ``who`` names the result in
-    messages (default: function ``fname``).
+    messages (default: function ``fname``); ``ragged``: the value of a ragged result, whose
+    message says what a ragged function returns.
     """
     who = who or f"function {fname!r}"
     try:
@@ -1061,10 +1064,10 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     except Exception:  # noqa: BLE001 - e.g. a ragged list numpy refuses
         a = np.asarray(None)
     if a.dtype.kind not in NUMERIC:
+        must = (_RAGGED_MUST if ragged else "a function must return a number or a numeric "
+                "array")
         raise ValueKindError(
-            f"{who} returned {_what(v)} on frame {scan_index(flat, scan_shape)}; a function "
-            "must return a number or a numeric array"
-        )
+            f"{who} returned {_what(v)} on frame {scan_index(flat, scan_shape)}; {must}")
     if ref is not None and _unlike(a.dtype, a.shape, ref, is_stack):
         where = scan_index(flat, scan_shape)
         raise _mismatch(f"{who} returned {_what(v)} on frame {where}, but "
@@ -1074,6 +1077,35 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     # int past int64, would be cast (or overflow) in the stack, so each is checked again
     fixed = isinstance(v, (float, complex, np.generic)) or isinstance(v, np.ndarray)
     return type(v), a.dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
+
+
+#: what a ragged function must return, for the message that refuses another value
+_RAGGED_MUST = ("a ragged function (fold='ragged') must return a numeric array of rows "
+                "(k, ...) for every frame, such as np.empty((0, 3), 'float32') for no rows")
+
+
+def _ragged_list(fname: str, got: Any, n: int, start: int,
+                 scan_shape: tuple[int, ...]) -> list[Any]:
+    """A batched ragged function's value ``got`` as its list of ``n`` per-frame values.
+
+    Raises :class:`ValueKindError` (a bug in the function, never skipped) for a value
+    that is not a sequence of them (None, a number, a str, a dict), and ValueError (a
+    failure of these frames) for a sequence of another length.
+    """
+    if got is None or isinstance(got, (str, bytes, Mapping, np.generic)) or not isinstance(
+            got, Iterable) or (isinstance(got, np.ndarray) and got.ndim == 0):
+        err = ValueKindError(
+            f"batched function {fname!r} returned {_what(got)} for a stack of {n} "
+            f"frame{'s' if n != 1 else ''} from {scan_index(start, scan_shape)}; a batched "
+            "ragged function (fold='ragged') must return a list of numeric arrays of rows "
+            "(k, ...), one per frame of the stack, such as np.empty((0, 3), 'float32') for a "
+            "frame with no rows")
+        err.fix = "make it return that list, then rerun with --overwrite"
+        raise err
+    out = list(got)
+    if len(out) != n:
+        raise ValueError(f"returned {len(out)} arrays for a stack of {n} frames")
+    return out
 
 
 def _ragged_value(v: Any, scan_shape: tuple[int, ...],
