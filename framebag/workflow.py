@@ -606,11 +606,13 @@ class Workflow:
                     got = self._batched_one_by_one(rs, r.frames, kw, r.start, r.scan_shape,
                                                    r.errors, r.done, r.index)
             for x in rs:
-                values[x.name] = got[x.name]
-                if got[x.name] is not None:
-                    r.kinds[x.name] = _batched_kind(x.name, got[x.name], r.start, r.scan_shape,
+                v = got[x.name]
+                if v is not None:
+                    r.kinds[x.name] = _batched_kind(x.name, v, r.start, r.scan_shape,
                                                     x.fold.is_stack, r.expect.get(x.name),
                                                     _who(x))
+                    v = _in_native_order(v)
+                values[x.name] = v
         return values
 
     def _call_per_frame(self, r: _Read, per_frame: list[tuple[str, list[FrameFunction]]],
@@ -643,6 +645,8 @@ class Workflow:
                         rname, v, r.start + i, r.scan_shape, fold.is_stack,
                         r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
                         r.kinds, who, ragged=fold.is_ragged)
+                    if k[3]:
+                        v = _in_native_order(v)
                 if fold.is_stack:
                     out = outs[rname]
                     if out is None:
@@ -897,7 +901,19 @@ def _check_dtype(dtype: Any) -> np.dtype | None:
         out = None
     if out is None or out.kind not in NUMERIC:
         raise TypeError(f"dtype must be a numeric numpy dtype such as 'float32', not {dtype!r}")
-    return out
+    return _native(out)
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order: ``>f8`` and ``<f8`` hold the same numbers,
+    and a result's dtype is one of them (the output stores it in native order)."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def _in_native_order(a: np.ndarray) -> np.ndarray:
+    """``a`` itself, or a copy in native byte order (the same numbers) if it has another."""
+    return a if a.dtype.isnative else a.astype(_native(a.dtype))
+
 @dataclass
 class _Read:
     """What :meth:`Workflow.apply` knows of one read while it calls the functions."""
@@ -1021,7 +1037,7 @@ def _unlike(dtype: np.dtype, shape: tuple[int, ...], ref: tuple[np.dtype, tuple[
             is_stack: bool) -> bool:
     """Whether a value of ``dtype`` and ``shape`` breaks ``ref`` (a declaration fixes the shape
     of a folded result too: the output is laid out from it)."""
-    return dtype != ref[0] or ((is_stack or ref[2] == DECLARED) and shape != ref[1])
+    return _native(dtype) != ref[0] or ((is_stack or ref[2] == DECLARED) and shape != ref[1])
 
 
 def _fix(ref: tuple[np.dtype, tuple[int, ...], int], is_stack: bool) -> str:
@@ -1072,11 +1088,12 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
         where = scan_index(flat, scan_shape)
         raise _mismatch(f"{who} returned {_what(v)} on frame {where}, but "
                         f"{_earlier(ref, scan_shape, is_stack)}; {_fix(ref, is_stack)}", ref)
-    kinds.setdefault(fname, (a.dtype, a.shape, flat))
+    dtype = _native(a.dtype)
+    kinds.setdefault(fname, (dtype, a.shape, flat))
     # a list, tuple or Python int has no dtype of its own: [1, 2.5] after [1, 2], or an
     # int past int64, would be cast (or overflow) in the stack, so each is checked again
     fixed = isinstance(v, (float, complex, np.generic)) or isinstance(v, np.ndarray)
-    return type(v), a.dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
+    return type(v), dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
 
 
 #: what a ragged function must return, for the message that refuses another value
@@ -1120,6 +1137,7 @@ def _ragged_value(v: Any, scan_shape: tuple[int, ...],
     a = np.asarray(v)
     if a.dtype.kind not in NUMERIC:
         return v
+    a = _in_native_order(a)
     if a.ndim == 0:
         raise ValueError(f"returned {_what(v)}; a ragged result is an array of rows "
                          "(k, ...), where k may vary and be 0")
@@ -1163,7 +1181,7 @@ def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[
             f"{who} returned values of shape {shape} dtype {values.dtype} for frames from "
             f"{scan_index(start, scan_shape)}, but {_earlier(ref, scan_shape, is_stack)}; "
             f"{_fix(ref, is_stack)}", ref)
-    return values.dtype, shape, start
+    return _native(values.dtype), shape, start
 
 
 def _batched_values(rs: list[FrameFunction], out: Any, n: int, start: int,
