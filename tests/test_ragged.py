@@ -172,8 +172,9 @@ def test_ragged_nxdata_is_plottable_in_nexusformat_and_silx(tmp_path, client, ma
         assert default.signal.name == "/entry/rg/rows_nxdata/count"
 
 
-def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client):
-    """A motor dataset named ``count`` does not collide with the count map in the NXdata."""
+def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client, capsys):
+    """A motor dataset named ``count`` does not collide with the count map in the NXdata,
+    and ``inspect`` tells the axes from the signal."""
     silx_nxdata = pytest.importorskip("silx.io.nxdata")
     path, data, y, x = scan_with_positions(tmp_path)
     with h5py.File(path, "r+") as f:
@@ -189,6 +190,13 @@ def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client):
         assert axis != "count" and nx[axis].attrs["source"] == "entry/instrument/count"
         np.testing.assert_array_equal(nx[axis][()], y)
         assert silx_nxdata.NXdata(nx).is_valid
+        axes = [a.decode() if isinstance(a, bytes) else str(a) for a in nx.attrs["axes"]]
+    from framebag.cli import main
+
+    assert main(["inspect", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.strip().startswith("rows "))
+    assert line.endswith(f"rows_nxdata: {axes[0]}, {axes[1]} (count: rows per frame)"), line
 
 
 def bad_rows_workflow() -> Workflow:
@@ -573,6 +581,8 @@ def test_inspect_and_plot_show_a_ragged_result(tmp_path, client, make_scan, caps
     text = capsys.readouterr().out
     line = next(line for line in text.splitlines() if line.strip().startswith("rows "))
     assert "ragged" in line and "(k, 3)" in line and "int64" in line
+    # its NXdata: the count map over the scan's axes
+    assert line.endswith("rows_nxdata: scan_0, scan_1 (count: rows per frame)"), line
     assert f"{k.sum()} rows" in text and f"min {k[complete].min()}" in text \
         and f"max {k.max()}" in text
     assert main(["plot", str(out), "-o", str(tmp_path / "pics")]) == 0
