@@ -914,6 +914,7 @@ def _in_native_order(a: np.ndarray) -> np.ndarray:
     """``a`` itself, or a copy in native byte order (the same numbers) if it has another."""
     return a if a.dtype.isnative else a.astype(_native(a.dtype))
 
+
 @dataclass
 class _Read:
     """What :meth:`Workflow.apply` knows of one read while it calls the functions."""
