@@ -287,10 +287,13 @@ def _write_pictures(output: str | os.PathLike) -> None:
     """``--plot``: the quick-look PNGs of ``output``, and a line saying where they are."""
     from .plot import write_pictures
 
-    pictures = write_pictures(output)
+    notes: list[str] = []
+    pictures = write_pictures(output, notes=notes)
     if pictures:
         progress_log.info("pictures in %s: %s", pictures[0].parent,
                           ", ".join(p.name for p in pictures))
+    for note in notes:  # a result with no picture: why (a fold of one number: its value)
+        progress_log.info("%s", note)
 
 
 def _reason(exc: BaseException) -> str:

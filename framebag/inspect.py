@@ -216,23 +216,29 @@ def _result_lines(g: h5py.Group, wname: str, done: np.ndarray | None) -> list[st
         if not units and info.get("units"):  # a histogram counts; its bins carry units
             units = f"{info['units']} (bins)" if fold == "histogram" else info["units"]
         nx = nxdata_of(g, name)
-        axes = ", ".join(attr_text(x) for x in np.atleast_1d(nx.attrs.get("axes", [])))\
-            if nx is not None else ""
-        group = f"{name}{NXDATA_SUFFIX}: {axes or 'scalar'}" if nx is not None else "none"
+        group = f"{name}{NXDATA_SUFFIX}: {_axes(nx) or 'scalar'}" if nx is not None else "none"
         rows.append([name, str(d.shape), str(d.dtype), fold, units or "-", group])
     counts = []
     for name, rg in ragged_results(g):  # a table of rows, with count and offset per frame
         data, count = rg["data"], rg["count"][()]
         units = attr_text(data.attrs.get("units"))
         shape = "(" + ", ".join(["k", *map(str, data.shape[1:])]) + ") per frame"
-        rows.append([name, shape, str(data.dtype), "ragged", units or "-",
-                     f"{name}{NXDATA_SUFFIX}: count"])
+        nx = nxdata_of(g, name)  # its signal: the scan-shaped count, over the scan's axes
+        group = f"{name}{NXDATA_SUFFIX}: {_axes(nx)} " \
+            f"({attr_text(nx.attrs.get('signal')) or 'count'}: rows per frame)" \
+            if nx is not None else "none"
+        rows.append([name, shape, str(data.dtype), "ragged", units or "-", group])
         per = count[done] if done is not None and done.shape == count.shape else count
         counts.append(f"    {name}: {data.shape[0]} rows in /entry/{wname}/{name}/data; "
                       f"per frame done: min {per.min() if per.size else '-'}, max "
                       f"{per.max() if per.size else '-'}, mean "
                       f"{per.mean() if per.size else 0:.3g}")
     return ["  results:", *table(rows, "    "), *(["  ragged rows:"] + counts if counts else [])]
+
+
+def _axes(nx: h5py.Group) -> str:
+    """An NXdata group's axes, as its ``axes`` attribute names them (``.``: no axis)."""
+    return ", ".join(attr_text(x) for x in np.atleast_1d(nx.attrs.get("axes", [])))
 
 
 def _status_line(a: Any, flagged: bool) -> str:

@@ -11,7 +11,9 @@ One PNG per result, chosen by the result's shape:
   standard deviation;
 * a stacked frame-shaped value is shown as its mean image over the done frames;
 * a folded 2-D result (a frame-shaped sum, mean, max ...) is an image, a
-  folded 1-D result (a histogram ...) a curve.
+  folded 1-D result (a histogram ...) a curve;
+* a result with no picture (a fold of one number, values of more dims) gets one
+  line saying why instead, with the number itself for a fold of one.
 
 Every picture says what it shows: the title names the workflow, the function,
 its fold, the parameters and the input file; scan maps are labelled with the
@@ -76,11 +78,13 @@ def default_dir(output: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}_plots")
 
 
-def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None = None
-                   ) -> list[Path]:
+def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None = None,
+                   notes: list[str] | None = None) -> list[Path]:
     """Write one PNG per picturable result of every framebag workflow in ``output``.
 
-    Returns the paths written (in ``outdir``, default :func:`default_dir`).
+    Returns the paths written (in ``outdir``, default :func:`default_dir`). ``notes``,
+    when given, gets one line for each result with no picture, saying why: a fold of
+    one number (its value is in the line), a value of more dims than a picture shows.
     """
     require_matplotlib()
 
@@ -102,7 +106,10 @@ def write_pictures(output: str | os.PathLike, outdir: str | os.PathLike | None =
                 fig = _ragged_figure(wname, name, ds, scan_shape, done, about) if ragged \
                     else _figure_for(wname, name, ds, scan_shape, done, about)
                 if fig is None:
-                    log.debug("no picture for %s/%s of shape %s", wname, name, ds.shape)
+                    note = _no_picture(wname, name, ds, scan_shape, done, ragged)
+                    log.debug("%s", note)
+                    if notes is not None:
+                        notes.append(note)
                     continue
                 fig.savefig(path, dpi=100)
                 written.append(path)
@@ -124,6 +131,27 @@ def _about(g: Any) -> dict[str, Any]:
     return {"folds": _json_attr(g, "folds") or {},
             "parameters": _json_attr(g, "parameters") or {},
             "input": Path(attr_text(g.attrs.get("input_file"))).name}
+
+
+def _no_picture(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
+                done: np.ndarray, ragged: bool) -> str:
+    """Why result ``name`` has no picture, in one line; a fold of one number gives its value."""
+    fold = "ragged" if ragged else attr_text(ds.attrs.get("fold")) or "folded"
+    who = f"{wname}/{name} (fold {fold})"
+    if ragged:
+        return (f"{who}: no picture of its rows per frame over a scan of {len(scan_shape)} "
+                "dims (its count map is drawn for 1 or 2)")
+    if fold != "stack" and ds.shape == ():
+        units = attr_text(ds.attrs.get("units"))
+        value = np.asarray(ds[()]).item()
+        return (f"{who} = {value!r}{f' {units}' if units else ''} over "
+                f"{int(done.sum())}/{done.size} frames done: one number, nothing to draw")
+    if fold == "stack" and not done.any():
+        return f"{who}: no frame done yet, nothing to draw"
+    what = f"values of shape {ds.shape}" if fold != "stack" else \
+        f"values of shape {tuple(ds.shape[len(scan_shape):])} per frame"
+    return (f"{who}: no quick-look picture for {what} dtype {ds.dtype} (it draws numbers "
+            "per frame, curves and images)")
 
 
 def _figure_for(wname: str, name: str, ds: Any, scan_shape: tuple[int, ...],
@@ -450,9 +478,12 @@ def add_parser(sub: Any) -> None:
 
 
 def _cmd(args: argparse.Namespace) -> int:
-    paths = write_pictures(args.output, args.outdir)
-    if not paths:
-        print(f"framebag: no result in {args.output} has a shape to picture")
+    notes: list[str] = []
+    paths = write_pictures(args.output, args.outdir, notes)
     for p in paths:
         print(p)
+    for note in notes:
+        print(f"framebag: {note}")
+    if not paths:
+        print(f"framebag: no result in {args.output} has a shape to picture")
     return 0

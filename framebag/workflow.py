@@ -614,11 +614,13 @@ class Workflow:
                     got = self._batched_one_by_one(rs, r.frames, kw, r.start, r.scan_shape,
                                                    r.errors, r.done, r.index)
             for x in rs:
-                values[x.name] = got[x.name]
-                if got[x.name] is not None:
-                    r.kinds[x.name] = _batched_kind(x.name, got[x.name], r.start, r.scan_shape,
+                v = got[x.name]
+                if v is not None:
+                    r.kinds[x.name] = _batched_kind(x.name, v, r.start, r.scan_shape,
                                                     x.fold.is_stack, r.expect.get(x.name),
                                                     _who(x))
+                    v = _in_native_order(v)
+                values[x.name] = v
         return values
 
     def _call_per_frame(self, r: _Read, per_frame: list[tuple[str, list[FrameFunction]]],
@@ -650,7 +652,9 @@ class Workflow:
                     k = first[rname] = _value_kind(
                         rname, v, r.start + i, r.scan_shape, fold.is_stack,
                         r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
-                        r.kinds, who)
+                        r.kinds, who, ragged=fold.is_ragged)
+                    if k[3]:
+                        v = _in_native_order(v)
                 if fold.is_stack:
                     out = outs[rname]
                     if out is None:
@@ -699,9 +703,9 @@ class Workflow:
         """
         n = len(frames)
         try:
-            out = list(f.func(frames, **kw))
-            if len(out) != n:
-                raise ValueError(f"returned {len(out)} arrays for a stack of {n} frames")
+            out = _ragged_list(f.name, f.func(frames, **kw), n, start, scan_shape)
+        except ValueKindError:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported with the frame
             if on_error != "skip" or n == 1:
                 self._fail(f.name, start, scan_shape, exc, on_error, errors, done, 0)
@@ -716,7 +720,7 @@ class Workflow:
                     self._fail(f.name, start + i, scan_shape, one, "skip", errors, done, i)
                     out.append(None)
         for i, v in enumerate(out):
-            if v is None or not done[i]:
+            if not done[i]:  # failed on its own above, or in a function before this one
                 continue
             try:
                 out[i] = v = _ragged_value(v, scan_shape,
@@ -726,7 +730,8 @@ class Workflow:
                 out[i] = None
                 continue
             _value_kind(f.name, v, start + i, scan_shape, False,
-                        kinds.get(f.name) or expect.get(f.name), kinds)
+                        kinds.get(f.name) or expect.get(f.name), kinds,
+                        f"batched function {f.name!r}", ragged=True)
         return out
 
     def _batched_one_by_one(self, rs: list[FrameFunction], frames: np.ndarray,
@@ -904,7 +909,20 @@ def _check_dtype(dtype: Any) -> np.dtype | None:
         out = None
     if out is None or out.kind not in NUMERIC:
         raise TypeError(f"dtype must be a numeric numpy dtype such as 'float32', not {dtype!r}")
-    return out
+    return _native(out)
+
+
+def _native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order: ``>f8`` and ``<f8`` hold the same numbers,
+    and a result's dtype is one of them (the output stores it in native order)."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def _in_native_order(a: np.ndarray) -> np.ndarray:
+    """``a`` itself, or a copy in native byte order (the same numbers) if it has another."""
+    return a if a.dtype.isnative else a.astype(_native(a.dtype))
+
+
 @dataclass
 class _Read:
     """What :meth:`Workflow.apply` knows of one read while it calls the functions."""
@@ -1028,7 +1046,7 @@ def _unlike(dtype: np.dtype, shape: tuple[int, ...], ref: tuple[np.dtype, tuple[
             is_stack: bool) -> bool:
     """Whether a value of ``dtype`` and ``shape`` breaks ``ref`` (a declaration fixes the shape
     of a folded result too: the output is laid out from it)."""
-    return dtype != ref[0] or ((is_stack or ref[2] == DECLARED) and shape != ref[1])
+    return _native(dtype) != ref[0] or ((is_stack or ref[2] == DECLARED) and shape != ref[1])
 
 
 def _fix(ref: tuple[np.dtype, tuple[int, ...], int], is_stack: bool) -> str:
@@ -1053,7 +1071,8 @@ _INT_MAX = 2**63
 
 def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_stack: bool,
                 ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                kinds: Kinds, who: str = "") -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
+                kinds: Kinds, who: str = "", *, ragged: bool = False,
+                ) -> tuple[type, np.dtype, tuple[int, ...], bool | None]:
     """Check a value whose type differs from the result's first value here (or the first).
 
     Returns its ``(type, dtype, shape, is_array)`` for the hot path's check (``is_array``
@@ -1061,7 +1080,8 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     a result's first value, records ``(dtype, shape, flat)`` in ``kinds``. Raises
     :class:`ValueKindError` for a value that is not numeric, or whose dtype (or shape,
     for a stack or a declared result) differs from ``ref``. ``who`` names the result in
-    messages (default: function ``fname``).
+    messages (default: function ``fname``); ``ragged``: the value of a ragged result, whose
+    message says what a ragged function returns.
     """
     who = who or f"function {fname!r}"
     try:
@@ -1069,19 +1089,49 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     except Exception:  # noqa: BLE001 - e.g. a ragged list numpy refuses
         a = np.asarray(None)
     if a.dtype.kind not in NUMERIC:
+        must = (_RAGGED_MUST if ragged else "a function must return a number or a numeric "
+                "array")
         raise ValueKindError(
-            f"{who} returned {_what(v)} on frame {scan_index(flat, scan_shape)}; a function "
-            "must return a number or a numeric array"
-        )
+            f"{who} returned {_what(v)} on frame {scan_index(flat, scan_shape)}; {must}")
     if ref is not None and _unlike(a.dtype, a.shape, ref, is_stack):
         where = scan_index(flat, scan_shape)
         raise _mismatch(f"{who} returned {_what(v)} on frame {where}, but "
                         f"{_earlier(ref, scan_shape, is_stack)}; {_fix(ref, is_stack)}", ref)
-    kinds.setdefault(fname, (a.dtype, a.shape, flat))
+    dtype = _native(a.dtype)
+    kinds.setdefault(fname, (dtype, a.shape, flat))
     # a list, tuple or Python int has no dtype of its own: [1, 2.5] after [1, 2], or an
     # int past int64, would be cast (or overflow) in the stack, so each is checked again
     fixed = isinstance(v, (float, complex, np.generic)) or isinstance(v, np.ndarray)
-    return type(v), a.dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
+    return type(v), dtype, a.shape, isinstance(v, np.ndarray) if fixed else None
+
+
+#: what a ragged function must return, for the message that refuses another value
+_RAGGED_MUST = ("a ragged function (fold='ragged') must return a numeric array of rows "
+                "(k, ...) for every frame, such as np.empty((0, 3), 'float32') for no rows")
+
+
+def _ragged_list(fname: str, got: Any, n: int, start: int,
+                 scan_shape: tuple[int, ...]) -> list[Any]:
+    """A batched ragged function's value ``got`` as its list of ``n`` per-frame values.
+
+    Raises :class:`ValueKindError` (a bug in the function, never skipped) for a value
+    that is not a sequence of them (None, a number, a str, a dict), and ValueError (a
+    failure of these frames) for a sequence of another length.
+    """
+    if got is None or isinstance(got, (str, bytes, Mapping, np.generic)) or not isinstance(
+            got, Iterable) or (isinstance(got, np.ndarray) and got.ndim == 0):
+        err = ValueKindError(
+            f"batched function {fname!r} returned {_what(got)} for a stack of {n} "
+            f"frame{'s' if n != 1 else ''} from {scan_index(start, scan_shape)}; a batched "
+            "ragged function (fold='ragged') must return a list of numeric arrays of rows "
+            "(k, ...), one per frame of the stack, such as np.empty((0, 3), 'float32') for a "
+            "frame with no rows")
+        err.fix = "make it return that list, then rerun with --overwrite"
+        raise err
+    out = list(got)
+    if len(out) != n:
+        raise ValueError(f"returned {len(out)} arrays for a stack of {n} frames")
+    return out
 
 
 def _ragged_value(v: Any, scan_shape: tuple[int, ...],
@@ -1096,6 +1146,7 @@ def _ragged_value(v: Any, scan_shape: tuple[int, ...],
     a = np.asarray(v)
     if a.dtype.kind not in NUMERIC:
         return v
+    a = _in_native_order(a)
     if a.ndim == 0:
         raise ValueError(f"returned {_what(v)}; a ragged result is an array of rows "
                          "(k, ...), where k may vary and be 0")
@@ -1139,7 +1190,7 @@ def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[
             f"{who} returned values of shape {shape} dtype {values.dtype} for frames from "
             f"{scan_index(start, scan_shape)}, but {_earlier(ref, scan_shape, is_stack)}; "
             f"{_fix(ref, is_stack)}", ref)
-    return values.dtype, shape, start
+    return _native(values.dtype), shape, start
 
 
 def _batched_values(rs: list[FrameFunction], out: Any, n: int, start: int,

@@ -200,6 +200,72 @@ def test_declared_and_actual_results_that_differ_are_one_sentence(scan, profile,
     assert_one_sentence(rc, err, *names, "shape= and dtype=")
 
 
+OTHER_BYTE_ORDER = HEAD + '''
+
+def order(index):  # big-endian on frames of even index sum (the first, probed, one too)
+    return ">" if sum(index) % 2 == 0 else "<"
+
+
+@workflow.frame(shape=(), dtype="float64")
+def mean(frame, index):
+    return np.asarray(frame.mean(), dtype=order(index) + "f8")
+
+
+@workflow.frames(shape=(2,), dtype="int32")
+def corners(frames):
+    return frames[:, 0, :2].astype(">i4")
+
+
+@workflow.frame(fold="sum", shape="frame", dtype="float64")
+def total(frame):
+    return frame.astype(">f8")
+
+
+@workflow.frame
+def probed(frame, index):
+    return frame[0].astype(order(index) + "f4")
+
+
+@workflow.frame(fold="ragged")
+def rows(frame, index):
+    return np.ones((int(frame[0, 1]) % 3, 2), dtype=order(index) + "f4") * frame[0, 2]
+'''
+
+
+def test_values_in_the_other_byte_order_are_the_same_dtype(scan, client, tmp_path):
+    """``>f8`` where ``float64`` is declared (or was returned first) holds the same numbers:
+    accepted, and stored in native order, equal to numpy."""
+    path, data = scan
+    wf = load_workflow(workflow_file(tmp_path, OTHER_BYTE_ORDER))
+    res = wf.run(path, tmp_path / "out.h5", client=client)
+    assert res.done.all()
+    np.testing.assert_array_equal(res["mean"], data.mean(axis=(2, 3)))
+    np.testing.assert_array_equal(res["corners"], data[:, :, 0, :2])
+    np.testing.assert_array_equal(res["total"], data.astype(np.float64).sum(axis=(0, 1)))
+    np.testing.assert_array_equal(res["probed"], data[:, :, 0].astype(np.float32))
+    k = data[..., 0, 1].astype(int) % 3
+    np.testing.assert_array_equal(res["rows"].counts, k)
+    np.testing.assert_array_equal(res["rows"][1, 2], np.full((k[1, 2], 2), data[1, 2, 0, 2]))
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        g = f["entry/multi"]
+        want = {"mean": "<f8", "corners": "<i4", "total": "<f8", "probed": "<f4"}
+        assert {n: g[n].dtype.str for n in want} == want
+        assert g["rows/data"].dtype.str == "<f4"
+
+
+def test_another_dtype_in_another_byte_order_is_still_refused(scan, profile, capsys, tmp_path):
+    path, _ = scan
+    wf = workflow_file(tmp_path, HEAD + '''
+
+@workflow.frame(shape=(), dtype="float32")
+def e(frame):
+    return np.asarray(frame.mean(), dtype=">f8")
+''')
+    rc, err = run_cli(capsys, "run", str(wf), str(path), "-o", str(tmp_path / "o.h5"),
+                      "--profile", profile, "--quiet")
+    assert_one_sentence(rc, err, "function 'e'", "dtype >f8", "declares shape () dtype float32")
+
+
 NOT_IN_THE_DRIVER = HEAD + '''
 DRIVER = os.getpid()  # the process that loads the workflow: the driver
 

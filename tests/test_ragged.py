@@ -172,8 +172,9 @@ def test_ragged_nxdata_is_plottable_in_nexusformat_and_silx(tmp_path, client, ma
         assert default.signal.name == "/entry/rg/rows_nxdata/count"
 
 
-def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client):
-    """A motor dataset named ``count`` does not collide with the count map in the NXdata."""
+def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client, capsys):
+    """A motor dataset named ``count`` does not collide with the count map in the NXdata,
+    and ``inspect`` tells the axes from the signal."""
     silx_nxdata = pytest.importorskip("silx.io.nxdata")
     path, data, y, x = scan_with_positions(tmp_path)
     with h5py.File(path, "r+") as f:
@@ -189,6 +190,13 @@ def test_an_axis_named_count_beside_a_ragged_result(tmp_path, client):
         assert axis != "count" and nx[axis].attrs["source"] == "entry/instrument/count"
         np.testing.assert_array_equal(nx[axis][()], y)
         assert silx_nxdata.NXdata(nx).is_valid
+        axes = [a.decode() if isinstance(a, bytes) else str(a) for a in nx.attrs["axes"]]
+    from framebag.cli import main
+
+    assert main(["inspect", str(out)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines()
+                if line.strip().startswith("rows "))
+    assert line.endswith(f"rows_nxdata: {axes[0]}, {axes[1]} (count: rows per frame)"), line
 
 
 def bad_rows_workflow() -> Workflow:
@@ -573,6 +581,8 @@ def test_inspect_and_plot_show_a_ragged_result(tmp_path, client, make_scan, caps
     text = capsys.readouterr().out
     line = next(line for line in text.splitlines() if line.strip().startswith("rows "))
     assert "ragged" in line and "(k, 3)" in line and "int64" in line
+    # its NXdata: the count map over the scan's axes
+    assert line.endswith("rows_nxdata: scan_0, scan_1 (count: rows per frame)"), line
     assert f"{k.sum()} rows" in text and f"min {k[complete].min()}" in text \
         and f"max {k.max()}" in text
     assert main(["plot", str(out), "-o", str(tmp_path / "pics")]) == 0
@@ -616,3 +626,59 @@ def test_a_batched_ragged_function_that_fails_skips_only_its_bad_frames():
     assert "float32" in p.errors[0][2] and "int64" in p.errors[0][2]
     with pytest.raises(FramebagError, match=r"'spots' failed on frame \(1,\).*float32"):
         wf.apply(frames[:3], 0, (6,), {}, on_error="raise")
+
+
+@pytest.mark.parametrize("returns, words", [
+    ("none", ["batched function 'hits' returned None for a stack of 1 frame from (0, 0)",
+              "must return a list of numeric arrays of rows (k, ...), one per frame"]),
+    ("none_on_workers", ["batched function 'hits' returned None for a stack of ", " frames from (",
+                         "must return a list of numeric arrays of rows (k, ...), one per frame",
+                         "rerun with --overwrite"]),
+    ("number", ["batched function 'hits' returned int", "must return a list"]),
+    ("list_of_none", ["batched function 'hits' returned None on frame (0, 0)",
+                      "a ragged function (fold='ragged') must return a numeric array of rows"]),
+    ("per_frame_none", ["function 'hits' returned None on frame (0, 0)",
+                        "a ragged function (fold='ragged') must return a numeric array of rows"]),
+])
+def test_a_ragged_function_returning_none_says_what_it_must_return(tmp_path, client, make_scan,
+                                                                    returns, words):
+    """None (or a number) where a ragged function returns rows stops the run in one sentence
+    naming the function and what it must return, not with a bare TypeError."""
+    path, _ = make_scan((8, 8), (4, 4))  # a read is a 16th of the scan: 4 frames
+    wf = Workflow("nothing", data=DATA, keys=[KEY])
+    empty = np.empty((0, 3), np.float32)
+    if returns == "per_frame_none":
+        @wf.frame(fold="ragged")
+        def hits(frame):
+            return None
+    else:
+        @wf.frames(fold="ragged")
+        def hits(frames):
+            if returns == "none_on_workers":  # the driver's probe of one frame passes
+                return [empty] if len(frames) == 1 else None
+            return {"none": None, "number": 0, "list_of_none": [None] * len(frames)}[returns]
+
+    with pytest.raises(FramebagError) as info:
+        wf.run(path, tmp_path / "o.h5", client=client, on_error="skip")
+    msg = str(info.value)
+    assert "\n" not in msg and "np.empty((0, 3), 'float32')" in msg
+    for word in words:
+        assert word in msg, (word, msg)
+
+
+def test_cli_batched_ragged_none_is_one_line_without_traceback(tmp_path, make_scan, capsys):
+    from framebag.cli import main
+
+    path, _ = make_scan((2, 3), (8, 8))
+    wf = tmp_path / "none.py"
+    wf.write_text("from framebag import Workflow\n"
+                  f"workflow = Workflow('none', data={DATA!r}, keys=[{KEY!r}])\n\n"
+                  "@workflow.frames(fold='ragged')\n"
+                  "def hits(frames):\n"
+                  "    return [None] * len(frames)\n")
+    assert main(["run", str(wf), str(path), "-o", str(tmp_path / "o.h5"),
+                 "--profile", "inline", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert err[0].startswith("framebag: error: batched function 'hits' returned None on frame")
+    assert "must return a numeric array of rows" in err[0]

@@ -281,6 +281,47 @@ def test_plot_pictures_show_results_with_not_done_frames_masked(tmp_path, client
         assert fig.axes[0].get_xlabel() == "frame x (pixel)"
 
 
+def test_plot_of_a_fold_of_one_number_prints_it_and_says_there_is_nothing_to_draw(
+        tmp_path, capsys):
+    """``plot`` (and ``run --plot``) draws what it can and, for a result it cannot draw,
+    prints one line saying why: a fold of one number gives its value."""
+    path = tmp_path / "scan.h5"
+    complete = np.ones((3, 4), dtype=bool)
+    complete[2, 3] = False
+    data = _blob_scan(path, scan=(3, 4), frame=(8, 8), complete=complete)
+    wf_file = tmp_path / "one.py"
+    wf_file.write_text(
+        "from framebag import Workflow\n"
+        f"workflow = Workflow('one', data={DATA!r}, keys=[{KEY!r}])\n\n"
+        "@workflow.frame(fold='sum')\n"
+        "def total(frame):\n"
+        "    return int(frame.sum())\n\n"
+        "@workflow.frame(fold='mean', units='counts')\n"
+        "def level(frame):\n"
+        "    return float(frame.mean())\n\n"
+        "@workflow.frame\n"
+        "def peak(frame):\n"
+        "    return frame.max()\n")
+    out, pics = tmp_path / "out.h5", tmp_path / "pics"
+    assert main(["run", str(wf_file), str(path), "-o", str(out), "--profile", "inline",
+                 "--plot"]) == 0
+    err = capsys.readouterr().err
+    total = int(data[complete].astype(np.int64).sum())
+    with h5py.File(out, "r") as f:
+        assert f["entry/one/total"][()] == total
+        level = float(f["entry/one/level"][()])  # the mean's own rounding
+    want = [f"one/total (fold sum) = {total} over 11/12 frames done: one number, nothing to "
+            "draw", f"one/level (fold mean) = {level!r} counts over 11/12 frames done"]
+    for line in want:
+        assert line in err, (line, err)
+    assert main(["plot", str(out), "-o", str(pics)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == str(pics / "one_peak.png") and len(printed) == 3
+    for line in want:
+        assert any(p.startswith("framebag: ") and line in p for p in printed[1:]), printed
+    assert sorted(p.name for p in pics.iterdir()) == ["one_peak.png"]
+
+
 def test_plot_of_a_non_framebag_file_is_an_error(tmp_path, capsys):
     path = tmp_path / "scan.h5"
     _blob_scan(path, scan=(2, 2))
