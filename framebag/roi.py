@@ -165,7 +165,8 @@ def parse(spec: RoiSpec) -> Roi | None:
     """The ROI ``spec`` names, checked for its syntax only (no file is read yet).
 
     ``None`` is the whole scan. A string of digits, ``:`` and ``,`` is slices; any
-    other string names a mask dataset, ``FILE:PATH`` or a ``PATH`` in the input.
+    other string names a mask dataset, ``FILE:PATH`` or a ``PATH`` in the input (a
+    string like ``masks:bool`` is slices with a typo unless the file ``masks`` exists).
     """
     if spec is None:
         return None
@@ -185,11 +186,28 @@ def parse(spec: RoiSpec) -> Roi | None:
     text = spec.strip()
     if not text:
         raise _fail(repr(spec), "empty; give slices like 10:20,::2 or a mask dataset")
-    if _SLICES.match(text) or (_TYPO.match(text) and "/" not in text and "." not in text
-                               and any(c in text for c in ":,")):
+    if _SLICES.match(text):
         sel = _parse_slices(text)
         return _with_steps(Roi(_format(sel), slices=sel))
+    if (_TYPO.match(text) and "/" not in text and "." not in text and any(c in text for c in ":,")
+            and not _names_file(text)):
+        try:
+            sel = _parse_slices(text)
+        except FramebagError:
+            if ":" not in text:
+                raise
+            file = text.split(":", 1)[0]
+            raise _fail(text, f"{text!r} is not a slice like 10:20 or ::2 or an index, and no "
+                        f"file {file!r} exists for a mask FILE:PATH") from None
+        return _with_steps(Roi(_format(sel), slices=sel))
     return Roi(f"mask {text}", source=text)
+
+
+def _names_file(text: str) -> bool:
+    """Whether ``text`` starts with an existing file and a ``:``: a mask ``FILE:PATH``
+    (``masks:bool``), not slices with a typo, whatever the file is called."""
+    return any(c == ":" and k and os.path.isfile(os.path.expanduser(text[:k]))
+               for k, c in enumerate(text))
 
 
 def _with_steps(roi: Roi) -> Roi:

@@ -391,6 +391,30 @@ def test_mask_path_with_colons(tmp_path, client, job, capsys):
     check(out, data, inside)
 
 
+@pytest.mark.parametrize("name", ["masks", "2024"])
+def test_mask_in_a_file_named_like_a_word_is_a_mask_not_slices(tmp_path, client, job, capsys,
+                                                                monkeypatch, name):
+    """``FILE:PATH`` with no ``/`` or ``.`` in it (``masks:bool``, ``2024:bool``) reads the mask
+    from the file when it exists; it once went to the slice parser (``is not a slice``)."""
+    wf, path, data = job
+    inside = region_mask(slice(2, 5), slice(1, 4))
+    with h5py.File(tmp_path / name, "w") as f:
+        f["bool"] = inside
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.h5"
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile",
+                       address_profile(tmp_path, client), "--roi", f"{name}:bool")
+    assert rc == 0, text
+    check(out, data, inside)
+    with h5py.File(out, "r") as f:
+        assert f["entry/region"].attrs["roi"] == f"mask {name}:bool"
+    # no such file: one sentence that names both readings of the spec
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(tmp_path / "no.h5"),
+                       "--roi", "nofile:bool")
+    assert_one_sentence(rc, text, "--roi nofile:bool", "is not a slice",
+                        "no file 'nofile' exists for a mask FILE:PATH")
+
+
 def test_wrong_shape_mask_is_refused_before_it_is_read(tmp_path, job, capsys):
     """A data dataset given as the mask is refused by its shape, never loaded whole: here
     its values live in a raw file that does not exist, so any read would fail."""
