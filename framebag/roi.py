@@ -25,6 +25,7 @@ not its parsing from text, nor these checks with messages naming ``--roi``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -369,6 +370,24 @@ def recorded(group: h5py.Group) -> Roi | None:
     return Roi(text or "mask", array=group["roi_mask"][()].astype(bool))
 
 
+def _horizon(rois: tuple[Roi, ...], rows: int) -> int:
+    """Rows of a growing scan enough to compare ``rois``: past ``rows`` and every bound
+    of their first dims, plus one period of their steps, after which they repeat."""
+    period = 1
+    for r in rois:
+        if r.array is not None:
+            rows = max(rows, r.array.shape[0])
+            continue
+        assert r.slices is not None
+        s = r.slices[0]
+        if isinstance(s, int):
+            rows = max(rows, abs(s) + 1)
+        else:
+            rows = max([rows] + [abs(v) for v in (s.start, s.stop) if v is not None])
+            period = math.lcm(period, abs(s.step or 1))
+    return rows + period
+
+
 def resumed(new: Roi | None, group: h5py.Group, output: str, scan_shape: tuple[int, ...],
             growing: bool) -> Roi | None:
     """The ROI a resumed run of the output ``group`` uses: ``new`` if it contains the
@@ -388,6 +407,17 @@ def resumed(new: Roi | None, group: h5py.Group, output: str, scan_shape: tuple[i
             f"{output!r} was made with ({int(lost.sum())} of its frames are outside, the first "
             f"{first}); a resumed run may only grow its ROI: give a --roi that contains the "
             "old one, or start again with --overwrite")
+    if old is not None and growing:  # the rows still to come: an open ROI must stay open
+        rows = _horizon((old, new), max(had[0], scan_shape[0]))
+        later = (rows,) + tuple(had[1:])
+        lost = old.mask(later) & ~new.mask(later)
+        if lost.any():
+            first = tuple(int(i) for i in np.argwhere(lost)[0])
+            raise FramebagError(
+                f"--roi {new.text} does not contain the ROI {old.text} that output {output!r} "
+                f"was made with on the rows the growing scan has yet to write (the first frame "
+                f"left out: {first}); a resumed run may only grow its ROI: give a --roi that "
+                "contains the old one, or start again with --overwrite")
     if old is None:  # the output has no ROI: the new one must be the whole scan, for good
         if not new.mask(scan_shape).all() or (growing and new.rows() is not None):
             raise FramebagError(

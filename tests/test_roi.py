@@ -369,6 +369,31 @@ def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, cap
     assert_one_sentence(rc, text, "--roi 0:4", "::2 (24 of 48 frames)")
 
 
+def test_open_roi_of_a_growing_scan_is_not_closed_on_resume(tmp_path, client, job, capsys):
+    """An output made with ``::2`` over a growing scan, resumed with ``0:8``: that holds every
+    row written so far, but not rows 8, 10, ... that ``::2`` takes as the scan grows, so it is
+    refused (it was taken, and the output's ROI silently became ``0:8``); ``0:`` grows it."""
+    wf, _, data = job
+    path = tmp_path / "growing.h5"
+    _growing_scan(path, data, 4)
+    out = tmp_path / "out.h5"
+    prof = address_profile(tmp_path, client)
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--roi", "::2")
+    assert rc == 0, text
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--resume", "--roi", "0:8")
+    assert_one_sentence(rc, text, "--roi 0:8", "::2", "rows the growing scan has yet to write",
+                        "(8, 0)")
+    check(out, data[:4], region_mask(slice(0, 4, 2))[:4])
+    with h5py.File(out, "r") as f:
+        assert f["entry/region"].attrs["roi"] == "::2"
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--resume", "--roi", "0:")
+    assert rc == 0, text
+    check(out, data[:4], region_mask(slice(0, 4))[:4])
+
+
 def test_roi_over_frames_not_complete_says_so(tmp_path, make_scan, capsys):
     complete = region_mask(slice(0, 4))
     path, _ = make_scan(SCAN, FRAME, complete=complete)
