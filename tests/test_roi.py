@@ -332,6 +332,25 @@ def test_followed_scan_ends_when_its_roi_is_complete(tmp_path, client, growing):
     np.testing.assert_array_equal(res["total"], np.where(inside[:rows], exp.sum(axis=(2, 3)), 0))
 
 
+def test_follow_lines_of_a_roi_run_count_the_roi_not_the_scan(tmp_path, job):
+    """``--follow --roi``: the progress lines and the summary's end call what they count (the
+    ROI's frames) the ROI, also when ``--resume`` keeps the ROI the output records. They
+    said ``scan 12/12 complete`` of a scan of 48 frames."""
+    wf, path, _ = job
+    out = tmp_path / "out.h5"
+    argv = [sys.executable, "-m", "framebag.cli", "run", str(wf), str(path), "-o", str(out),
+            "--follow", "--timeout", "60", "--profile", "inline", "--log-interval", "0"]
+    for extra in (["--roi", "1:3"], ["--resume"]):
+        run = subprocess.run(argv + extra, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        lines = run.stderr.splitlines()
+        assert any(line.endswith("; ROI 12/12 complete, following it") for line in lines), lines
+        assert any(line.endswith("; ROI 12/12 complete, 0 not yet") for line in lines), lines
+        assert lines[-1].endswith("(ended: every frame of the ROI complete)"), lines
+        assert not any("; scan " in line or "of the scan complete" in line for line in lines)
+        assert "12/48 of the scan done" in lines[-1]  # there, the scan's frames are counted
+
+
 def _growing_scan(path: Path, data: np.ndarray, rows: int) -> None:
     """A finished scan whose first scan dim is unlimited, holding the first ``rows`` rows."""
     with h5py.File(path, "a", libver="latest") as f:
