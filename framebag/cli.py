@@ -289,7 +289,7 @@ def _with_roi(options: dict[str, Any], out: Path, name: str) -> bool:
     try:
         with h5py.File(out, "r") as f:
             return f"entry/{name}/roi_mask" in f
-    except (OSError, KeyError, ValueError):  # the run says what is wrong with the output
+    except (OSError, RuntimeError, KeyError, ValueError):  # the run says what is wrong with it
         return False
 
 
