@@ -24,7 +24,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -256,7 +256,8 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
 
     wf = _prepare(workflow, plot, report, quiet)
     out_path = Path(output) if output else default_output_path(input, wf.name)
-    progress = Progress(follow=follow, interval=log_interval)
+    progress = Progress(follow=follow, interval=log_interval,
+                        roi=_with_roi(options, out_path, wf.name))
     with ExitStack() as stack:
         if progress.tty and progress.enabled:
             _redirect_logging_around_the_bar(stack)
@@ -274,6 +275,22 @@ def run_reported(workflow: str, input: str, output: str | None = None, *,  # noq
     if plot:
         _write_pictures(res.output)
     return res
+
+
+def _with_roi(options: dict[str, Any], out: Path, name: str) -> bool:
+    """Whether the run has a ROI: ``--roi``, or the one a resumed output records (so that
+    the progress lines call what they count the ROI, not the scan)."""
+    if options.get("roi") is not None:
+        return True
+    if not options.get("resume") or not out.is_file():
+        return False
+    import h5py
+
+    try:
+        with h5py.File(out, "r") as f:
+            return f"entry/{name}/roi_mask" in f
+    except (OSError, RuntimeError, KeyError, ValueError):  # the run says what is wrong with it
+        return False
 
 
 def _redirect_logging_around_the_bar(stack: Any) -> None:
@@ -306,13 +323,15 @@ class _ScanLines:
     """What ``framebag run`` shows of each of several scans: a progress display while it
     runs (``progress_for``), then its summary or why it failed (``each``)."""
 
-    def __init__(self, follow: bool, log_interval: float, plot: bool) -> None:
+    def __init__(self, follow: bool, log_interval: float, plot: bool,
+                 roi: Callable[[Path], bool] = lambda inp: False) -> None:
         self.follow, self.log_interval, self.plot = follow, log_interval, plot
+        self.roi = roi  # whether the run of an input has a ROI (see _with_roi)
         self.current: list[Progress] = []
         self.started: list[Path] = []
 
     def progress_for(self, inp: Path) -> Progress:
-        p = Progress(follow=self.follow, interval=self.log_interval)
+        p = Progress(follow=self.follow, interval=self.log_interval, roi=self.roi(inp))
         self.current[:] = [p]
         self.started.append(inp)
         return p
@@ -357,9 +376,15 @@ def run_many_reported(workflow: str, inputs: list[str], out_dir: str | None = No
     from contextlib import ExitStack
 
     from .engine import run_many
+    from .output import default_output_path
 
     wf = _prepare(workflow, plot, report, quiet)
-    shown = _ScanLines(follow, log_interval, plot)
+
+    def roi(inp: Path) -> bool:
+        out = default_output_path(inp, wf.name)
+        return _with_roi(options, out if out_dir is None else Path(out_dir) / out.name, wf.name)
+
+    shown = _ScanLines(follow, log_interval, plot, roi)
     with ExitStack() as stack:
         if sys.stderr.isatty() and progress_log.isEnabledFor(logging.INFO):
             _redirect_logging_around_the_bar(stack)

@@ -783,6 +783,10 @@ class _Job:
         start, stop = group[0][0], group[-1][1]
         if isinstance(exc, FramebagError):  # bad input, the same on every try
             raise FramebagError(f"{exc}; the frames done so far are kept") from exc
+        why = self.wf.killed_in_setup(client, exc)  # it ends its worker on every try
+        if why:
+            raise FramebagError(f"{why}; fix it, then rerun with --resume (the frames done so "
+                                "far are kept)") from exc
         attempts = self._attempts[start] = self._attempts.get(start, 0) + 1
         if attempts > self.o.retries:
             raise FramebagError(

@@ -3,10 +3,10 @@
 :class:`Progress` is the ``progress=`` callback of :func:`framebag.engine.run`.
 On a terminal it drives a tqdm bar of frames done out of frames complete, with
 tqdm's own rate (frames/s) and ETA. When following a live file the bar is the
-scan instead (frames done out of the whole scan), and its postfix says how many
-frames are complete but not done yet. At the end :meth:`Progress.finish` sets
-the bar's rate to the one the summary line gives (this run's frames over the
-run's wall time), so the two agree. When stderr is not a
+scan instead (frames done out of the whole scan, or out of the ROI with ``roi``),
+and its postfix says how many frames are complete but not done yet. At the end
+:meth:`Progress.finish` sets the bar's rate to the one the summary line gives
+(this run's frames over the run's wall time), so the two agree. When stderr is not a
 terminal (a batch job's log, a pipe) it writes a plain log line every
 ``interval`` seconds instead. Lines go through the standard logger
 ``framebag.progress``; :func:`configure` gives it a stderr handler so that
@@ -63,7 +63,8 @@ class Progress:
     """The engine's progress callback: a bar on a terminal, timed log lines elsewhere.
 
     ``follow`` adds the scan-wide count of complete frames (a live file fills
-    while the run goes). ``tty`` defaults to whether ``stream`` is a terminal;
+    while the run goes); with ``roi`` (the run has one) that count is the ROI's and
+    is called so. ``tty`` defaults to whether ``stream`` is a terminal;
     ``interval`` is the seconds between log lines. Nothing is shown when the
     ``framebag.progress`` logger does not pass INFO (``--quiet``); if
     :func:`configure` was not called, the first Progress calls it. Call
@@ -71,11 +72,13 @@ class Progress:
     """
 
     def __init__(self, *, follow: bool = False, stream: IO[str] | None = None,
-                 tty: bool | None = None, interval: float = 10.0) -> None:
+                 tty: bool | None = None, interval: float = 10.0, roi: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
         if not any(getattr(h, "_framebag", False) for h in log.handlers):
             configure(stream=self.stream)  # used from Python without the CLI
         self.follow = follow
+        #: what the engine's ``total`` counts: the scan's frames, or the ROI's
+        self.region = "ROI" if roi else "scan"
         self.tty = self.stream.isatty() if tty is None else tty
         self.interval = interval
         self.enabled = log.isEnabledFor(logging.INFO)
@@ -130,8 +133,8 @@ class Progress:
             self.bar = tqdm(total=total if self.follow else complete, initial=processed,
                             unit="frame", file=self.stream, ncols=width or 100,
                             nrows=height or 24, dynamic_ncols=width > 0, mininterval=0.2,
-                            smoothing=0.1, desc="done/scan" if self.follow else "done/complete",
-                            leave=True)
+                            smoothing=0.1, leave=True,
+                            desc=f"done/{self.region}" if self.follow else "done/complete")
         bar = self.bar
         want = total if self.follow else complete
         if bar.total != want:
@@ -150,11 +153,12 @@ class Progress:
         if self.resumed:
             text += f" ({self.resumed} done before)"
         if self.follow:
-            text += f"; scan {s['complete']}/{s['total']} complete, following it"
+            text += f"; {self.region} {s['complete']}/{s['total']} complete, following it"
         return text
 
     def line(self) -> str:
-        """One plain status line: done of complete, rate, ETA (and the scan, when following)."""
+        """One plain status line: done of complete, rate, ETA (and the scan or the ROI, when
+        following)."""
         s = self.state
         processed, complete = s.get("processed", 0), s.get("complete", 0)
         elapsed = time.monotonic() - self.start
@@ -167,7 +171,7 @@ class Progress:
             text += f", ETA {_duration(left / rate)}"
         if self.follow:
             total = s.get("total", 0)
-            text += f"; scan {complete}/{total} complete{self._partly()}, " \
+            text += f"; {self.region} {complete}/{total} complete{self._partly()}, " \
                     f"{total - complete} not yet"
         return text
 
@@ -225,5 +229,8 @@ def summary_line(results: Any, follow: bool = False) -> str:
     text = (f"{', '.join(parts)} in {wall:.2f} s ({rate:.0f} frames/s); "
             f"{s['done']}/{results.done.size} of the scan done; output {results.output}")
     if follow and s.get("ended_by"):
-        text += f" (ended: {ENDED.get(s['ended_by'], s['ended_by'])})"
+        ended = ENDED.get(s["ended_by"], s["ended_by"])
+        if s["ended_by"] == "keys_full" and getattr(results, "roi", None) is not None:
+            ended = "every frame of the ROI complete"
+        text += f" (ended: {ended})"
     return text

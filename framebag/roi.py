@@ -25,6 +25,7 @@ not its parsing from text, nor these checks with messages naming ``--roi``.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -165,7 +166,8 @@ def parse(spec: RoiSpec) -> Roi | None:
     """The ROI ``spec`` names, checked for its syntax only (no file is read yet).
 
     ``None`` is the whole scan. A string of digits, ``:`` and ``,`` is slices; any
-    other string names a mask dataset, ``FILE:PATH`` or a ``PATH`` in the input.
+    other string names a mask dataset, ``FILE:PATH`` or a ``PATH`` in the input (a
+    string like ``masks:bool`` is slices with a typo unless the file ``masks`` exists).
     """
     if spec is None:
         return None
@@ -185,11 +187,28 @@ def parse(spec: RoiSpec) -> Roi | None:
     text = spec.strip()
     if not text:
         raise _fail(repr(spec), "empty; give slices like 10:20,::2 or a mask dataset")
-    if _SLICES.match(text) or (_TYPO.match(text) and "/" not in text and "." not in text
-                               and any(c in text for c in ":,")):
+    if _SLICES.match(text):
         sel = _parse_slices(text)
         return _with_steps(Roi(_format(sel), slices=sel))
+    if (_TYPO.match(text) and "/" not in text and "." not in text and any(c in text for c in ":,")
+            and not _names_file(text)):
+        try:
+            sel = _parse_slices(text)
+        except FramebagError:
+            if ":" not in text:
+                raise
+            file = text.split(":", 1)[0]
+            raise _fail(text, f"{text!r} is not a slice like 10:20 or ::2 or an index, and no "
+                        f"file {file!r} exists for a mask FILE:PATH") from None
+        return _with_steps(Roi(_format(sel), slices=sel))
     return Roi(f"mask {text}", source=text)
+
+
+def _names_file(text: str) -> bool:
+    """Whether ``text`` starts with an existing file and a ``:``: a mask ``FILE:PATH``
+    (``masks:bool``), not slices with a typo, whatever the file is called."""
+    return any(c == ":" and k and os.path.isfile(os.path.expanduser(text[:k]))
+               for k, c in enumerate(text))
 
 
 def _with_steps(roi: Roi) -> Roi:
@@ -351,6 +370,24 @@ def recorded(group: h5py.Group) -> Roi | None:
     return Roi(text or "mask", array=group["roi_mask"][()].astype(bool))
 
 
+def _horizon(rois: tuple[Roi, ...], rows: int) -> int:
+    """Rows of a growing scan enough to compare ``rois``: past ``rows`` and every bound
+    of their first dims, plus one period of their steps, after which they repeat."""
+    period = 1
+    for r in rois:
+        if r.array is not None:
+            rows = max(rows, r.array.shape[0])
+            continue
+        assert r.slices is not None
+        s = r.slices[0]
+        if isinstance(s, int):
+            rows = max(rows, abs(s) + 1)
+        else:
+            rows = max([rows] + [abs(v) for v in (s.start, s.stop) if v is not None])
+            period = math.lcm(period, abs(s.step or 1))
+    return rows + period
+
+
 def resumed(new: Roi | None, group: h5py.Group, output: str, scan_shape: tuple[int, ...],
             growing: bool) -> Roi | None:
     """The ROI a resumed run of the output ``group`` uses: ``new`` if it contains the
@@ -370,6 +407,17 @@ def resumed(new: Roi | None, group: h5py.Group, output: str, scan_shape: tuple[i
             f"{output!r} was made with ({int(lost.sum())} of its frames are outside, the first "
             f"{first}); a resumed run may only grow its ROI: give a --roi that contains the "
             "old one, or start again with --overwrite")
+    if old is not None and growing:  # the rows still to come: an open ROI must stay open
+        rows = _horizon((old, new), max(had[0], scan_shape[0]))
+        later = (rows,) + tuple(had[1:])
+        lost = old.mask(later) & ~new.mask(later)
+        if lost.any():
+            first = tuple(int(i) for i in np.argwhere(lost)[0])
+            raise FramebagError(
+                f"--roi {new.text} does not contain the ROI {old.text} that output {output!r} "
+                f"was made with on the rows the growing scan has yet to write (the first frame "
+                f"left out: {first}); a resumed run may only grow its ROI: give a --roi that "
+                "contains the old one, or start again with --overwrite")
     if old is None:  # the output has no ROI: the new one must be the whole scan, for good
         if not new.mask(scan_shape).all() or (growing and new.rows() is not None):
             raise FramebagError(

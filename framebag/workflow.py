@@ -177,6 +177,27 @@ def _this_process() -> str:
         return f"the driver ({host})"
 
 
+#: the scheduler's event topic on which workers say that a setup starts and returns here
+SETUP_EVENTS = "framebag-setup"
+
+
+def _tell_scheduler(setup: str, phase: str) -> None:
+    """On a dask worker, record on the scheduler that ``setup`` starts (``phase`` "start")
+    or returned ("done") in this worker process, and wait until it is recorded: a setup
+    that then ends the process (``os._exit``, a signal) leaves "start" alone there, and
+    the driver names the setup (:meth:`Workflow.killed_in_setup`). Once per setup per worker
+    process; nothing on the driver, or when the scheduler is gone."""
+    try:
+        from distributed import get_worker
+        from distributed.utils import sync
+
+        worker = get_worker()
+        sync(worker.loop, worker.scheduler.log_event, topic=SETUP_EVENTS,
+             msg={"worker": worker.address, "setup": setup, "phase": phase})
+    except Exception:  # noqa: BLE001 - only a better message is lost, never the setup
+        pass
+
+
 #: the file name cloudpickle gives every code object it pickles by value
 _DYNAMIC = "<dynamic-code>"
 
@@ -442,17 +463,53 @@ class Workflow:
                     out[s.name] = hit[2]
                     continue
                 _SETUP_CACHE.pop(slot, None)  # the old value goes before the new one is made
+                _tell_scheduler(s.name, "start")
                 try:
                     value = s.func(**kw)
                 except Exception as exc:  # noqa: BLE001 - any error of user code, in one line
                     cause = " ".join(f"{type(exc).__name__}: {exc}".split())
                     raise SetupError(f"setup function {s.name!r} failed on {_this_process()}: "
                                      f"{cause}{_user_line(exc)}") from exc
+                _tell_scheduler(s.name, "done")
                 _SETUP_CACHE[slot] = (key, files, value)
                 while len(_SETUP_CACHE) > _SETUP_CACHE_SIZE:
                     _SETUP_CACHE.popitem(last=False)
             out[s.name] = value
         return out
+
+    def killed_in_setup(self, client: Any, exc: BaseException | None) -> str | None:
+        """Why a task failed with ``exc``, in words, when it is a ``KilledWorker`` whose last
+        worker process died while running a setup of this workflow; else None.
+
+        Each worker records on the scheduler when a setup starts and returns
+        (:func:`_tell_scheduler`): a setup that started on the dead worker and never
+        returned ended that process (``os._exit``, a signal, memory), and it would do so
+        on every worker the task is retried on, so the run stops at once. A
+        ``KilledWorker`` says only that workers died, hence this.
+        """
+        from distributed.scheduler import KilledWorker
+
+        if not self.setups or not isinstance(exc, KilledWorker):
+            return None
+        try:
+            dead = exc.last_worker.address
+            events = [msg for _, msg in client.get_events(SETUP_EVENTS)]
+        except Exception:  # noqa: BLE001 - the plain KilledWorker is reported instead
+            return None
+        last: dict[tuple[str, str], str] = {}
+        for msg in events:
+            last[msg["worker"], msg["setup"]] = msg["phase"]
+        names = [name for (worker, name), phase in last.items()
+                 if worker == dead and phase == "start" and name in self.setups]
+        if not names:
+            return None
+        name = names[-1]
+        died = sum(1 for (_, n), phase in last.items() if n == name and phase == "start")
+        return (f"workers died (KilledWorker), and the workflow's setup function {name!r} is "
+                f"the likely cause: worker process {dead} ended while running it, before it "
+                f"returned ({died} worker process{'es' if died > 1 else ''} in all; a setup "
+                "that calls os._exit, is killed by a signal or runs out of memory ends its "
+                "worker)")
 
     def setup_params(self, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         """Each setup's parameters and their values in ``params``, for the provenance."""

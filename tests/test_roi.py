@@ -332,6 +332,25 @@ def test_followed_scan_ends_when_its_roi_is_complete(tmp_path, client, growing):
     np.testing.assert_array_equal(res["total"], np.where(inside[:rows], exp.sum(axis=(2, 3)), 0))
 
 
+def test_follow_lines_of_a_roi_run_count_the_roi_not_the_scan(tmp_path, job):
+    """``--follow --roi``: the progress lines and the summary's end call what they count (the
+    ROI's frames) the ROI, also when ``--resume`` keeps the ROI the output records. They
+    said ``scan 12/12 complete`` of a scan of 48 frames."""
+    wf, path, _ = job
+    out = tmp_path / "out.h5"
+    argv = [sys.executable, "-m", "framebag.cli", "run", str(wf), str(path), "-o", str(out),
+            "--follow", "--timeout", "60", "--profile", "inline", "--log-interval", "0"]
+    for extra in (["--roi", "1:3"], ["--resume"]):
+        run = subprocess.run(argv + extra, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        lines = run.stderr.splitlines()
+        assert any(line.endswith("; ROI 12/12 complete, following it") for line in lines), lines
+        assert any(line.endswith("; ROI 12/12 complete, 0 not yet") for line in lines), lines
+        assert lines[-1].endswith("(ended: every frame of the ROI complete)"), lines
+        assert not any("; scan " in line or "of the scan complete" in line for line in lines)
+        assert "12/48 of the scan done" in lines[-1]  # there, the scan's frames are counted
+
+
 def _growing_scan(path: Path, data: np.ndarray, rows: int) -> None:
     """A finished scan whose first scan dim is unlimited, holding the first ``rows`` rows."""
     with h5py.File(path, "a", libver="latest") as f:
@@ -369,6 +388,31 @@ def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, cap
     assert_one_sentence(rc, text, "--roi 0:4", "::2 (24 of 48 frames)")
 
 
+def test_open_roi_of_a_growing_scan_is_not_closed_on_resume(tmp_path, client, job, capsys):
+    """An output made with ``::2`` over a growing scan, resumed with ``0:8``: that holds every
+    row written so far, but not rows 8, 10, ... that ``::2`` takes as the scan grows, so it is
+    refused (it was taken, and the output's ROI silently became ``0:8``); ``0:`` grows it."""
+    wf, _, data = job
+    path = tmp_path / "growing.h5"
+    _growing_scan(path, data, 4)
+    out = tmp_path / "out.h5"
+    prof = address_profile(tmp_path, client)
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--roi", "::2")
+    assert rc == 0, text
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--resume", "--roi", "0:8")
+    assert_one_sentence(rc, text, "--roi 0:8", "::2", "rows the growing scan has yet to write",
+                        "(8, 0)")
+    check(out, data[:4], region_mask(slice(0, 4, 2))[:4])
+    with h5py.File(out, "r") as f:
+        assert f["entry/region"].attrs["roi"] == "::2"
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
+                       "--resume", "--roi", "0:")
+    assert rc == 0, text
+    check(out, data[:4], region_mask(slice(0, 4))[:4])
+
+
 def test_roi_over_frames_not_complete_says_so(tmp_path, make_scan, capsys):
     complete = region_mask(slice(0, 4))
     path, _ = make_scan(SCAN, FRAME, complete=complete)
@@ -389,6 +433,30 @@ def test_mask_path_with_colons(tmp_path, client, job, capsys):
                        "--roi", f"{tmp_path / 'masks.h5'}:t:12:30/m")
     assert rc == 0, text
     check(out, data, inside)
+
+
+@pytest.mark.parametrize("name", ["masks", "2024"])
+def test_mask_in_a_file_named_like_a_word_is_a_mask_not_slices(tmp_path, client, job, capsys,
+                                                                monkeypatch, name):
+    """``FILE:PATH`` with no ``/`` or ``.`` in it (``masks:bool``, ``2024:bool``) reads the mask
+    from the file when it exists; it once went to the slice parser (``is not a slice``)."""
+    wf, path, data = job
+    inside = region_mask(slice(2, 5), slice(1, 4))
+    with h5py.File(tmp_path / name, "w") as f:
+        f["bool"] = inside
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.h5"
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile",
+                       address_profile(tmp_path, client), "--roi", f"{name}:bool")
+    assert rc == 0, text
+    check(out, data, inside)
+    with h5py.File(out, "r") as f:
+        assert f["entry/region"].attrs["roi"] == f"mask {name}:bool"
+    # no such file: one sentence that names both readings of the spec
+    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(tmp_path / "no.h5"),
+                       "--roi", "nofile:bool")
+    assert_one_sentence(rc, text, "--roi nofile:bool", "is not a slice",
+                        "no file 'nofile' exists for a mask FILE:PATH")
 
 
 def test_wrong_shape_mask_is_refused_before_it_is_read(tmp_path, job, capsys):

@@ -173,6 +173,63 @@ def test_setup_failure_on_a_worker_names_the_worker(make_scan, client, capsys, t
     assert rc == 2
 
 
+KILLER = '''
+import os
+import signal
+
+from distributed import get_worker
+from framebag import Workflow
+
+workflow = Workflow("killer", data="entry/data/data", keys=["entry/keys/key_1"])
+
+
+@workflow.setup
+def calib(how="exit"):
+    try:
+        get_worker()
+    except ValueError:
+        return 2.0  # on the driver
+    if how == "exit":
+        os._exit(1)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@workflow.frame
+def scaled(frame, calib):
+    return frame.sum() * calib
+'''
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_setup_that_ends_its_worker_process_is_named_in_one_sentence(make_scan, tmp_path, how):
+    """A setup that ends its worker (os._exit, SIGKILL of itself) on the ``local`` profile: no
+    retries and no KilledWorker lines, but one sentence naming the setup, and exit 2.
+    It printed a KilledWorker line per retry of each task, the setup named nowhere."""
+    import subprocess
+    import sys
+
+    path, _ = make_scan((4, 5))
+    module = tmp_path / "killer.py"
+    module.write_text(KILLER)
+    out = tmp_path / "o.h5"
+    # a task fails at the first worker that dies under it (3 more deaths by default): quicker
+    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    env.pop("DASK_LOGGING__DISTRIBUTED", None)  # dask's log lines as a user sees them (none)
+    run = subprocess.run([sys.executable, "-m", "framebag.cli", "run", str(module), str(path),
+                          "-o", str(out), "--profile", "local", "--set", f"how={how}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    err = run.stderr.strip()
+    lines = err.splitlines()
+    assert run.returncode == 2, err
+    assert "Traceback" not in err and "retrying" not in err, err
+    assert len(lines) == 3 and lines[0].startswith("framebag: dashboard "), err
+    assert lines[1] == "framebag: 20 complete frames to process", err
+    assert lines[-1].startswith("framebag: error: workers died (KilledWorker), and the "
+                                "workflow's setup function 'calib' is the likely cause: "
+                                "worker process tcp://127.0.0.1:"), err
+    assert "ended while running it" in lines[-1] and "--resume" in lines[-1], err
+
+
 UNKNOWN = '''
 from framebag import Workflow
 
