@@ -591,11 +591,7 @@ class Workflow:
         for _, rs in batched:
             for f in rs:
                 if values[f.name] is not None:
-                    try:
-                        _fold_batched(f, values[f.name], r.done, stacks, accs)
-                    except _folds.SumOverflow as exc:
-                        raise _overflow(_who(f), exc, f"frames {scan_index(start, scan_shape)} "
-                                        f"to {scan_index(start + r.n - 1, scan_shape)}") from exc
+                    _fold_batched(f, values[f.name], r, stacks, accs)
         ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
                   for f in self.functions.values() if f.fold.is_ragged}
         return Partial(start, start + r.n, r.done, stacks, accs, r.errors, kinds=r.kinds,
@@ -1000,9 +996,10 @@ class _Read:
         self.done = np.ones(self.n, dtype=bool)
 
 
-def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
+def _fold_batched(f: FrameFunction, vals: Any, r: _Read,
                   stacks: dict[str, np.ndarray], accs: dict[str, Any]) -> None:
     """Fold one batched result's values of a read (frames not done left out)."""
+    done = r.done
     if f.fold.is_ragged:
         accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
     elif f.fold.is_stack:
@@ -1011,7 +1008,11 @@ def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
             vals[~done] = 0
         stacks[f.name] = vals
     else:
-        accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
+        try:
+            accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
+        except _folds.SumOverflow as exc:
+            raise _overflow(_who(f), exc, f"frames {scan_index(r.start, r.scan_shape)} to "
+                            f"{scan_index(r.start + r.n - 1, r.scan_shape)}") from exc
 
 
 def _wanted(f: Callable[..., Any]) -> tuple[str, ...]:
