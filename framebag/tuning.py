@@ -20,6 +20,14 @@ client: the scheduler hands it to workers that join later, too. It is done by
 hand because neither dask nor distributed offers it (the nanny can only set the
 environment of the processes it spawns itself).
 
+The same plugin quiets one record distributed logs in a worker as it closes: a
+heartbeat that was on its way when the worker's connections closed fails, and is
+logged at ERROR with a traceback ("Failed to communicate with scheduler during
+heartbeat"), under load at the end of a run that went well (the README's first
+Python example showed it). :class:`QuietHeartbeatAtClose` drops that record only
+while no worker in the process is running any more; a heartbeat failing while one
+runs (a scheduler that went away) is logged as before.
+
 A worker that runs in the driver's own process (``LocalCluster(processes=False)``)
 tunes that process. Where glibc is absent (macOS, musl), tuning is a no-op with a
 debug log.
@@ -35,7 +43,8 @@ import os
 import threading
 from typing import Any
 
-__all__ = ["MALLOC", "tune_process", "mmapped", "tune_workers", "WorkerTuning"]
+__all__ = ["MALLOC", "tune_process", "mmapped", "tune_workers", "WorkerTuning",
+           "QuietHeartbeatAtClose", "quiet_heartbeat_at_close"]
 
 log = logging.getLogger("framebag")
 
@@ -120,14 +129,39 @@ except ImportError:  # pragma: no cover - distributed is a dependency
     _WorkerPlugin = object  # type: ignore[assignment,misc]
 
 
+class QuietHeartbeatAtClose(logging.Filter):
+    """Drops distributed's "Failed to communicate with scheduler during heartbeat" record
+    once every worker of this process is closing (see the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Failed to communicate with scheduler during "
+                                          "heartbeat"):
+            return True
+        try:
+            from distributed.worker import WORKER_ANY_RUNNING, Worker
+
+            return any(w.status in WORKER_ANY_RUNNING for w in list(Worker._instances))
+        except Exception:  # noqa: BLE001 - another distributed: keep the record
+            return True
+
+
+def quiet_heartbeat_at_close() -> None:
+    """Put :class:`QuietHeartbeatAtClose` on distributed's worker logger; once per process."""
+    logger = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, QuietHeartbeatAtClose) for f in logger.filters):
+        logger.addFilter(QuietHeartbeatAtClose())
+
+
 class WorkerTuning(_WorkerPlugin):  # type: ignore[misc,valid-type]
-    """Applies :func:`tune_process` in each worker process, now and when a worker joins."""
+    """Applies :func:`tune_process` in each worker process, now and when a worker joins,
+    and :func:`quiet_heartbeat_at_close`."""
 
     name = PLUGIN_NAME
     idempotent = True  # registered again with the same name: a no-op on workers that have it
 
     def setup(self, worker: Any) -> None:
         tune_process()
+        quiet_heartbeat_at_close()
 
 
 _registered: set[tuple[str, str]] = set()

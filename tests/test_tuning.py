@@ -61,3 +61,49 @@ def test_a_users_plain_local_cluster_is_tuned_by_the_run(tmp_path, make_scan):
         client.wait_for_workers(3, timeout=60)
         late = client.run(tuning.mmapped, 1 << 20)
         assert list(late.values()) == [False, False, False], late
+
+
+HEARTBEAT = "Failed to communicate with scheduler during heartbeat."
+
+
+class _LogToFile:
+    """A worker plugin: distributed.worker's records go to ``path``; on teardown, which
+    a worker runs as it closes, it logs the heartbeat failure and a control record."""
+
+    name = "test-log-to-file"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def setup(self, worker) -> None:
+        import logging
+
+        handler = logging.FileHandler(self.path)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("distributed.worker").addHandler(handler)
+
+    def teardown(self, worker) -> None:
+        import logging
+
+        log = logging.getLogger("distributed.worker")
+        log.error(HEARTBEAT)
+        log.error("control record at close")
+
+
+def test_a_heartbeat_failing_as_the_worker_closes_is_not_logged(tmp_path):
+    """distributed logs a heartbeat caught by the worker's own close at ERROR with a
+    traceback (seen under load at the end of the README's first example); the tuning
+    plugin drops that record while the worker closes, and only then."""
+    from distributed import Client, LocalCluster, WorkerPlugin
+
+    plugin = type("LogToFile", (_LogToFile, WorkerPlugin), {})(str(tmp_path / "worker.log"))
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        tuning.tune_workers(client)
+        client.register_plugin(plugin)
+        client.run(lambda: __import__("logging").getLogger("distributed.worker").error(
+            HEARTBEAT))  # while the worker runs: kept
+    lines = (tmp_path / "worker.log").read_text().splitlines()
+    assert "control record at close" in lines, lines
+    assert lines.count(HEARTBEAT) == 1, lines
+    assert lines.index(HEARTBEAT) < lines.index("control record at close"), lines
