@@ -65,9 +65,9 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
       halved until it fits, so only a timing that crosses a power of two moves
       the grid.
 
-    A task is several reads (:func:`_reads_per_task`): dask costs the driver 2-3 ms
-    of CPU per task on a small machine, which would otherwise be a tenth of the work
-    of cheap frames. Without ``nframes`` (a live scan) a task is one read. Only a single frame
+    A task is several reads (:func:`_reads_per_task`): dask costs about 1-2 ms per
+    task on a small machine, which would otherwise be a tenth of the work of cheap
+    frames. Without ``nframes`` (a live scan) a task is one read. Only a single frame
     may exceed a cap (one frame is the smallest task). Both sizes are a multiple of
     ``chunk`` or a divisor of it.
     """
@@ -90,18 +90,10 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
 
 
 def _reads_per_task(reads: int, read: int, chunk: int, workers: int, cap: int) -> int:
-    """How many of a scan's ``reads`` a task takes: at most a worker's share (and
+    """How many of a scan's ``reads`` a task takes: at most half a worker's share (and
     ``MAX_READS_PER_TASK``, and ``cap`` frames), as many as let the busiest worker
-    finish soonest, ties going to fewer, larger tasks.
-
-    A small scan thus goes out as one task per worker. Two per worker (half a share
-    each) balance no better: dask hands each worker two tasks at once (its queue of
-    ``worker-saturation`` 1.1), and each task costs the driver 2-3 ms of CPU, taken
-    from the workers on a small machine (20,000 cheap frames on 2 workers: 259 ms
-    in two tasks, 282 ms in four, 367 ms in twenty). A large scan is cut by ``cap``
-    (about ``TASK_SECONDS`` of work) and ``MAX_READS_PER_TASK`` instead, into more
-    tasks than workers, which dask hands out as the workers finish."""
-    most = max(1, min(math.ceil(reads / workers), MAX_READS_PER_TASK, cap // read))
+    finish soonest, ties going to fewer, larger tasks."""
+    most = max(1, min(math.ceil(reads / (2 * workers)), MAX_READS_PER_TASK, cap // read))
     if read < chunk:  # reads divide a chunk run: a task is a divisor of it or whole runs
         sizes = {_align(k, chunk // read) for k in range(1, most + 1)}
     else:
