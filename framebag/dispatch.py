@@ -92,7 +92,12 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
 def _reads_per_task(reads: int, read: int, chunk: int, workers: int, cap: int) -> int:
     """How many of a scan's ``reads`` a task takes: at most half a worker's share (and
     ``MAX_READS_PER_TASK``, and ``cap`` frames), as many as let the busiest worker
-    finish soonest, ties going to fewer, larger tasks."""
+    finish soonest, ties going to fewer, larger tasks.
+
+    Half a share: dask hands each worker two tasks at once, and its work stealing moves
+    the second off a worker that runs slow. One task per worker saved 8% of a 20,000-frame
+    run on two equal workers (2-3 ms of driver CPU per task), but with one worker slower
+    the run took 2.9-3.2 s against 1.6-2.8 s (2-core VM, interleaved)."""
     most = max(1, min(math.ceil(reads / (2 * workers)), MAX_READS_PER_TASK, cap // read))
     if read < chunk:  # reads divide a chunk run: a task is a divisor of it or whole runs
         sizes = {_align(k, chunk // read) for k in range(1, most + 1)}
