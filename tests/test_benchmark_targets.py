@@ -31,3 +31,13 @@ def test_a_negative_cost_per_frame_makes_the_fixed_cost_noise_too():
     # framebag's extra time fell with 4x the frames: the intercept is inflated, not measured
     row = _fixed(overhead_rows([1250, 5000], [0.60, 0.17], [0.1, 0.4]))
     assert row.framebag > FIXED_COST_TARGET_MS and row.ok is None
+
+
+def test_live_latency_fails_on_a_missed_target_or_a_frame_never_seen():
+    from benchmarks.bench_latency import TARGET_P95, met
+
+    good = {"p95_s": TARGET_P95 - 0.1, "missing": 0, "processed": 5000, "frames": 5000}
+    assert met(good)
+    assert not met({**good, "p95_s": TARGET_P95 + 0.1})
+    assert not met({**good, "missing": 3})
+    assert not met({**good, "processed": 4990})
