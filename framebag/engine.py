@@ -103,9 +103,13 @@ def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike 
     lock = OutputLock(out_path)  # one run per output, held to the end (see framebag.lock)
     OutputFile.check_target(out_path, opts.overwrite, opts.resume, Path(input), lock)
     try:
-        return _run_locked(workflow, input_path, out_path, resolved, opts, client,
-                           finished_required)
+        # another run on this input in this process (a thread sharing the client) that
+        # ends meanwhile closes the input only once this one has ended too
+        with hdf5.holding(str(input_path)):
+            return _run_locked(workflow, input_path, out_path, resolved, opts, client,
+                               finished_required)
     finally:
+        hdf5.close(str(input_path))
         lock.release()
 
 

@@ -8,6 +8,9 @@ and files left flagged "open for write" by a crashed writer alike. The input is
 never opened for writing.
 
 A file replaced at the same path (new inode) is reopened, not served stale.
+:func:`close` leaves alone the handles a read is using (:func:`holding`): two runs
+on one input may share a cluster, and the first to end closes that input's handles
+on every worker while the other's tasks may be halfway through a read.
 A file that is missing, empty, or held by a writer that has not entered SWMR
 mode yet raises :class:`InputNotReady`, which a followed run waits out.
 
@@ -26,6 +29,8 @@ import functools
 import os
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +42,7 @@ from .errors import FramebagError
 _lock = threading.RLock()
 _files: dict[str, tuple[tuple[int, int] | None, h5py.File]] = {}
 _datasets: dict[tuple[str, str], h5py.Dataset] = {}
+_held: dict[str, int] = {}  # reads using a file's handles now, by path (see holding)
 
 
 class InputNotReady(FramebagError):
@@ -147,7 +153,15 @@ def check_finished(path: str | os.PathLike, data: str, keys: list[str]) -> None:
     for write" by a crashed SWMR writer refuses that open whatever its state; it
     is checked by comparing its stored end of file with its size instead. The
     input is only read.
+
+    Holds the handle cache's lock throughout: while a file is open without SWMR,
+    HDF5 refuses an SWMR open of it in the same process (another run's reads).
     """
+    with _lock:
+        _check_finished(path, data, keys)
+
+
+def _check_finished(path: str | os.PathLike, data: str, keys: list[str]) -> None:
     name = os.path.abspath(os.fspath(path))
     _check_path(name, "input file")
     try:
@@ -232,7 +246,7 @@ def open_file(path: str) -> h5py.File:
         if cached is not None:
             if cached[1].id.valid and cached[0] == _identity(path):
                 return cached[1]
-            close(path)
+            _drop(path)
         # no chunk cache: partitions are chunk-aligned, so a chunk is read once, and
         # without the cache HDF5 reads it straight into our buffer (25% faster reads)
         f = open_readonly(path, rdcc_nbytes=0)
@@ -385,13 +399,35 @@ def _virtual_sources(ds: h5py.Dataset) -> str:
     return f"virtual over {len(files)} file{'s' * (len(files) != 1)}: {', '.join(shown[:6])}{more}"
 
 
+@contextmanager
+def holding(path: str) -> Iterator[None]:
+    """While inside, :func:`close` leaves this process's handles on ``path`` open."""
+    path = os.path.abspath(path)
+    with _lock:
+        _held[path] = _held.get(path, 0) + 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _held[path] -= 1
+            if not _held[path]:
+                del _held[path]
+
+
 def close(path: str | None = None) -> None:
-    """Close the handles on ``path`` (or on every file) held by this process."""
+    """Close the handles on ``path`` (or on every file) held by this process, but not
+    those a read is using (:func:`holding`): the last run on a file closes them."""
     with _lock:
         paths = [os.path.abspath(path)] if path else list(_files)
         for p in paths:
-            for key in [k for k in _datasets if k[0] == p]:
-                del _datasets[key]
-            entry = _files.pop(p, None)
-            if entry is not None and entry[1].id.valid:
-                entry[1].close()
+            if p not in _held:
+                _drop(p)
+
+
+def _drop(path: str) -> None:
+    """Close the handles on ``path`` now (``_lock`` held)."""
+    for key in [k for k in _datasets if k[0] == path]:
+        del _datasets[key]
+    entry = _files.pop(path, None)
+    if entry is not None and entry[1].id.valid:
+        entry[1].close()

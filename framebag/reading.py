@@ -83,6 +83,13 @@ def read_run(path: str, name: str, start: int, stop: int, scan_shape: tuple[int,
     Raises :class:`ReadError` when HDF5 cannot read them; a failed read never
     leaves zeros in their place.
     """
+    # another run on this input that ends meanwhile must not close the handles mid-read
+    with hdf5.holding(path):
+        return _read(path, name, start, stop, scan_shape, frame_shape, dtype, refresh)
+
+
+def _read(path: str, name: str, start: int, stop: int, scan_shape: tuple[int, ...],
+          frame_shape: tuple[int, ...], dtype: np.dtype, refresh: bool) -> np.ndarray:
     ds = hdf5.dataset(path, name)
     if refresh:
         ds.refresh()

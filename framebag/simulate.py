@@ -494,6 +494,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"framebag: simulate stopped; {args.output} is left unfinished", file=sys.stderr)
         return 130
     wall = time.monotonic() - t0
-    print(f"framebag: simulated {n} frames in {wall:.2f} s ({n / wall:.0f} frames/s) "
-          f"into {args.output}", flush=True)
+    if not getattr(args, "quiet", False):  # -q: no summary line
+        print(f"framebag: simulated {n} frames in {wall:.2f} s ({n / wall:.0f} frames/s) "
+              f"into {args.output}", flush=True)
     return 0

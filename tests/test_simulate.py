@@ -156,6 +156,9 @@ def test_cli_writes_a_scan_and_rejects_bad_options(tmp_path, capsys):
     assert "simulated 12 frames" in proc.stdout
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f[DATA][()], expected_frames((3, 4), (5, 5)))
+    capsys.readouterr()
+    assert main(["simulate", str(out), "--scan", "2x2", "--rate", "1e5", "-q"]) == 0
+    assert capsys.readouterr().out == ""  # -q: "no progress display and no summary line"
     assert main(["simulate", str(out), "--dtype", "nonsense"]) == 2
     assert "--dtype 'nonsense'" in capsys.readouterr().err
     assert main(["simulate", str(out), "--rate", "0"]) == 2
