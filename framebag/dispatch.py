@@ -16,7 +16,7 @@ import numpy as np
 from .partitions import Run, cut
 
 __all__ = ["DEFAULT_PARTITION_BYTES", "TASK_SECONDS", "partition_size", "task_size",
-           "task_cap", "Dispatcher"]
+           "task_cap", "reusable_grid", "Dispatcher"]
 
 #: 32 MiB: on a 2-core VM, 16 MiB partitions of cheap 32 KiB frames spent a third of the
 #: workers' time in per-task overhead; 64 MiB was no faster and costs more worker memory
@@ -40,7 +40,8 @@ def partition_size(frame_nbytes: int, target_bytes: int, chunk: int = 1) -> int:
 
 def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
               nframes: int | None = None, workers: int = 1,
-              frame_seconds: float = 0.0, result_nbytes: int = 0) -> tuple[int, int]:
+              frame_seconds: float = 0.0, result_nbytes: int = 0,
+              grid: int | None = None) -> tuple[int, int]:
     """``(frames per task, frames per read)`` for a scan of ``nframes`` complete frames.
 
     The read is the unit of a partial: partials lie on the grid of multiples of the
@@ -70,9 +71,21 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     frames. Without ``nframes`` (a live scan) a task is one read. Only a single frame
     may exceed a cap (one frame is the smallest task). Both sizes are a multiple of
     ``chunk`` or a divisor of it.
+
+    ``grid``: the read of the run that made the output a resumed run continues (see
+    :func:`reusable_grid`). It is the read again wherever it is aligned to ``chunk``
+    and within this run's read budget, whatever the probe's timing says now: the
+    partials still to come then lie on the grid of those already folded, and a float
+    fold gives the bits of a run that was never interrupted.
     """
     cap = task_cap(target_bytes, frame_seconds, result_nbytes)
     read = partition_size(frame_nbytes, target_bytes, chunk)
+    if grid is not None and reusable_grid(grid, chunk, _fit(
+            read, task_cap(target_bytes, 0.0, result_nbytes), chunk)):
+        if not nframes:
+            return grid, grid
+        return _reads_per_task(math.ceil(nframes / grid), grid, chunk, workers,
+                               cap) * grid, grid
     if nframes:  # a share of READS_PER_SCAN, rounded up to whole chunk runs
         share = math.ceil(nframes / READS_PER_SCAN)
         part = math.ceil(share / chunk) * chunk if share >= chunk else _align(share, chunk)
@@ -87,6 +100,13 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     if not nframes:
         return read, read
     return _reads_per_task(math.ceil(nframes / read), read, chunk, workers, cap) * read, read
+
+
+def reusable_grid(grid: object, chunk: int, most: int) -> bool:
+    """Whether ``grid`` (read back from an output: any value a file may hold) is a read
+    to reuse: a whole number of frames, at most ``most``, aligned to ``chunk``."""
+    return isinstance(grid, int) and not isinstance(grid, bool) and 1 <= grid <= most \
+        and (grid % chunk == 0 or chunk % grid == 0)
 
 
 def _reads_per_task(reads: int, read: int, chunk: int, workers: int, cap: int) -> int:

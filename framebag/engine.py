@@ -322,6 +322,7 @@ class _Job:
         self.result_nbytes = 0  # stacked result bytes per frame, from the probe
         self._nworkers = 1
         self._planned = 0  # workers the cluster plans: see planned_workers
+        self._read_frames = 0  # frames per read (task_size), recorded on the output
         self._early_at = -math.inf  # when frames last went early to an idle worker
         self._workers_at = -1e9  # when _nworkers was read from the scheduler
         self._task_bytes = 0  # stacked result bytes of one task (see _max_inflight)
@@ -444,6 +445,8 @@ class _Job:
             self.out, self.accs = OutputFile.resume(self.out_path, self.wf.name,
                                                     self.info.scan_shape, schema)
         else:  # with --overwrite, the old file is replaced atomically by the new one
+            if self._read_frames:
+                self.provenance[READ_ATTR] = int(self._read_frames)
             self.out = OutputFile.create(self.out_path, self.wf.name, self.info.scan_shape,
                                          schema, self.provenance, growing=self.follower.growing)
         self._recorder = fingerprint.Recorder(self.follower.key_names, self.out.group,
@@ -513,6 +516,7 @@ class _Job:
         self._dispatcher = Dispatcher(self._complete.size,
                                       self._task_size(self._complete),
                                       self.o.latency, self.follower.growing)
+        self._record_grid()  # a resumed output's (a new one's once it is made)
         self._inflight: dict[Any, list[tuple[int, int]]] = {}
         self._processed = self._resumed = 0
         self._opened = False
@@ -530,6 +534,7 @@ class _Job:
         self._submit(client, self._backlog[:room], self._inflight)
         del self._backlog[:room]
         self._open_output(self._complete, self._schema)
+        self._record_grid()
 
     def _step(self, client: Any) -> bool:
         """One pass of the loop; True once the run has ended and everything is committed."""
@@ -572,9 +577,15 @@ class _Job:
     def _open_when_complete(self) -> None:
         """Open the output once a frame is complete, and mark what it has done already."""
         if self.out is None and self._complete.any():
-            self._open_output(self._complete)
-            # nothing went out yet: the probe's timing sizes the tasks
-            self._dispatcher.size = self._task_size(self._complete)
+            # nothing went out yet: the probe's timing sizes the tasks, and a new output
+            # is made with its read (a resumed output's read is reused: see _task_size)
+            schema = None if self.o.resume else self._probe_schema(self._complete)
+            if schema is not None:
+                self._dispatcher.size = self._task_size(self._complete)
+            self._open_output(self._complete, schema)
+            if schema is None:
+                self._dispatcher.size = self._task_size(self._complete)
+            self._record_grid()
         if self.out is None or self._opened:
             return
         self._opened = True
@@ -678,8 +689,25 @@ class _Job:
             None if self.o.follow else int(complete.sum()), max(self._nworkers, self._planned),
             self.frame_seconds,
             self.result_nbytes,
+            grid=self._recorded_grid(),
         )
         return size
+
+    def _recorded_grid(self) -> int | None:
+        """The read a resumed output recorded (``@read_frames``), or None: a new output,
+        or one made before framebag recorded it."""
+        if not self.o.resume or self.out is None:
+            return None
+        got = self.out.group.attrs.get(READ_ATTR)
+        return int(got) if isinstance(got, (int, np.integer)) and not isinstance(
+            got, (bool, np.bool_)) else None
+
+    def _record_grid(self) -> None:
+        """Record this run's read on the output (``@read_frames``), for a later --resume."""
+        if self.out is not None and self.out.group.attrs.get(READ_ATTR) != self._read_frames:
+            # written in place where it exists (an attribute made on the SWMR handle
+            # changes the group's header under the readers)
+            self.out.group.attrs.modify(READ_ATTR, np.int64(self._read_frames))
 
     def _copy_axes(self) -> None:
         """Copy a growing scan's positions (``--axes``) that the input holds now."""
@@ -983,6 +1011,11 @@ class _Job:
                      "done": int(res.done.sum()), "ended_by": self.ended_by}
         return res
 
+
+
+#: the output attribute (on the workflow's group) that records a run's read, in frames: a
+#: resumed run reads on the same grid (see dispatch.task_size's ``grid``)
+READ_ATTR = "read_frames"
 
 
 def planned_workers(client: Any) -> int:

@@ -215,3 +215,20 @@ def test_dispatcher_marks_resumed_frames_and_grows():
     d.grow(14)
     complete = np.r_[complete, np.ones(4, dtype=bool)]
     assert d.due(complete, 2.0) == [(10, 12), (12, 14)]
+
+
+@given(frame=frame_bytes, budget=budgets, chunk=chunks, nframes=st.integers(1, 10**6),
+       workers=st.integers(1, 16), frame_seconds=st.sampled_from([0.0, 1e-4, 1e-2, 1.0]),
+       grid=st.one_of(st.integers(-3, 10**6), st.booleans(), st.floats(0, 1e6), st.none()))
+def test_a_recorded_grid_is_reused_only_when_it_fits(frame, budget, chunk, nframes, workers,
+                                                     frame_seconds, grid):
+    """A resumed run's ``grid`` (read back from an output: any value) is the read again
+    when it is whole frames, aligned to the chunks and within the read budget; else the
+    read is computed as for a new run."""
+    task, read = task_size(frame, budget, chunk, nframes, workers, frame_seconds, grid=grid)
+    fresh = task_size(frame, budget, chunk, nframes, workers, frame_seconds)
+    most = partition_size(frame, budget, chunk)
+    fits = (type(grid) is int and 1 <= grid <= most
+            and (grid % chunk == 0 or chunk % grid == 0))
+    assert (read == grid) if fits else ((task, read) == fresh)
+    assert task % read == 0 and read * frame <= max(budget, frame)

@@ -191,3 +191,89 @@ def test_runs_of_one_read_give_one_partial(make_scan, monkeypatch, frame_nbytes_
         counts, rows = p.ragged["rows"]
         np.testing.assert_array_equal(counts, p.done.astype(np.int64))
         np.testing.assert_array_equal(rows, data[want][:, :2])
+
+
+
+WORKFLOW = """
+import os, time
+from framebag import Workflow
+workflow = Workflow("floats", data="entry/data/data", keys=["entry/keys/key_1"])
+for fold in ("mean", "var"):
+    workflow.frame(lambda frame: frame, fold=fold, name="f_" + fold)
+GATE = {gate!r}
+
+@workflow.frame
+def gated(frame):
+    from distributed import get_worker
+    try:
+        get_worker()
+    except ValueError:  # the driver's probe: slow, so the time cap cuts the read
+        if os.path.exists(os.path.join(GATE, "slow")):
+            time.sleep(0.05)
+        return 0.0
+    if os.path.exists(os.path.join(GATE, "slow")):
+        time.sleep(0.004)
+    return 0.0
+"""
+
+DRIVER = """
+import sys
+from distributed import Client
+from framebag import load_workflow
+with Client(sys.argv[1]) as client:
+    load_workflow(sys.argv[2]).run(sys.argv[3], sys.argv[4], client=client, progress=None)
+"""
+
+
+def test_a_resumed_run_reads_on_the_grid_of_the_run_it_continues(tmp_path, unchanged, client):
+    """The read (the grid of partials) comes from the probe's timing where the time cap
+    binds; a resumed run probes again, and on another grid its float folds would match
+    no uninterrupted run. The output records the read (``@read_frames``), and a run
+    resumed after its driver was killed reuses it: the bits of a run never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import h5py
+
+    from framebag import load_workflow
+
+    rng = np.random.default_rng(11)
+    data = (rng.standard_normal(SCAN + FRAME) * 10.0 ** rng.integers(-3, 4, SCAN + FRAME)
+            ).astype(np.float32)
+    path = unchanged(write_scan(tmp_path / "in.h5", data, 2, chunks=(1, 1, 16, 16)))
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    (gate / "slow").touch()
+    (tmp_path / "wf.py").write_text(WORKFLOW.format(gate=str(gate)))
+    (tmp_path / "driver.py").write_text(DRIVER)
+    wf = load_workflow(str(tmp_path / "wf.py"))
+    whole = wf.run(path, tmp_path / "whole.h5", client=client, progress=None)
+    cut = tmp_path / "cut.h5"
+    child = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"),
+                              client.scheduler.address, str(tmp_path / "wf.py"), str(path),
+                              str(cut)], cwd=tmp_path)
+    try:
+        done = 0
+        while done < 200:  # killed once some of the scan is committed, not all of it
+            assert child.poll() is None, "the run ended before it was killed"
+            try:
+                with h5py.File(cut, "r", swmr=True) as f:
+                    done = int(f["entry/floats/done"][()].sum())
+            except (OSError, KeyError):
+                pass
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    with h5py.File(tmp_path / "whole.h5", "r") as f, h5py.File(cut, "r", swmr=True) as g:
+        read = int(f["entry/floats"].attrs["read_frames"])
+        assert int(g["entry/floats"].attrs["read_frames"]) == read
+        assert g["entry/floats/done"][()].sum() < data[..., 0, 0].size
+    fast = task_size(data[0, 0].nbytes, DEFAULT_PARTITION_BYTES, 1, data[..., 0, 0].size, 2)
+    assert fast[1] != read  # the case of this test: the probe's timing moved the read
+    (gate / "slow").unlink()  # the resumed run's probe is fast: it would read fast[1]
+    resumed = wf.run(path, cut, client=client, resume=True, progress=None)
+    assert resumed.done.all()
+    for name in ("f_mean", "f_var"):
+        assert resumed[name].tobytes() == whole[name].tobytes(), name
