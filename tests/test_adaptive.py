@@ -1,0 +1,100 @@
+"""Adaptive clusters: a scan is cut for the workers an active ``cluster.adapt()`` may
+grow to, so that adaptive scaling has tasks to grow for. Real LocalClusters, real files;
+the tasks wait at a gate (a file) that the test opens once the cluster has grown."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster, get_task_stream
+
+from framebag import Workflow
+from framebag.dispatch import task_size
+from framebag.engine import MAX_ADAPTIVE_WORKERS, planned_workers
+
+from .conftest import DATA, KEY
+
+
+def _gated_sum(gate: str) -> Workflow:
+    """Sum each frame; on a worker (not in the driver's probe) first wait for ``gate``."""
+    wf = Workflow("adaptive", data=DATA, keys=[KEY])
+    driver = os.getpid()
+
+    @wf.frame
+    def total(frame):
+        while os.getpid() != driver and not os.path.exists(gate):
+            time.sleep(0.01)
+        return frame.sum()
+
+    return wf
+
+
+def test_scan_is_cut_for_the_adaptive_maximum_and_the_cluster_grows_to_it(make_scan, tmp_path):
+    """``LocalCluster(n_workers=1).adapt(minimum=1, maximum=4)``: a scan too cheap for the
+    time cap was cut for the one worker (three tasks), so the scheduler asked for at most
+    three workers; cut for four, it asks for four and they run the tasks. ``target_duration``
+    is tiny so that the scheduler wants a worker for every task it holds."""
+    gate = tmp_path / "tasks-may-run"
+    path, data = make_scan((2000,), (8, 8))
+    read_bytes = 100 * 128  # 20 reads of 100 frames
+    tasks = {w: math.ceil(2000 / task_size(128, read_bytes, 1, 2000, w, result_nbytes=8)[0])
+             for w in (1, 4)}
+    assert tasks == {1: 3, 4: 4}
+    wf = _gated_sum(str(gate))
+    out: dict = {}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        cluster.adapt(minimum=1, maximum=4, interval="50ms", target_duration="1ms")
+        assert len(cluster.plan) == 1 and planned_workers(client) == 4
+
+        def run():
+            try:
+                out["res"] = wf.run(path, tmp_path / "out.h5", client=client,
+                                    partition_bytes=read_bytes)
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the test below
+                out["error"] = exc
+
+        try:
+            with get_task_stream(client) as ts:
+                runner = threading.Thread(target=run)
+                runner.start()
+                # the tasks wait at the gate until the cluster has grown for them; with two
+                # tasks it stops at three workers and this times out
+                client.wait_for_workers(4, timeout=120)
+                gate.touch()
+                runner.join()
+        finally:
+            gate.touch()
+    if "error" in out:
+        raise out["error"]
+    np.testing.assert_array_equal(out["res"]["total"], data.sum(axis=(1, 2)))
+    ran = [t for t in ts.data if "framebag-adaptive" in str(t["key"])]
+    assert len(ran) == tasks[4]
+    # the two tasks the first worker held, and the scheduler's two queued ones on new workers
+    assert len({t["worker"] for t in ran}) >= 3
+
+
+@pytest.mark.parametrize("maximum", [math.inf, 1000])
+def test_a_huge_adaptive_maximum_counts_as_max_adaptive_workers(make_scan, tmp_path, maximum):
+    """``adapt()`` with no maximum (``math.inf``) or a huge one cuts the scan for
+    ``MAX_ADAPTIVE_WORKERS``: whole reads, never more tasks than reads, and the results
+    right; a stopped adaptive counts for nothing."""
+    path, data = make_scan((2000,), (8, 8))
+    wf = _gated_sum(str(tmp_path / "open"))
+    (tmp_path / "open").touch()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        adaptive = cluster.adapt(minimum=1, maximum=maximum, interval="10s")
+        assert planned_workers(client) == MAX_ADAPTIVE_WORKERS
+        with get_task_stream(client) as ts:
+            res = wf.run(path, tmp_path / "out.h5", client=client, partition_bytes=100 * 128)
+        adaptive.stop()
+        assert planned_workers(client) == len(cluster.plan) == 1
+    np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
+    ran = sum("framebag-adaptive" in str(t["key"]) for t in ts.data)
+    assert ran == 20  # one read a task: the finest cut the reads allow
