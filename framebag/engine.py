@@ -1005,7 +1005,7 @@ def planned_workers(client: Any) -> int:
         planned = len(cluster.plan)
     except Exception:  # noqa: BLE001 - no cluster, or one without a plan
         return 0
-    adaptive = getattr(cluster, "_adaptive", None)  # Cluster.adapt() keeps it there
+    adaptive: Any = getattr(cluster, "_adaptive", None)  # Cluster.adapt() keeps it there
     if getattr(adaptive, "periodic_callback", None) is None:  # none, or stopped
         return planned
     try:
