@@ -98,3 +98,27 @@ def test_a_huge_adaptive_maximum_counts_as_max_adaptive_workers(make_scan, tmp_p
     np.testing.assert_array_equal(res["total"], data.sum(axis=(1, 2)))
     ran = sum("framebag-adaptive" in str(t["key"]) for t in ts.data)
     assert ran == 20  # one read a task: the finest cut the reads allow
+
+
+def test_an_adaptive_batch_profile_counts_its_maximum_jobs_in_workers(tmp_path):
+    """``adapt: {maximum_jobs: 3}`` with two worker processes a job: the scan is cut for six
+    workers. A real dask-jobqueue SLURMCluster, adapted as ``framebag.cluster`` adapts it
+    once its first worker is up; no job is submitted (minimum 0, no work)."""
+    import yaml
+
+    from framebag import clusters, profiles
+
+    prof_file = tmp_path / "adaptive.yaml"
+    prof_file.write_text(yaml.safe_dump({
+        "cluster": "slurm", "adapt": {"minimum_jobs": 0, "maximum_jobs": 3},
+        "options": {"cores": 2, "processes": 2, "memory": "1GiB", "walltime": "00:10:00",
+                    "interface": "lo", "log_directory": str(tmp_path / "logs")}}))
+    prof = profiles.load(prof_file)
+    cluster = clusters.make_cluster(prof)
+    try:
+        with Client(cluster) as client:
+            assert planned_workers(client) == 0
+            cluster.adapt(**prof.adapt)
+            assert planned_workers(client) == 6
+    finally:
+        cluster.close()
