@@ -1008,13 +1008,7 @@ def planned_workers(client: Any) -> int:
     adaptive: Any = getattr(cluster, "_adaptive", None)  # Cluster.adapt() keeps it there
     if getattr(adaptive, "periodic_callback", None) is None:  # none, or stopped
         return planned
-    try:
-        maximum = float(adaptive.maximum)
-    except (AttributeError, TypeError, ValueError):
-        return planned
-    if math.isnan(maximum):
-        return planned
-    return max(planned, int(min(maximum, MAX_ADAPTIVE_WORKERS)))
+    return max(planned, int(min(adaptive.maximum, MAX_ADAPTIVE_WORKERS)))
 
 
 def _close_inputs(client: Any, path: str) -> None:
