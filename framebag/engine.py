@@ -1018,14 +1018,34 @@ class _Job:
 READ_ATTR = "read_frames"
 
 
+#: the most workers an adaptive cluster's maximum counts for (``maximum=math.inf`` is
+#: distributed's default): cut for more, a scan's tasks could each cost the driver 2-3 ms
+#: of CPU for workers that never come; cut for this many, a run pays at most about a
+#: second more (tasks are whole reads, never more tasks than reads either way)
+MAX_ADAPTIVE_WORKERS = 256
+
+
 def planned_workers(client: Any) -> int:
-    """The workers ``client``'s cluster plans, started or not (``SpecCluster.plan``:
-    a dask-jobqueue cluster's queued jobs, a LocalCluster's workers); 0 when the client
-    has no cluster object here (a scheduler started elsewhere)."""
+    """The workers ``client``'s cluster plans or may grow to: the scan is cut for them.
+
+    These are the workers its plan holds, started or not (``SpecCluster.plan``: a
+    dask-jobqueue cluster's queued jobs, a LocalCluster's workers) or, if more, the
+    maximum of its active adaptive scaling (``cluster.adapt(maximum=...)``, in workers;
+    ``adapt(maximum_jobs=N)`` is ``N`` times the processes per job), at most
+    ``MAX_ADAPTIVE_WORKERS``. An adaptive cluster asks for no more workers than it has
+    tasks to give them (the scheduler's ``adaptive_target``), so a scan cut for the
+    workers it starts with would keep it at those; cut for its maximum, it grows as
+    far as the scheduler finds the work worth it. 0 when the client has no cluster
+    object here (a scheduler started elsewhere)."""
     try:
-        return len(client.cluster.plan)
+        cluster = client.cluster
+        planned = len(cluster.plan)
     except Exception:  # noqa: BLE001 - no cluster, or one without a plan
         return 0
+    adaptive: Any = getattr(cluster, "_adaptive", None)  # Cluster.adapt() keeps it there
+    if getattr(adaptive, "periodic_callback", None) is None:  # none, or stopped
+        return planned
+    return max(planned, int(min(adaptive.maximum, MAX_ADAPTIVE_WORKERS)))
 
 
 def _close_inputs(client: Any, path: str) -> None:
