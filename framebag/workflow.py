@@ -49,6 +49,7 @@ checks that both use sit at the end of the module.
 from __future__ import annotations
 
 import ast
+import bisect
 import hashlib
 import importlib
 import importlib.util
@@ -494,8 +495,19 @@ class Workflow:
 
     def apply(self, frames: np.ndarray, start: int, scan_shape: tuple[int, ...],
               params: Mapping[str, Any], on_error: str = "raise",
-              expect: Kinds | None = None, setups: Mapping[str, Any] | None = None) -> Partial:
+              expect: Kinds | None = None, setups: Mapping[str, Any] | None = None,
+              flat: np.ndarray | None = None) -> Partial:
         """Run every function over ``frames`` (the run ``start .. start+len``) and fold.
+
+        ``flat``, if given, is the flat index of each frame of ``frames``, increasing
+        from ``start``: the frames of several runs of one read, compacted into one
+        stack, so the functions are called once for them all (a batched function gets
+        that stack, and ``index`` the scan index of each of its frames). The partial
+        then spans ``start .. flat[-1] + 1`` and is what :meth:`merge` makes of one
+        call per run: the frames between the runs are not done (zeros in stacks and
+        row counts, never passed to a function), each run's frames are folded on
+        their own and the runs' accumulators combined in order (the same bits), and
+        the errors come run by run.
 
         Each frame is computed by all functions before it is folded, so a frame
         that fails in any function (with ``on_error="skip"``) is left out of all.
@@ -515,6 +527,8 @@ class Workflow:
         by the caller); without them, they are looked up here.
         """
         r = _Read(frames, start, scan_shape, on_error)
+        if flat is not None:
+            r.compacted(flat)
         calls = self._calls()
         if setups is None and self.setups:
             setups = self.setup_values(params)
@@ -523,8 +537,7 @@ class Workflow:
         r.expect = {**expect, **r.declared} if expect and r.declared else \
             (expect or r.declared)
         if any(rs[0].wants_index for _, rs in calls):  # made only when a function asks
-            r.index = np.stack(np.unravel_index(np.arange(start, start + r.n), scan_shape),
-                               axis=1)
+            r.index = np.stack(np.unravel_index(r.flat, scan_shape), axis=1)
         batched = [(fname, rs) for fname, rs in calls if rs[0].batched]
         values = self._call_batched(r, batched)
         per_frame = [(fname, rs) for fname, rs in calls if not rs[0].batched]
@@ -535,14 +548,24 @@ class Workflow:
             for f in rs:
                 if values[f.name] is not None:
                     try:
-                        _fold_batched(f, values[f.name], r.done, stacks, accs)
+                        _fold_batched(f, values[f.name], r.done, stacks, accs, r)
                     except _folds.SumOverflow as exc:
                         raise _overflow(_who(f), exc, f"frames {scan_index(start, scan_shape)} "
-                                        f"to {scan_index(start + r.n - 1, scan_shape)}") from exc
+                                        f"to {scan_index(r.stop - 1, scan_shape)}") from exc
         ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
                   for f in self.functions.values() if f.fold.is_ragged}
-        return Partial(start, start + r.n, r.done, stacks, accs, r.errors, kinds=r.kinds,
-                       ragged=ragged)
+        if r.at is None:
+            return Partial(start, r.stop, r.done, stacks, accs, r.errors, kinds=r.kinds,
+                           ragged=ragged)
+        if len(r.runs) > 1 and r.errors:  # run by run, as one call per run gives them
+            firsts = [int(r.flat[p]) for p, _ in r.runs]
+            r.errors.sort(key=lambda e: bisect.bisect_right(firsts, e[0]))
+        n, at = r.stop - start, r.at
+        return Partial(start, r.stop, _spread(r.done, at, n),
+                       {name: _spread(v, at, n) for name, v in stacks.items()}, accs, r.errors,
+                       kinds=r.kinds,
+                       ragged={name: (_spread(c, at, n), rows) for name, (c, rows) in
+                               ragged.items()})
 
     def merge(self, parts: list[Partial], start: int, stop: int) -> Partial:
         """One partial for ``start .. stop`` from the partials of runs within it, in order.
@@ -596,7 +619,7 @@ class Workflow:
             if f.wants_index:
                 kw[_INDEX] = r.index
             if f.fold.is_ragged:  # (never with outputs=: see _register)
-                values[f.name] = self._ragged_batched(f, r.frames, kw, r.start, r.scan_shape,
+                values[f.name] = self._ragged_batched(f, r.frames, kw, r.flat, r.scan_shape,
                                                       r.on_error, r.errors, r.done, r.index,
                                                       r.kinds, r.expect)
                 continue
@@ -611,7 +634,7 @@ class Workflow:
                                r.done, 0)
                     got = dict.fromkeys(x.name for x in rs)
                 else:
-                    got = self._batched_one_by_one(rs, r.frames, kw, r.start, r.scan_shape,
+                    got = self._batched_one_by_one(rs, r.frames, kw, r.flat, r.scan_shape,
                                                    r.errors, r.done, r.index)
             for x in rs:
                 v = got[x.name]
@@ -638,34 +661,49 @@ class Workflow:
         # per result, of its first value here: (type, dtype, shape, whether the type is
         # an array, whose dtype and shape vary by instance); the hot path's check
         first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
-        for i in np.flatnonzero(r.done).tolist():  # frames a batched function failed on: no
-            row = self._row(r, i, calls)
-            if row is None:
-                continue
-            for (rname, fold, who), v in zip(slots, row):
-                k = first.get(rname)
-                t = type(v)
-                if k is None or t is not k[0] or (k[3] is None and not (
-                        t is int and k[1] is _INT64 and -_INT_MAX <= v < _INT_MAX)) or (k[3] and (
-                        (v.dtype is not k[1] and v.dtype != k[1])
-                        or (fold.is_stack and v.shape != k[2]))):
-                    k = first[rname] = _value_kind(
-                        rname, v, r.start + i, r.scan_shape, fold.is_stack,
-                        r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
-                        r.kinds, who, ragged=fold.is_ragged)
-                    if k[3]:
-                        v = _in_native_order(v)
-                if fold.is_stack:
-                    out = outs[rname]
-                    if out is None:
-                        out = outs[rname] = np.zeros((r.n, *k[2]), dtype=k[1])
-                    out[i] = v
-                else:
-                    try:
-                        accs[rname] = fold.binop(accs[rname], v)
-                    except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
-                        _fold_error(rname, fold, accs[rname], v, r.start + i, r.scan_shape,
-                                    exc, who)
+        done = np.flatnonzero(r.done)  # frames a batched function failed on: no
+        # the folds a run folds on its own, when there are several (see apply): ragged rows
+        # are only gathered, in frame order
+        by_run = [s for s in slots if not s[1].is_stack and not s[1].is_ragged] \
+            if len(r.runs) > 1 else []
+        totals: dict[str, Any] = {}
+        lo = 0
+        for run, hi in enumerate(np.searchsorted(done, [j for _, j in r.runs]).tolist()):
+            for i in done[lo:hi].tolist():
+                row = self._row(r, i, calls)
+                if row is None:
+                    continue
+                for (rname, fold, who), v in zip(slots, row):
+                    k = first.get(rname)
+                    t = type(v)
+                    if k is None or t is not k[0] or (k[3] is None and not (
+                            t is int and k[1] is _INT64 and -_INT_MAX <= v < _INT_MAX)) or (
+                            k[3] and ((v.dtype is not k[1] and v.dtype != k[1])
+                                      or (fold.is_stack and v.shape != k[2]))):
+                        k = first[rname] = _value_kind(
+                            rname, v, int(r.flat[i]), r.scan_shape, fold.is_stack,
+                            r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
+                            r.kinds, who, ragged=fold.is_ragged)
+                        if k[3]:
+                            v = _in_native_order(v)
+                    if fold.is_stack:
+                        out = outs[rname]
+                        if out is None:
+                            out = outs[rname] = np.zeros((r.n, *k[2]), dtype=k[1])
+                        out[i] = v
+                    else:
+                        try:
+                            accs[rname] = fold.binop(accs[rname], v)
+                        except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
+                            _fold_error(rname, fold, accs[rname], v, int(r.flat[i]),
+                                        r.scan_shape, exc, who)
+            lo = hi
+            for rname, fold, who in by_run:
+                totals[rname] = accs[rname] if run == 0 else _combine_run(
+                    fold, totals[rname], accs[rname], who, r, run)
+                if run < len(r.runs) - 1:
+                    accs[rname] = fold.initial()
+        accs.update(totals)
         return {rname: out for rname, out in outs.items() if out is not None}
 
     def _row(self, r: _Read, i: int, calls: list[Any]) -> list[Any] | None:
@@ -680,19 +718,19 @@ class Workflow:
                 if rows_of:
                     v = _ragged_value(v, r.scan_shape, r.kinds.get(fname) or r.expect.get(fname))
             except Exception as exc:  # noqa: BLE001
-                self._fail(fname, r.start + i, r.scan_shape, exc, r.on_error, r.errors, r.done,
-                           i)
+                self._fail(fname, int(r.flat[i]), r.scan_shape, exc, r.on_error, r.errors,
+                           r.done, i)
                 return None
             if keys is None:
                 row.append(v)
             elif isinstance(v, Mapping) and v.keys() == keys[1]:
                 row.extend([v[k] for k in keys[0]])
             else:
-                _keys_error(fname, keys[0], v, r.start + i, r.scan_shape)
+                _keys_error(fname, keys[0], v, int(r.flat[i]), r.scan_shape)
         return row
 
     def _ragged_batched(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
-                        start: int, scan_shape: tuple[int, ...], on_error: str, errors: list,
+                        flat: np.ndarray, scan_shape: tuple[int, ...], on_error: str, errors: list,
                         done: np.ndarray, index: Any, kinds: Kinds, expect: Kinds,
                         ) -> list[Any] | None:
         """A batched ragged function's arrays, one per frame (None where it failed).
@@ -700,8 +738,9 @@ class Workflow:
         It returns a list of ``n`` arrays. A frame whose array breaks the row shape or
         dtype is a failure of that frame, skipped under ``on_error="skip"``; when the
         whole call fails, each frame is tried on its own, as for other batched functions.
+        ``flat`` holds each frame's flat index.
         """
-        n = len(frames)
+        n, start = len(frames), int(flat[0])
         try:
             out = _ragged_list(f.name, f.func(frames, **kw), n, start, scan_shape)
         except ValueKindError:
@@ -717,7 +756,8 @@ class Workflow:
                 try:
                     out.append(list(f.func(frames[i : i + 1], **kw))[0])
                 except Exception as one:  # noqa: BLE001
-                    self._fail(f.name, start + i, scan_shape, one, "skip", errors, done, i)
+                    self._fail(f.name, int(flat[i]), scan_shape, one, "skip", errors, done,
+                               i)
                     out.append(None)
         for i, v in enumerate(out):
             if not done[i]:  # failed on its own above, or in a function before this one
@@ -726,18 +766,19 @@ class Workflow:
                 out[i] = v = _ragged_value(v, scan_shape,
                                            kinds.get(f.name) or expect.get(f.name))
             except ValueError as exc:
-                self._fail(f.name, start + i, scan_shape, exc, on_error, errors, done, i)
+                self._fail(f.name, int(flat[i]), scan_shape, exc, on_error, errors, done, i)
                 out[i] = None
                 continue
-            _value_kind(f.name, v, start + i, scan_shape, False,
+            _value_kind(f.name, v, int(flat[i]), scan_shape, False,
                         kinds.get(f.name) or expect.get(f.name), kinds,
                         f"batched function {f.name!r}", ragged=True)
         return out
 
     def _batched_one_by_one(self, rs: list[FrameFunction], frames: np.ndarray,
-                            kw: dict[str, Any], start: int, scan_shape: tuple[int, ...],
+                            kw: dict[str, Any], flat: np.ndarray, scan_shape: tuple[int, ...],
                             errors: list, done: np.ndarray, index: Any) -> dict[str, Any]:
-        """After a batched call failed under on_error='skip', find the failing frames.
+        """After a batched call failed under on_error='skip', find the failing frames
+        (``flat``: each frame's flat index).
 
         Returns each result's values (frames that failed hold zeros), or None for a
         result no frame gave.
@@ -749,12 +790,13 @@ class Workflow:
                 kw[_INDEX] = index[i : i + 1]
             got: dict[str, Any] | None
             try:
-                got = _batched_values(rs, f.func(frames[i : i + 1], **kw), 1, start + i,
+                got = _batched_values(rs, f.func(frames[i : i + 1], **kw), 1, int(flat[i]),
                                       scan_shape)
             except ValueKindError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                self._fail(f.function, start + i, scan_shape, exc, "skip", errors, done, i)
+                self._fail(f.function, int(flat[i]), scan_shape, exc, "skip", errors, done,
+                           i)
                 got = None
             for r in rs:
                 rows[r.name].append(None if got is None else got[r.name][0])
@@ -941,11 +983,53 @@ class _Read:
     def __post_init__(self) -> None:
         self.n = len(self.frames)
         self.done = np.ones(self.n, dtype=bool)
+        #: the flat index of each frame, the end of the span, and each run's frames
+        #: ``(i, j)``: one run unless :meth:`compacted`
+        self.flat = np.arange(self.start, self.start + self.n)
+        self.stop = self.start + self.n
+        self.runs = [(0, self.n)]
+        #: each frame's place in the span ``start .. stop`` (None: the frames are the span)
+        self.at: np.ndarray | None = None
+
+    def compacted(self, flat: Any) -> None:
+        """The frames are those at the flat indices ``flat`` (increasing, from ``start``)."""
+        flat = np.asarray(flat, dtype=np.int64)
+        if flat.shape != (self.n,) or self.n == 0 or flat[0] < self.start or np.any(
+                np.diff(flat) <= 0):
+            raise ValueError(f"flat must be {self.n} increasing flat indices from "
+                             f"{self.start}, one per frame")
+        self.flat, self.stop, self.at = flat, int(flat[-1]) + 1, flat - self.start
+        edges = [0, *(np.flatnonzero(np.diff(flat) != 1) + 1).tolist(), self.n]
+        self.runs = list(zip(edges[:-1], edges[1:]))
+
+
+def _combine_run(fold: _folds.Fold, total: Any, acc: Any, who: str, r: _Read, run: int) -> Any:
+    """``fold.combine(total, acc)``: the accumulator of the ``run``-th run of ``r`` added to
+    those of the runs before it; a failure names the run's frames."""
+    try:
+        return fold.combine(total, acc)
+    except Exception as exc:  # noqa: BLE001 - e.g. a changed shape, an integer overflow
+        i, j = r.runs[run]
+        where = (f"frames {scan_index(int(r.flat[i]), r.scan_shape)} to "
+                 f"{scan_index(int(r.flat[j - 1]), r.scan_shape)}")
+        if isinstance(exc, _folds.SumOverflow):
+            raise _overflow(who, exc, where) from exc
+        raise FrameError(f"{who}: fold {fold.name!r} failed to combine the {where} with the "
+                         f"frames before them ({type(exc).__name__}: {exc})") from exc
+
+
+def _spread(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+    """``values`` (one per frame, frames at ``at``) spread over a span of ``n`` frames:
+    zeros (False) where no frame lies."""
+    out = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    out[at] = values
+    return out
 
 
 def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
-                  stacks: dict[str, np.ndarray], accs: dict[str, Any]) -> None:
-    """Fold one batched result's values of a read (frames not done left out)."""
+                  stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
+    """Fold one batched result's values of a read (frames not done left out), each run
+    of ``r`` on its own, their accumulators combined in order (see :meth:`Workflow.apply`)."""
     if f.fold.is_ragged:
         accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
     elif f.fold.is_stack:
@@ -954,7 +1038,13 @@ def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
             vals[~done] = 0
         stacks[f.name] = vals
     else:
-        accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
+        acc = accs[f.name]
+        for k, (i, j) in enumerate(r.runs):
+            v, d = vals[i:j], done[i:j]
+            part = f.fold.add_many(acc if k == 0 else f.fold.initial(),
+                                   v if d.all() else v[d])
+            acc = part if k == 0 else _combine_run(f.fold, acc, part, _who(f), r, k)
+        accs[f.name] = acc
 
 
 def _wanted(f: Callable[..., Any]) -> tuple[str, ...]:
