@@ -300,7 +300,9 @@ class Workflow:
                **fold_options: Any) -> Any:
         """Register a batched function: a stack ``(n, *frame_shape)`` in, ``n`` values out
         (with ``outputs=``, a dict of arrays with ``n`` values each). ``shape`` declares
-        one frame's value, as for :meth:`frame`."""
+        one frame's value, as for :meth:`frame`. The stack's frames are in scan order,
+        but with a ROI not always next to each other in the scan (``::2`` gives every
+        other frame): its ``index`` parameter gives each one's scan index."""
         return self._register(func, fold, name, True, fold_options, units, outputs, shape,
                               dtype)
 

@@ -194,3 +194,27 @@ def test_every_fold_of_a_strided_roi_equals_numpy(tmp_path, unchanged) -> None:
     np.testing.assert_array_equal(res["bs"][mask], data[mask].sum(axis=(1, 2)))
     np.testing.assert_allclose(res["bsum"], (sel / 11).sum(axis=0), rtol=1e-12)
     np.testing.assert_allclose(res["bmean"], (sel / 13).mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("fails, named", [
+    (lambda frame: 1 / 0 if frame[0, 0] == 34 else 1,
+     "function 'f' failed on frame (3, 4): ZeroDivisionError"),
+    (lambda frame: 1.5 if frame[0, 0] == 26 else 1,
+     "returned float of shape () dtype float64 on frame (2, 6), but shape () dtype int64 on "
+     "frame (2, 0)"),
+    (lambda frame: frame[:2] if frame[0, 0] == 26 else frame[:1],
+     "returned ndarray of shape (2, 5) dtype uint16 on frame (2, 6), but shape (1, 5) dtype "
+     "uint16 on frame (2, 0)"),
+], ids=["raises", "dtype", "shape"])
+def test_a_failure_in_a_compacted_read_names_its_frame(tmp_path, unchanged, fails, named) -> None:
+    """A function that fails on one frame of a read of one-frame runs, or changes its
+    value's kind there, stops the task naming that frame's own scan index."""
+    path, _ = _scan(tmp_path, unchanged)
+    info = KeyFollower(path, DATA, [KEY]).data
+    wf = Workflow("named", data=DATA, keys=[KEY])
+    wf.frame(fails, name="f")
+    mask = np.zeros(SCAN, dtype=bool)
+    mask[COLS] = True
+    parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
+    assert [bool(p.failure) for p in parts] == [False, True]
+    assert named in parts[-1].failure
