@@ -669,6 +669,7 @@ class Workflow:
         by_run = [s for s in slots if not s[1].is_stack and not s[1].is_ragged] \
             if len(r.runs) > 1 else []
         totals: dict[str, Any] = {}
+        carried: set[str] = set()  # results folded on across runs (Fold.exact) since a flush
         lo = 0
         for run, hi in enumerate(np.searchsorted(done, [j for _, j in r.runs]).tolist()):
             for i in done[lo:hi].tolist():
@@ -701,11 +702,18 @@ class Workflow:
                                         r.scan_shape, exc, who)
             lo = hi
             for rname, fold, who in by_run:
+                if rname in first and first[rname][1].kind in fold.exact:
+                    carried.add(rname)  # no bit depends on where its runs end
+                    continue
+                carried.discard(rname)
                 totals[rname] = accs[rname] if run == 0 else _combine_run(
                     fold, totals[rname], accs[rname], who, r, run)
                 if run < len(r.runs) - 1:
                     accs[rname] = fold.initial()
-        accs.update(totals)
+        for rname, fold, who in by_run:
+            if rname in totals:
+                accs[rname] = totals[rname] if rname not in carried else _combine_run(
+                    fold, totals[rname], accs[rname], who, r, len(r.runs) - 1)
         return {rname: out for rname, out in outs.items() if out is not None}
 
     def _row(self, r: _Read, i: int, calls: list[Any]) -> list[Any] | None:
@@ -1039,6 +1047,8 @@ def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
             vals = np.array(vals, copy=True)
             vals[~done] = 0
         stacks[f.name] = vals
+    elif vals.dtype.kind in f.fold.exact or len(r.runs) == 1:
+        accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
     else:
         acc = accs[f.name]
         for k, (i, j) in enumerate(r.runs):

@@ -63,6 +63,9 @@ def _every_fold(wf: Workflow, roi: np.ndarray, bad: tuple[tuple[int, ...], ...] 
 
     wf.frames(lambda frames: frames / 11.0, fold="sum", name="bsum")
     wf.frames(lambda frames: frames / 13.0, fold="mean", name="bmean")
+    wf.frame(lambda frame: frame, fold="min", name="imin")  # integers: folded as one run
+    wf.frames(lambda frames: frames, fold="sum", name="bisum")
+    wf.frames(lambda frames: frames, fold="max", name="bimax")
     wf.frames(lambda frames: [f[: int(f[2, 2]) % 2] for f in frames], fold="ragged",
               name="brows")
 
@@ -194,6 +197,9 @@ def test_every_fold_of_a_strided_roi_equals_numpy(tmp_path, unchanged) -> None:
     np.testing.assert_array_equal(res["bs"][mask], data[mask].sum(axis=(1, 2)))
     np.testing.assert_allclose(res["bsum"], (sel / 11).sum(axis=0), rtol=1e-12)
     np.testing.assert_allclose(res["bmean"], (sel / 13).mean(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(res["imin"], data[mask].min(axis=0))
+    np.testing.assert_array_equal(res["bisum"], data[mask].sum(axis=0, dtype=np.uint64))
+    np.testing.assert_array_equal(res["bimax"], data[mask].max(axis=0))
 
 
 @pytest.mark.parametrize("fails, named", [
