@@ -663,57 +663,41 @@ class Workflow:
         # per result, of its first value here: (type, dtype, shape, whether the type is
         # an array, whose dtype and shape vary by instance); the hot path's check
         first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
-        done = np.flatnonzero(r.done)  # frames a batched function failed on: no
-        # the folds a run folds on its own, when there are several (see apply): ragged rows
-        # are only gathered, in frame order
-        by_run = [s for s in slots if not s[1].is_stack and not s[1].is_ragged] \
-            if len(r.runs) > 1 else []
-        totals: dict[str, Any] = {}
-        carried: set[str] = set()  # results folded on across runs (Fold.exact) since a flush
-        lo = 0
-        for run, hi in enumerate(np.searchsorted(done, [j for _, j in r.runs]).tolist()):
-            for i in done[lo:hi].tolist():
-                row = self._row(r, i, calls)
-                if row is None:
-                    continue
-                for (rname, fold, who), v in zip(slots, row):
-                    k = first.get(rname)
-                    t = type(v)
-                    if k is None or t is not k[0] or (k[3] is None and not (
-                            t is int and k[1] is _INT64 and -_INT_MAX <= v < _INT_MAX)) or (
-                            k[3] and ((v.dtype is not k[1] and v.dtype != k[1])
-                                      or (fold.is_stack and v.shape != k[2]))):
-                        k = first[rname] = _value_kind(
-                            rname, v, int(r.flat[i]), r.scan_shape, fold.is_stack,
-                            r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
-                            r.kinds, who, ragged=fold.is_ragged)
-                        if k[3]:
-                            v = _in_native_order(v)
-                    if fold.is_stack:
-                        out = outs[rname]
-                        if out is None:
-                            out = outs[rname] = np.zeros((r.n, *k[2]), dtype=k[1])
-                        out[i] = v
-                    else:
-                        try:
-                            accs[rname] = fold.binop(accs[rname], v)
-                        except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
-                            _fold_error(rname, fold, accs[rname], v, int(r.flat[i]),
-                                        r.scan_shape, exc, who)
-            lo = hi
-            for rname, fold, who in by_run:
-                if rname in first and first[rname][1].kind in fold.exact:
-                    carried.add(rname)  # no bit depends on where its runs end
-                    continue
-                carried.discard(rname)
-                totals[rname] = accs[rname] if run == 0 else _combine_run(
-                    fold, totals[rname], accs[rname], who, r, run)
-                if run < len(r.runs) - 1:
-                    accs[rname] = fold.initial()
-        for rname, fold, who in by_run:
-            if rname in totals:
-                accs[rname] = totals[rname] if rname not in carried else _combine_run(
-                    fold, totals[rname], accs[rname], who, r, len(r.runs) - 1)
+        # with several runs (see apply), the folds each run folds on its own
+        by_run = _ByRun(r, [s for s in slots if not s[1].is_stack and not s[1].is_ragged],
+                        accs, first) if len(r.runs) > 1 else None
+        for i in np.flatnonzero(r.done).tolist():  # frames a batched function failed on: no
+            if by_run is not None and i >= by_run.end:
+                by_run.next(i)
+            row = self._row(r, i, calls)
+            if row is None:
+                continue
+            for (rname, fold, who), v in zip(slots, row):
+                k = first.get(rname)
+                t = type(v)
+                if k is None or t is not k[0] or (k[3] is None and not (
+                        t is int and k[1] is _INT64 and -_INT_MAX <= v < _INT_MAX)) or (k[3] and (
+                        (v.dtype is not k[1] and v.dtype != k[1])
+                        or (fold.is_stack and v.shape != k[2]))):
+                    k = first[rname] = _value_kind(
+                        rname, v, int(r.flat[i]), r.scan_shape, fold.is_stack,
+                        r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
+                        r.kinds, who, ragged=fold.is_ragged)
+                    if k[3]:
+                        v = _in_native_order(v)
+                if fold.is_stack:
+                    out = outs[rname]
+                    if out is None:
+                        out = outs[rname] = np.zeros((r.n, *k[2]), dtype=k[1])
+                    out[i] = v
+                else:
+                    try:
+                        accs[rname] = fold.binop(accs[rname], v)
+                    except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
+                        _fold_error(rname, fold, accs[rname], v, int(r.flat[i]), r.scan_shape,
+                                    exc, who)
+        if by_run is not None:
+            by_run.finish()
         return {rname: out for rname, out in outs.items() if out is not None}
 
     def _row(self, r: _Read, i: int, calls: list[Any]) -> list[Any] | None:
@@ -1011,6 +995,55 @@ class _Read:
         self.flat, self.stop, self.at = flat, int(flat[-1]) + 1, flat - self.start
         edges = [0, *(np.flatnonzero(np.diff(flat) != 1) + 1).tolist(), self.n]
         self.runs = list(zip(edges[:-1], edges[1:]))
+
+
+class _ByRun:
+    """The per-frame folds of a compacted read, folded run by run (:meth:`Workflow.apply`).
+
+    The caller folds each frame into ``accs`` and calls :meth:`next` at the first frame
+    past :attr:`end`: each run that ended is then combined, in order, into the runs'
+    total and its accumulator started afresh, as one apply per run and
+    :meth:`Workflow.merge` would; :meth:`finish` leaves the totals in ``accs``. A
+    result whose values are of a kind its fold folds exactly (:attr:`Fold.exact`) is
+    folded on across runs instead: no bit depends on where they end.
+    """
+
+    def __init__(self, r: _Read, slots: list[tuple[str, _folds.Fold, str]],
+                 accs: dict[str, Any], first: dict[str, Any]) -> None:
+        self.r, self.slots, self.accs, self.first = r, slots, accs, first
+        self.run = 0
+        self.end = r.runs[0][1]  # the first frame past the current run
+        self.totals: dict[str, Any] = {}
+        self.carried: set[str] = set()  # folded on in accs since their last flush
+
+    def next(self, i: int) -> None:
+        """Close every run that ends at or before frame ``i``."""
+        while i >= self.end:
+            self._close()
+
+    def finish(self) -> None:
+        """Close the remaining runs; leave each result's total in ``accs``."""
+        while self.run < len(self.r.runs):
+            self._close()
+        last = len(self.r.runs) - 1
+        for rname, fold, who in self.slots:
+            if rname in self.totals:
+                self.accs[rname] = self.totals[rname] if rname not in self.carried else \
+                    _combine_run(fold, self.totals[rname], self.accs[rname], who, self.r, last)
+
+    def _close(self) -> None:
+        run, last = self.run, len(self.r.runs) - 1
+        for rname, fold, who in self.slots:
+            if rname in self.first and self.first[rname][1].kind in fold.exact:
+                self.carried.add(rname)
+                continue
+            self.carried.discard(rname)
+            self.totals[rname] = self.accs[rname] if run == 0 else _combine_run(
+                fold, self.totals[rname], self.accs[rname], who, self.r, run)
+            if run < last:
+                self.accs[rname] = fold.initial()
+        self.run += 1
+        self.end = self.r.runs[self.run][1] if self.run <= last else self.r.n + 1
 
 
 def _combine_run(fold: _folds.Fold, total: Any, acc: Any, who: str, r: _Read, run: int) -> Any:
