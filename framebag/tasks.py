@@ -107,8 +107,9 @@ def _read_group(spec: RunSpec, group: list[tuple[int, int]], refresh: bool,
     """The frames of the pieces ``(a, b)`` of ``group``, compacted into one stack, and
     their flat indices (None for one piece: its frames are its run).
 
-    Read in one call from the first piece to the last, the frames between the pieces
-    dropped (a copy of the pieces' frames: far cheaper than one apply per piece); or,
+    Read in one call from the first piece to the last, the pieces' frames then moved to
+    the front of that buffer, over the frames between them (a copy of the pieces'
+    frames, far cheaper than one apply per piece, and no second buffer); or,
     if that fails, piece by piece: a frame between them is not this task's (outside
     the ROI, say), so only a piece's own frames that cannot be read may stop the task,
     after the pieces read before it are yielded.
@@ -134,7 +135,14 @@ def _read_group(spec: RunSpec, group: list[tuple[int, int]], refresh: bool,
             raise
         yield np.concatenate(got), flat
         return
-    yield (frames, None) if flat is None else (frames.take(flat - lo, axis=0), flat)
+    if flat is None:
+        yield frames, None
+        return
+    n = 0
+    for a, b in group:  # each piece moves down (n <= a - lo): a frame is read before overwritten
+        frames[n:n + b - a] = frames[a - lo:b - lo]
+        n += b - a
+    yield frames[:n], flat
 
 
 def _by_read(runs: list[tuple[int, int]], r: int) -> list[list[tuple[int, int]]]:
