@@ -501,15 +501,9 @@ class Workflow:
               flat: np.ndarray | None = None) -> Partial:
         """Run every function over ``frames`` (the run ``start .. start+len``) and fold.
 
-        ``flat``, if given, is the flat index of each frame of ``frames``, increasing
-        from ``start``: the frames of several runs of one read, compacted into one
-        stack, so the functions are called once for them all (a batched function gets
-        that stack, and ``index`` the scan index of each of its frames). The partial
-        then spans ``start .. flat[-1] + 1`` and is what :meth:`merge` makes of one
-        call per run: the frames between the runs are not done (zeros in stacks and
-        row counts, never passed to a function), each run's frames are folded on
-        their own and the runs' accumulators combined in order (the same bits), and
-        the errors come run by run.
+        ``flat``: the flat index of each frame, when several runs of a read are compacted
+        into ``frames`` (one call for them all); the partial is then what :meth:`merge`
+        makes of one call per run, over ``start .. flat[-1] + 1`` (see :func:`_partial`).
 
         Each frame is computed by all functions before it is folded, so a frame
         that fails in any function (with ``on_error="skip"``) is left out of all.
@@ -528,9 +522,7 @@ class Workflow:
         ``setups`` are the setup values (:meth:`setup_values`, looked up once per task
         by the caller); without them, they are looked up here.
         """
-        r = _Read(frames, start, scan_shape, on_error)
-        if flat is not None:
-            r.compacted(flat)
+        r = _Read(frames, start, scan_shape, on_error).compacted(flat)
         calls = self._calls()
         if setups is None and self.setups:
             setups = self.setup_values(params)
@@ -549,25 +541,10 @@ class Workflow:
         for _, rs in batched:
             for f in rs:
                 if values[f.name] is not None:
-                    try:
-                        _fold_batched(f, values[f.name], r.done, stacks, accs, r)
-                    except _folds.SumOverflow as exc:
-                        raise _overflow(_who(f), exc, f"frames {scan_index(start, scan_shape)} "
-                                        f"to {scan_index(r.stop - 1, scan_shape)}") from exc
+                    _fold_batched(f, values[f.name], r.done, stacks, accs, r)
         ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
                   for f in self.functions.values() if f.fold.is_ragged}
-        if r.at is None:
-            return Partial(start, r.stop, r.done, stacks, accs, r.errors, kinds=r.kinds,
-                           ragged=ragged)
-        if len(r.runs) > 1 and r.errors:  # run by run, as one call per run gives them
-            firsts = [int(r.flat[p]) for p, _ in r.runs]
-            r.errors.sort(key=lambda e: bisect.bisect_right(firsts, e[0]))
-        n, at = r.stop - start, r.at
-        return Partial(start, r.stop, _spread(r.done, at, n),
-                       {name: _spread(v, at, n) for name, v in stacks.items()}, accs, r.errors,
-                       kinds=r.kinds,
-                       ragged={name: (_spread(c, at, n), rows) for name, (c, rows) in
-                               ragged.items()})
+        return _partial(r, stacks, accs, ragged)
 
     def merge(self, parts: list[Partial], start: int, stop: int) -> Partial:
         """One partial for ``start .. stop`` from the partials of runs within it, in order.
@@ -663,7 +640,6 @@ class Workflow:
         # per result, of its first value here: (type, dtype, shape, whether the type is
         # an array, whose dtype and shape vary by instance); the hot path's check
         first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
-        # with several runs (see apply), the folds each run folds on its own
         by_run = _ByRun(r, [s for s in slots if not s[1].is_stack and not s[1].is_ragged],
                         accs, first) if len(r.runs) > 1 else None
         for i in np.flatnonzero(r.done).tolist():  # frames a batched function failed on: no
@@ -985,8 +961,11 @@ class _Read:
         #: each frame's place in the span ``start .. stop`` (None: the frames are the span)
         self.at: np.ndarray | None = None
 
-    def compacted(self, flat: Any) -> None:
-        """The frames are those at the flat indices ``flat`` (increasing, from ``start``)."""
+    def compacted(self, flat: Any) -> _Read:
+        """This read, whose frames are those at the flat indices ``flat`` (increasing, from
+        ``start``; None: the run from ``start``)."""
+        if flat is None:
+            return self
         flat = np.asarray(flat, dtype=np.int64)
         if flat.shape != (self.n,) or self.n == 0 or flat[0] < self.start or np.any(
                 np.diff(flat) <= 0):
@@ -995,6 +974,7 @@ class _Read:
         self.flat, self.stop, self.at = flat, int(flat[-1]) + 1, flat - self.start
         edges = [0, *(np.flatnonzero(np.diff(flat) != 1) + 1).tolist(), self.n]
         self.runs = list(zip(edges[:-1], edges[1:]))
+        return self
 
 
 class _ByRun:
@@ -1061,6 +1041,25 @@ def _combine_run(fold: _folds.Fold, total: Any, acc: Any, who: str, r: _Read, ru
                          f"frames before them ({type(exc).__name__}: {exc})") from exc
 
 
+def _partial(r: _Read, stacks: dict[str, np.ndarray], accs: dict[str, Any],
+             ragged: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> Partial:
+    """The partial of read ``r``; of a compacted one, what :meth:`Workflow.merge` makes
+    of one apply per run: the frames between the runs are not done (zeros in stacks and
+    row counts), the folds hold each run's accumulator combined in order (the same bits:
+    see :class:`_ByRun`), and the errors come run by run."""
+    if r.at is None:
+        return Partial(r.start, r.stop, r.done, stacks, accs, r.errors, kinds=r.kinds,
+                       ragged=ragged)
+    if len(r.runs) > 1 and r.errors:
+        firsts = [int(r.flat[i]) for i, _ in r.runs]
+        r.errors.sort(key=lambda e: bisect.bisect_right(firsts, e[0]))
+    n, at = r.stop - r.start, r.at
+    return Partial(r.start, r.stop, _spread(r.done, at, n),
+                   {name: _spread(v, at, n) for name, v in stacks.items()}, accs, r.errors,
+                   kinds=r.kinds,
+                   ragged={name: (_spread(c, at, n), rows) for name, (c, rows) in ragged.items()})
+
+
 def _spread(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
     """``values`` (one per frame, frames at ``at``) spread over a span of ``n`` frames:
     zeros (False) where no frame lies."""
@@ -1073,6 +1072,15 @@ def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
                   stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
     """Fold one batched result's values of a read (frames not done left out), each run
     of ``r`` on its own, their accumulators combined in order (see :meth:`Workflow.apply`)."""
+    try:
+        _fold_values(f, vals, done, stacks, accs, r)
+    except _folds.SumOverflow as exc:
+        raise _overflow(_who(f), exc, f"frames {scan_index(r.start, r.scan_shape)} to "
+                        f"{scan_index(r.stop - 1, r.scan_shape)}") from exc
+
+
+def _fold_values(f: FrameFunction, vals: Any, done: np.ndarray,
+                 stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
     if f.fold.is_ragged:
         accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
     elif f.fold.is_stack:
