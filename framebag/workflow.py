@@ -1081,6 +1081,7 @@ def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
 
 def _fold_values(f: FrameFunction, vals: Any, done: np.ndarray,
                  stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
+    """:func:`_fold_batched`, but for the sentence of an integer sum that overflows."""
     if f.fold.is_ragged:
         accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
     elif f.fold.is_stack:
