@@ -224,3 +224,37 @@ def test_a_failure_in_a_compacted_read_names_its_frame(tmp_path, unchanged, fail
     parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
     assert [bool(p.failure) for p in parts] == [False, True]
     assert named in parts[-1].failure
+
+
+def test_a_damaged_frame_of_a_read_stops_it_after_the_pieces_before(tmp_path, unchanged) -> None:
+    """A read whose span cannot be read (a damaged frame between two ROI frames) is read
+    piece by piece; a damaged ROI frame then stops the task, after the pieces before it
+    are applied (one call) and kept, and the failure names that frame."""
+    import h5py
+
+    data = np.random.default_rng(5).integers(0, 1000, SCAN + FRAME).astype(np.uint16)
+    path = tmp_path / "damaged.h5"
+    with h5py.File(path, "w", libver="latest") as f:
+        f.create_dataset(DATA, data=data, chunks=(1, 1) + FRAME, fletcher32=True)
+        f.create_dataset(KEY, data=np.ones(SCAN, dtype="i4"))
+        places = [f[DATA].id.get_chunk_info_by_coord(idx + (0, 0)) for idx in [(1, 1), (1, 6)]]
+    with open(path, "r+b") as fh:  # (1, 1) lies between ROI frames, (1, 6) is one
+        for info in places:
+            fh.seek(info.byte_offset + info.size // 2)
+            b = fh.read(1)
+            fh.seek(info.byte_offset + info.size // 2)
+            fh.write(bytes([b[0] ^ 0xFF]))
+    unchanged(path)
+    info = KeyFollower(path, DATA, [KEY]).data
+    wf = Workflow("damaged", data=DATA, keys=[KEY])
+    calls: list[int] = []
+    wf.frames(lambda frames: calls.append(len(frames)) or frames.sum(axis=(1, 2)), name="s")
+    mask = np.zeros(SCAN, dtype=bool)
+    mask[COLS] = True
+    parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
+    assert calls == [8]  # frames 0, 2, ... 14 of the read 0..19, in one call
+    kept, failed = parts
+    np.testing.assert_array_equal(np.flatnonzero(kept.done) + kept.start, np.arange(0, 16, 2))
+    np.testing.assert_array_equal(kept.stacks["s"][kept.done],
+                                  data.reshape(-1, *FRAME)[0:16:2].sum(axis=(1, 2)))
+    assert (failed.start, failed.stop) == (0, 19) and "(1, 6)" in failed.failure
