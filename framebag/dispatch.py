@@ -72,20 +72,23 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
     may exceed a cap (one frame is the smallest task). Both sizes are a multiple of
     ``chunk`` or a divisor of it.
 
-    ``grid``: the read of the run that made the output a resumed run continues (see
-    :func:`reusable_grid`). It is the read again wherever it is aligned to ``chunk``
-    and within this run's read budget, whatever the probe's timing says now: the
-    partials still to come then lie on the grid of those already folded, and a float
-    fold gives the bits of a run that was never interrupted.
+    ``grid``: a resumed output's read, reused where it fits (:func:`reusable_grid`).
     """
     cap = task_cap(target_bytes, frame_seconds, result_nbytes)
     read = partition_size(frame_nbytes, target_bytes, chunk)
-    if grid is not None and reusable_grid(grid, chunk, _fit(
-            read, task_cap(target_bytes, 0.0, result_nbytes), chunk)):
-        if not nframes:
-            return grid, grid
-        return _reads_per_task(math.ceil(nframes / grid), grid, chunk, workers,
-                               cap) * grid, grid
+    mem = task_cap(target_bytes, 0.0, result_nbytes)
+    if grid is not None and reusable_grid(grid, chunk, _fit(read, mem, chunk)):
+        read = grid
+    else:
+        read = _new_read(read, chunk, nframes, mem, cap)
+    if not nframes:
+        return read, read
+    return _reads_per_task(math.ceil(nframes / read), read, chunk, workers, cap) * read, read
+
+
+def _new_read(read: int, chunk: int, nframes: int | None, mem: int, cap: int) -> int:
+    """The read of a new run (see :func:`task_size`): ``read`` (the budget's), at most a
+    ``READS_PER_SCAN`` share of ``nframes``, within the ``mem`` and time ``cap``."""
     if nframes:  # a share of READS_PER_SCAN, rounded up to whole chunk runs
         share = math.ceil(nframes / READS_PER_SCAN)
         part = math.ceil(share / chunk) * chunk if share >= chunk else _align(share, chunk)
@@ -94,17 +97,21 @@ def task_size(frame_nbytes: int, target_bytes: int, chunk: int = 1,
             # whole chunks, not reads of one frame that each decompress the chunk again
             part = chunk
         read = min(read, part)
-    read = _fit(read, task_cap(target_bytes, 0.0, result_nbytes), chunk)
+    read = _fit(read, mem, chunk)
     while read > 1 and read > cap:
         read = _align(read // 2, chunk)
-    if not nframes:
-        return read, read
-    return _reads_per_task(math.ceil(nframes / read), read, chunk, workers, cap) * read, read
+    return read
 
 
 def reusable_grid(grid: object, chunk: int, most: int) -> bool:
     """Whether ``grid`` (read back from an output: any value a file may hold) is a read
-    to reuse: a whole number of frames, at most ``most``, aligned to ``chunk``."""
+    to reuse: a whole number of frames, at most ``most``, aligned to ``chunk``.
+
+    A resumed run reads on the grid of the run that made its output, whatever the
+    probe's timing says now (where the time cap binds it moves the read): the partials
+    still to come then lie on the grid of those already folded, and a float fold gives
+    the bits of a run that was never interrupted.
+    """
     return isinstance(grid, int) and not isinstance(grid, bool) and 1 <= grid <= most \
         and (grid % chunk == 0 or chunk % grid == 0)
 

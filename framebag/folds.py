@@ -60,6 +60,10 @@ class Fold:
     is_ragged: bool = False
     #: what a reader of the output needs to draw the result (a histogram's ``bin_edges``)
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: the dtype kinds of values whose result has the same bits however the frames are
+    #: grouped into accumulators and combined (integer sums, min and max of integers,
+    #: histograms): a read of many runs then folds them as one (see Workflow.apply)
+    exact: str = ""
 
     def __post_init__(self) -> None:
         if not callable(self.initial):
@@ -385,13 +389,14 @@ def histogram(bins: Any, range: tuple[float, float] | None = None) -> Fold:  # n
         return a + b
 
     return Fold("histogram", _none, binop, combine, binop_many=binop_many,
-                attrs={"bin_edges": edges.tolist()})
+                attrs={"bin_edges": edges.tolist()}, exact="biuf")
 
 
 BUILTIN: dict[str, Callable[[], Fold]] = {
     "stack": stack,
     "ragged": ragged,
-    "sum": lambda: Fold("sum", _none, _sum_binop, _sum_combine, binop_many=_sum_many),
+    "sum": lambda: Fold("sum", _none, _sum_binop, _sum_combine, binop_many=_sum_many,
+                        exact="biu"),
     "mean": lambda: _moments_fold("mean", lambda acc: acc[1]),
     "var": lambda: _moments_fold("var", _var),
     "std": lambda: _moments_fold("std", lambda acc: np.sqrt(_var(acc))),
@@ -401,6 +406,7 @@ BUILTIN: dict[str, Callable[[], Fold]] = {
         _merge(np.minimum),
         _merge(np.minimum),
         binop_many=_merge_many(np.min, np.minimum),
+        exact="biu",
     ),
     "max": lambda: Fold(
         "max",
@@ -408,6 +414,7 @@ BUILTIN: dict[str, Callable[[], Fold]] = {
         _merge(np.maximum),
         _merge(np.maximum),
         binop_many=_merge_many(np.max, np.maximum),
+        exact="biu",
     ),
 }
 

@@ -51,11 +51,14 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
 
     Each read of the fixed grid of multiples of ``read_frames`` gives one Partial:
     the pieces of the runs within it (many short ones when a live scan's frames
-    completed out of order) are read together where the frames between them are
-    few (:data:`GAP_BYTES`), applied piece by piece and merged
-    (:meth:`Workflow.merge`). A function's error or a read that fails stops the
-    task: it is returned as a failed Partial (after the partials done before it),
-    not raised, since a retry would fail the same way. Each piece's values are
+    completed out of order, or for a strided ROI) are read together where the frames
+    between them are few (:data:`GAP_BYTES`); the pieces' frames of one such read are
+    compacted into one stack and applied in one call (:meth:`Workflow.apply` with
+    their flat indices: its per-call cost paid once, not once per piece), and the
+    reads' partials merged (:meth:`Workflow.merge`). A function's error or a read
+    that fails stops the task: it is returned as a failed Partial (after the
+    partials done before it), not raised, since a retry would fail the same way.
+    Each piece's values are
     checked against the probe's kinds (or, without them, the first piece's), so a
     function's dtype cannot change between tasks. The setup values are looked up
     once per task (each setup runs once per worker process; see
@@ -79,10 +82,10 @@ def process_partition(runs: list[tuple[int, int]], spec: RunSpec) -> list[Partia
         for group in _near(pieces, gap):
             lo, hi = group[0][0], group[-1][1]
             try:
-                for a, frames in _read_group(spec, group, refresh):
+                for frames, flat in _read_group(spec, group, refresh):
                     refresh = False
-                    parts.append(wf.apply(frames, a, d.scan_shape, spec.params,
-                                          spec.on_error, expect, setups))
+                    parts.append(wf.apply(frames, lo, d.scan_shape, spec.params,
+                                          spec.on_error, expect, setups, flat=flat))
                     expect = expect or parts[-1].kinds
             except (FrameError, ReadError) as exc:
                 if parts:
@@ -100,24 +103,46 @@ GAP_BYTES = 256 * 1024
 
 
 def _read_group(spec: RunSpec, group: list[tuple[int, int]], refresh: bool,
-                ) -> Iterator[tuple[int, np.ndarray]]:
-    """The first frame of each piece ``(a, b)`` of ``group``, and its frames: read in one
-    call from the first piece to the last, or, if that fails, piece by piece: a frame
-    between them is not this task's (outside the ROI, say), so only a piece's own frames
-    that cannot be read may stop the task."""
+                ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """The frames of the pieces ``(a, b)`` of ``group``, compacted into one stack, and
+    their flat indices (None for one piece: its frames are its run).
+
+    Read in one call from the first piece to the last, the pieces' frames then moved to
+    the front of that buffer, over the frames between them (a copy of the pieces'
+    frames, far cheaper than one apply per piece, and no second buffer); or,
+    if that fails, piece by piece: a frame between them is not this task's (outside
+    the ROI, say), so only a piece's own frames that cannot be read may stop the task,
+    after the pieces read before it are yielded.
+    """
     d = spec.data
     lo, hi = group[0][0], group[-1][1]
+    flat = np.concatenate([np.arange(a, b) for a, b in group]) if len(group) > 1 else None
     try:
         frames = read_run(d.path, d.name, lo, hi, d.scan_shape, d.frame_shape, d.dtype,
                           refresh=refresh)
     except ReadError:
         if len(group) == 1:
             raise
-        for a, b in group:
-            yield a, read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape, d.dtype)
+        got: list[np.ndarray] = []
+        try:
+            for a, b in group:
+                got.append(read_run(d.path, d.name, a, b, d.scan_shape, d.frame_shape,
+                                    d.dtype))
+        except ReadError:
+            if got:
+                yield np.concatenate(got), np.concatenate([np.arange(a, b) for a, b in
+                                                           group[:len(got)]])
+            raise
+        yield np.concatenate(got), flat
         return
-    for a, b in group:
-        yield a, frames[a - lo:b - lo]
+    if flat is None:
+        yield frames, None
+        return
+    n = 0
+    for a, b in group:  # each piece moves down (n <= a - lo): a frame is read before overwritten
+        frames[n:n + b - a] = frames[a - lo:b - lo]
+        n += b - a
+    yield frames[:n], flat
 
 
 def _by_read(runs: list[tuple[int, int]], r: int) -> list[list[tuple[int, int]]]:

@@ -49,6 +49,7 @@ checks that both use sit at the end of the module.
 from __future__ import annotations
 
 import ast
+import bisect
 import hashlib
 import importlib
 import importlib.util
@@ -320,7 +321,9 @@ class Workflow:
                **fold_options: Any) -> Any:
         """Register a batched function: a stack ``(n, *frame_shape)`` in, ``n`` values out
         (with ``outputs=``, a dict of arrays with ``n`` values each). ``shape`` declares
-        one frame's value, as for :meth:`frame`."""
+        one frame's value, as for :meth:`frame`. The stack's frames are in scan order,
+        but with a ROI not always next to each other in the scan (``::2`` gives every
+        other frame): its ``index`` parameter gives each one's scan index."""
         return self._register(func, fold, name, True, fold_options, units, outputs, shape,
                               dtype)
 
@@ -551,8 +554,13 @@ class Workflow:
 
     def apply(self, frames: np.ndarray, start: int, scan_shape: tuple[int, ...],
               params: Mapping[str, Any], on_error: str = "raise",
-              expect: Kinds | None = None, setups: Mapping[str, Any] | None = None) -> Partial:
+              expect: Kinds | None = None, setups: Mapping[str, Any] | None = None,
+              flat: np.ndarray | None = None) -> Partial:
         """Run every function over ``frames`` (the run ``start .. start+len``) and fold.
+
+        ``flat``: the flat index of each frame, when several runs of a read are compacted
+        into ``frames`` (one call for them all); the partial is then what :meth:`merge`
+        makes of one call per run, over ``start .. flat[-1] + 1`` (see :func:`_partial`).
 
         Each frame is computed by all functions before it is folded, so a frame
         that fails in any function (with ``on_error="skip"``) is left out of all.
@@ -571,7 +579,7 @@ class Workflow:
         ``setups`` are the setup values (:meth:`setup_values`, looked up once per task
         by the caller); without them, they are looked up here.
         """
-        r = _Read(frames, start, scan_shape, on_error)
+        r = _Read(frames, start, scan_shape, on_error).compacted(flat)
         calls = self._calls()
         if setups is None and self.setups:
             setups = self.setup_values(params)
@@ -580,8 +588,7 @@ class Workflow:
         r.expect = {**expect, **r.declared} if expect and r.declared else \
             (expect or r.declared)
         if any(rs[0].wants_index for _, rs in calls):  # made only when a function asks
-            r.index = np.stack(np.unravel_index(np.arange(start, start + r.n), scan_shape),
-                               axis=1)
+            r.index = np.stack(np.unravel_index(r.flat, scan_shape), axis=1)
         batched = [(fname, rs) for fname, rs in calls if rs[0].batched]
         values = self._call_batched(r, batched)
         per_frame = [(fname, rs) for fname, rs in calls if not rs[0].batched]
@@ -591,11 +598,10 @@ class Workflow:
         for _, rs in batched:
             for f in rs:
                 if values[f.name] is not None:
-                    _fold_batched(f, values[f.name], r, stacks, accs)
+                    _fold_batched(f, values[f.name], r.done, stacks, accs, r)
         ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
                   for f in self.functions.values() if f.fold.is_ragged}
-        return Partial(start, start + r.n, r.done, stacks, accs, r.errors, kinds=r.kinds,
-                       ragged=ragged)
+        return _partial(r, stacks, accs, ragged)
 
     def merge(self, parts: list[Partial], start: int, stop: int) -> Partial:
         """One partial for ``start .. stop`` from the partials of runs within it, in order.
@@ -649,7 +655,7 @@ class Workflow:
             if f.wants_index:
                 kw[_INDEX] = r.index
             if f.fold.is_ragged:  # (never with outputs=: see _register)
-                values[f.name] = self._ragged_batched(f, r.frames, kw, r.start, r.scan_shape,
+                values[f.name] = self._ragged_batched(f, r.frames, kw, r.flat, r.scan_shape,
                                                       r.on_error, r.errors, r.done, r.index,
                                                       r.kinds, r.expect)
                 continue
@@ -664,7 +670,7 @@ class Workflow:
                                r.done, 0)
                     got = dict.fromkeys(x.name for x in rs)
                 else:
-                    got = self._batched_one_by_one(rs, r.frames, kw, r.start, r.scan_shape,
+                    got = self._batched_one_by_one(rs, r.frames, kw, r.flat, r.scan_shape,
                                                    r.errors, r.done, r.index)
             for x in rs:
                 v = got[x.name]
@@ -691,7 +697,11 @@ class Workflow:
         # per result, of its first value here: (type, dtype, shape, whether the type is
         # an array, whose dtype and shape vary by instance); the hot path's check
         first: dict[str, tuple[type, np.dtype, tuple[int, ...], bool | None]] = {}
+        by_run = _ByRun(r, [s for s in slots if not s[1].is_stack and not s[1].is_ragged],
+                        accs, first) if len(r.runs) > 1 else None
         for i in np.flatnonzero(r.done).tolist():  # frames a batched function failed on: no
+            if by_run is not None and i >= by_run.end:
+                by_run.next(i)
             row = self._row(r, i, calls)
             if row is None:
                 continue
@@ -703,7 +713,7 @@ class Workflow:
                         (v.dtype is not k[1] and v.dtype != k[1])
                         or (fold.is_stack and v.shape != k[2]))):
                     k = first[rname] = _value_kind(
-                        rname, v, r.start + i, r.scan_shape, fold.is_stack,
+                        rname, v, int(r.flat[i]), r.scan_shape, fold.is_stack,
                         r.declared.get(rname) or r.kinds.get(rname) or r.expect.get(rname),
                         r.kinds, who, ragged=fold.is_ragged)
                     if k[3]:
@@ -717,8 +727,10 @@ class Workflow:
                     try:
                         accs[rname] = fold.binop(accs[rname], v)
                     except Exception as exc:  # noqa: BLE001 - e.g. a changed shape
-                        _fold_error(rname, fold, accs[rname], v, r.start + i, r.scan_shape,
+                        _fold_error(rname, fold, accs[rname], v, int(r.flat[i]), r.scan_shape,
                                     exc, who)
+        if by_run is not None:
+            by_run.finish()
         return {rname: out for rname, out in outs.items() if out is not None}
 
     def _row(self, r: _Read, i: int, calls: list[Any]) -> list[Any] | None:
@@ -733,19 +745,19 @@ class Workflow:
                 if rows_of:
                     v = _ragged_value(v, r.scan_shape, r.kinds.get(fname) or r.expect.get(fname))
             except Exception as exc:  # noqa: BLE001
-                self._fail(fname, r.start + i, r.scan_shape, exc, r.on_error, r.errors, r.done,
-                           i)
+                self._fail(fname, int(r.flat[i]), r.scan_shape, exc, r.on_error, r.errors,
+                           r.done, i)
                 return None
             if keys is None:
                 row.append(v)
             elif isinstance(v, Mapping) and v.keys() == keys[1]:
                 row.extend([v[k] for k in keys[0]])
             else:
-                _keys_error(fname, keys[0], v, r.start + i, r.scan_shape)
+                _keys_error(fname, keys[0], v, int(r.flat[i]), r.scan_shape)
         return row
 
     def _ragged_batched(self, f: FrameFunction, frames: np.ndarray, kw: dict[str, Any],
-                        start: int, scan_shape: tuple[int, ...], on_error: str, errors: list,
+                        flat: np.ndarray, scan_shape: tuple[int, ...], on_error: str, errors: list,
                         done: np.ndarray, index: Any, kinds: Kinds, expect: Kinds,
                         ) -> list[Any] | None:
         """A batched ragged function's arrays, one per frame (None where it failed).
@@ -753,8 +765,9 @@ class Workflow:
         It returns a list of ``n`` arrays. A frame whose array breaks the row shape or
         dtype is a failure of that frame, skipped under ``on_error="skip"``; when the
         whole call fails, each frame is tried on its own, as for other batched functions.
+        ``flat`` holds each frame's flat index.
         """
-        n = len(frames)
+        n, start = len(frames), int(flat[0])
         try:
             out = _ragged_list(f.name, f.func(frames, **kw), n, start, scan_shape)
         except ValueKindError:
@@ -770,7 +783,8 @@ class Workflow:
                 try:
                     out.append(list(f.func(frames[i : i + 1], **kw))[0])
                 except Exception as one:  # noqa: BLE001
-                    self._fail(f.name, start + i, scan_shape, one, "skip", errors, done, i)
+                    self._fail(f.name, int(flat[i]), scan_shape, one, "skip", errors, done,
+                               i)
                     out.append(None)
         for i, v in enumerate(out):
             if not done[i]:  # failed on its own above, or in a function before this one
@@ -779,18 +793,19 @@ class Workflow:
                 out[i] = v = _ragged_value(v, scan_shape,
                                            kinds.get(f.name) or expect.get(f.name))
             except ValueError as exc:
-                self._fail(f.name, start + i, scan_shape, exc, on_error, errors, done, i)
+                self._fail(f.name, int(flat[i]), scan_shape, exc, on_error, errors, done, i)
                 out[i] = None
                 continue
-            _value_kind(f.name, v, start + i, scan_shape, False,
+            _value_kind(f.name, v, int(flat[i]), scan_shape, False,
                         kinds.get(f.name) or expect.get(f.name), kinds,
                         f"batched function {f.name!r}", ragged=True)
         return out
 
     def _batched_one_by_one(self, rs: list[FrameFunction], frames: np.ndarray,
-                            kw: dict[str, Any], start: int, scan_shape: tuple[int, ...],
+                            kw: dict[str, Any], flat: np.ndarray, scan_shape: tuple[int, ...],
                             errors: list, done: np.ndarray, index: Any) -> dict[str, Any]:
-        """After a batched call failed under on_error='skip', find the failing frames.
+        """After a batched call failed under on_error='skip', find the failing frames
+        (``flat``: each frame's flat index).
 
         Returns each result's values (frames that failed hold zeros), or None for a
         result no frame gave.
@@ -802,12 +817,13 @@ class Workflow:
                 kw[_INDEX] = index[i : i + 1]
             got: dict[str, Any] | None
             try:
-                got = _batched_values(rs, f.func(frames[i : i + 1], **kw), 1, start + i,
+                got = _batched_values(rs, f.func(frames[i : i + 1], **kw), 1, int(flat[i]),
                                       scan_shape)
             except ValueKindError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                self._fail(f.function, start + i, scan_shape, exc, "skip", errors, done, i)
+                self._fail(f.function, int(flat[i]), scan_shape, exc, "skip", errors, done,
+                           i)
                 got = None
             for r in rs:
                 rows[r.name].append(None if got is None else got[r.name][0])
@@ -994,12 +1010,135 @@ class _Read:
     def __post_init__(self) -> None:
         self.n = len(self.frames)
         self.done = np.ones(self.n, dtype=bool)
+        #: the flat index of each frame, the end of the span, and each run's frames
+        #: ``(i, j)``: one run unless :meth:`compacted`
+        self.flat = np.arange(self.start, self.start + self.n)
+        self.stop = self.start + self.n
+        self.runs = [(0, self.n)]
+        #: each frame's place in the span ``start .. stop`` (None: the frames are the span)
+        self.at: np.ndarray | None = None
+
+    def compacted(self, flat: Any) -> _Read:
+        """This read, whose frames are those at the flat indices ``flat`` (increasing, from
+        ``start``; None: the run from ``start``)."""
+        if flat is None:
+            return self
+        flat = np.asarray(flat, dtype=np.int64)
+        if flat.shape != (self.n,) or self.n == 0 or flat[0] < self.start or np.any(
+                np.diff(flat) <= 0):
+            raise ValueError(f"flat must be {self.n} increasing flat indices from "
+                             f"{self.start}, one per frame")
+        self.flat, self.stop, self.at = flat, int(flat[-1]) + 1, flat - self.start
+        edges = [0, *(np.flatnonzero(np.diff(flat) != 1) + 1).tolist(), self.n]
+        self.runs = list(zip(edges[:-1], edges[1:]))
+        return self
 
 
-def _fold_batched(f: FrameFunction, vals: Any, r: _Read,
-                  stacks: dict[str, np.ndarray], accs: dict[str, Any]) -> None:
-    """Fold one batched result's values of a read (frames not done left out)."""
-    done = r.done
+class _ByRun:
+    """The per-frame folds of a compacted read, folded run by run (:meth:`Workflow.apply`).
+
+    The caller folds each frame into ``accs`` and calls :meth:`next` at the first frame
+    past :attr:`end`: each run that ended is then combined, in order, into the runs'
+    total and its accumulator started afresh, as one apply per run and
+    :meth:`Workflow.merge` would; :meth:`finish` leaves the totals in ``accs``. A
+    result whose values are of a kind its fold folds exactly (:attr:`Fold.exact`) is
+    folded on across runs instead: no bit depends on where they end.
+    """
+
+    def __init__(self, r: _Read, slots: list[tuple[str, _folds.Fold, str]],
+                 accs: dict[str, Any], first: dict[str, Any]) -> None:
+        self.r, self.slots, self.accs, self.first = r, slots, accs, first
+        self.run = 0
+        self.end = r.runs[0][1]  # the first frame past the current run
+        self.totals: dict[str, Any] = {}
+        self.carried: set[str] = set()  # folded on in accs since their last flush
+
+    def next(self, i: int) -> None:
+        """Close every run that ends at or before frame ``i``."""
+        while i >= self.end:
+            self._close()
+
+    def finish(self) -> None:
+        """Close the remaining runs; leave each result's total in ``accs``."""
+        while self.run < len(self.r.runs):
+            self._close()
+        last = len(self.r.runs) - 1
+        for rname, fold, who in self.slots:
+            if rname in self.totals:
+                self.accs[rname] = self.totals[rname] if rname not in self.carried else \
+                    _combine_run(fold, self.totals[rname], self.accs[rname], who, self.r, last)
+
+    def _close(self) -> None:
+        run, last = self.run, len(self.r.runs) - 1
+        for rname, fold, who in self.slots:
+            if rname in self.first and self.first[rname][1].kind in fold.exact:
+                self.carried.add(rname)
+                continue
+            self.carried.discard(rname)
+            self.totals[rname] = self.accs[rname] if run == 0 else _combine_run(
+                fold, self.totals[rname], self.accs[rname], who, self.r, run)
+            if run < last:
+                self.accs[rname] = fold.initial()
+        self.run += 1
+        self.end = self.r.runs[self.run][1] if self.run <= last else self.r.n + 1
+
+
+def _combine_run(fold: _folds.Fold, total: Any, acc: Any, who: str, r: _Read, run: int) -> Any:
+    """``fold.combine(total, acc)``: the accumulator of the ``run``-th run of ``r`` added to
+    those of the runs before it; a failure names the run's frames."""
+    try:
+        return fold.combine(total, acc)
+    except Exception as exc:  # noqa: BLE001 - e.g. a changed shape, an integer overflow
+        i, j = r.runs[run]
+        where = (f"frames {scan_index(int(r.flat[i]), r.scan_shape)} to "
+                 f"{scan_index(int(r.flat[j - 1]), r.scan_shape)}")
+        if isinstance(exc, _folds.SumOverflow):
+            raise _overflow(who, exc, where) from exc
+        raise FrameError(f"{who}: fold {fold.name!r} failed to combine the {where} with the "
+                         f"frames before them ({type(exc).__name__}: {exc})") from exc
+
+
+def _partial(r: _Read, stacks: dict[str, np.ndarray], accs: dict[str, Any],
+             ragged: dict[str, tuple[np.ndarray, np.ndarray | None]]) -> Partial:
+    """The partial of read ``r``; of a compacted one, what :meth:`Workflow.merge` makes
+    of one apply per run: the frames between the runs are not done (zeros in stacks and
+    row counts), the folds hold each run's accumulator combined in order (the same bits:
+    see :class:`_ByRun`), and the errors come run by run."""
+    if r.at is None:
+        return Partial(r.start, r.stop, r.done, stacks, accs, r.errors, kinds=r.kinds,
+                       ragged=ragged)
+    if len(r.runs) > 1 and r.errors:
+        firsts = [int(r.flat[i]) for i, _ in r.runs]
+        r.errors.sort(key=lambda e: bisect.bisect_right(firsts, e[0]))
+    n, at = r.stop - r.start, r.at
+    return Partial(r.start, r.stop, _spread(r.done, at, n),
+                   {name: _spread(v, at, n) for name, v in stacks.items()}, accs, r.errors,
+                   kinds=r.kinds,
+                   ragged={name: (_spread(c, at, n), rows) for name, (c, rows) in ragged.items()})
+
+
+def _spread(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
+    """``values`` (one per frame, frames at ``at``) spread over a span of ``n`` frames:
+    zeros (False) where no frame lies."""
+    out = np.zeros((n, *values.shape[1:]), dtype=values.dtype)
+    out[at] = values
+    return out
+
+
+def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
+                  stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
+    """Fold one batched result's values of a read (frames not done left out), each run
+    of ``r`` on its own, their accumulators combined in order (see :meth:`Workflow.apply`)."""
+    try:
+        _fold_values(f, vals, done, stacks, accs, r)
+    except _folds.SumOverflow as exc:
+        raise _overflow(_who(f), exc, f"frames {scan_index(r.start, r.scan_shape)} to "
+                        f"{scan_index(r.stop - 1, r.scan_shape)}") from exc
+
+
+def _fold_values(f: FrameFunction, vals: Any, done: np.ndarray,
+                 stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
+    """:func:`_fold_batched`, but for the sentence of an integer sum that overflows."""
     if f.fold.is_ragged:
         accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
     elif f.fold.is_stack:
@@ -1007,12 +1146,16 @@ def _fold_batched(f: FrameFunction, vals: Any, r: _Read,
             vals = np.array(vals, copy=True)
             vals[~done] = 0
         stacks[f.name] = vals
+    elif vals.dtype.kind in f.fold.exact or len(r.runs) == 1:
+        accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
     else:
-        try:
-            accs[f.name] = f.fold.add_many(accs[f.name], vals if done.all() else vals[done])
-        except _folds.SumOverflow as exc:
-            raise _overflow(_who(f), exc, f"frames {scan_index(r.start, r.scan_shape)} to "
-                            f"{scan_index(r.start + r.n - 1, r.scan_shape)}") from exc
+        acc = accs[f.name]
+        for k, (i, j) in enumerate(r.runs):
+            v, d = vals[i:j], done[i:j]
+            part = f.fold.add_many(acc if k == 0 else f.fold.initial(),
+                                   v if d.all() else v[d])
+            acc = part if k == 0 else _combine_run(f.fold, acc, part, _who(f), r, k)
+        accs[f.name] = acc
 
 
 def _wanted(f: Callable[..., Any]) -> tuple[str, ...]:

@@ -38,16 +38,16 @@ def _gated_sum(gate: str) -> Workflow:
 def test_scan_is_cut_for_the_adaptive_maximum_and_the_cluster_grows_to_it(make_scan, tmp_path):
     """``LocalCluster(n_workers=1).adapt(minimum=1, maximum=4)``: a scan too cheap for the
     time cap was cut for the one worker (three tasks), so the scheduler asked for at most
-    three workers; cut for four, it asks for four and they run the tasks. ``target_duration``
-    is tiny so that the scheduler wants a worker for every task it holds, and each worker
-    takes no more tasks than threads from the scheduler's queue (``worker-saturation`` 1),
-    so the queued tasks go one to each new worker."""
+    three workers; cut for four (at least four tasks), it asks for four and they run
+    them. ``target_duration`` is tiny so that the scheduler wants a worker for every task
+    it holds, and each worker takes no more tasks than threads from the scheduler's queue
+    (``worker-saturation`` 1), so the queued tasks go one to each new worker."""
     gate = tmp_path / "tasks-may-run"
     path, data = make_scan((2000,), (8, 8))
     read_bytes = 100 * 128  # 20 reads of 100 frames
     tasks = {w: math.ceil(2000 / task_size(128, read_bytes, 1, 2000, w, result_nbytes=8)[0])
              for w in (1, 4)}
-    assert tasks == {1: 3, 4: 4}
+    assert tasks[1] < 4 <= tasks[4]  # fewer tasks than the maximum, unless cut for it
     wf = _gated_sum(str(gate))
     out: dict = {}
     with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
@@ -67,7 +67,7 @@ def test_scan_is_cut_for_the_adaptive_maximum_and_the_cluster_grows_to_it(make_s
             with get_task_stream(client) as ts:
                 runner = threading.Thread(target=run)
                 runner.start()
-                # the tasks wait at the gate until the cluster has grown for them; with two
+                # the tasks wait at the gate until the cluster has grown for them; with three
                 # tasks it stops at three workers and this times out
                 client.wait_for_workers(4, timeout=120)
                 gate.touch()
