@@ -139,3 +139,24 @@ def test_the_driver_refuses_two_tasks_whose_sums_each_fit(make_scan, client, tmp
     msg = str(info.value)
     assert len(msg.splitlines()) == 1
     assert "'total'" in msg and "range of int64" in msg and "kept" in msg, msg
+
+
+@pytest.mark.parametrize("body, names", [
+    ("@workflow.frame(fold='sum')\n"
+     "def total(frame, index):\n"
+     "    return 2**64 + 5 if tuple(index) == (2, 1) else 1\n",
+     ("'total'", "the int 18446744073709551621", "(2, 1)", "float", "does not help")),
+    ("@workflow.frame(fold='sum')\n"
+     "def total(frame, index):\n"
+     "    return 2**63 if tuple(index) == (0, 0) else -1\n",
+     ("'total'", "dtype uint64", "one dtype for every frame", "does not help")),
+], ids=["past_uint64", "uint64_then_int64"])
+def test_a_python_int_past_int64_is_named_with_advice_that_works(make_scan, capsys, tmp_path,
+                                                                  body, names):
+    """A Python int past uint64 was 'not a number' and a dtype change got the shape advice
+    ('pad or cut its value to one length'): neither helps. Each now says what does."""
+    path, _ = make_scan((6, 4), (4, 4))
+    rc, err = run_cli(capsys, "run", _workflow(tmp_path, body), str(path), "-o",
+                      str(tmp_path / "o.h5"), "--quiet")
+    assert_one_sentence(rc, err, *names)
+    assert "pad or cut" not in err and "must return a number" not in err
