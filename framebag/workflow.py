@@ -665,6 +665,12 @@ class Workflow:
             except ValueKindError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported with the frame, below
+                if r.on_error != "skip" and r.n > 1:  # which frame of the stack is not known
+                    raise FrameError(
+                        f"batched function {fname!r} failed on a stack of {r.n} frames, "
+                        f"{scan_index(int(r.flat[0]), r.scan_shape)} to "
+                        f"{scan_index(int(r.flat[-1]), r.scan_shape)}: "
+                        f"{type(exc).__name__}: {exc}{_user_line(exc)}") from exc
                 if r.on_error != "skip" or r.n == 1:
                     self._fail(fname, r.start, r.scan_shape, exc, r.on_error, r.errors,
                                r.done, 0)

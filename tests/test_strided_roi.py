@@ -281,3 +281,24 @@ def test_a_non_numeric_value_of_a_compacted_read_names_its_own_frame(tmp_path, u
     parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
     failures = [p.failure for p in parts if p.failure]
     assert len(failures) == 1 and "for frame (2, 6) (in an array" in failures[0], failures
+
+
+def test_a_batched_failure_in_a_compacted_read_names_its_stack(tmp_path, unchanged) -> None:
+    """A batched function that raises on one frame of a compacted read's stack names the
+    stack (which frame failed is not known), not its first frame as the one that failed."""
+    path, _ = _scan(tmp_path, unchanged)
+    info = KeyFollower(path, DATA, [KEY]).data
+    wf = Workflow("bnamed", data=DATA, keys=[KEY])
+
+    @wf.frames
+    def f(frames):
+        if 26 in frames[:, 0, 0]:
+            raise ValueError("bad frame 26")
+        return frames[:, 0, 0]
+
+    mask = np.zeros(SCAN, dtype=bool)
+    mask[COLS] = True
+    parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
+    assert [bool(p.failure) for p in parts] == [False, True]
+    assert "'f' failed on a stack of 10 frames, (2, 0) to (3, 8): ValueError: bad frame 26" \
+        in parts[-1].failure, parts[-1].failure
