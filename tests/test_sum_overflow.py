@@ -181,5 +181,5 @@ def test_a_frame_sized_64_bit_sum_far_from_the_limits_allocates_no_frame(dtype):
         tracemalloc.stop()
     assert peak < frame.nbytes // 16, peak  # not even a bool mask of the frame
     assert np.array_equal(acc, frame.astype(dtype) * 4)
-    many = f.add_many(None, np.stack([frame] * 4))  # batched: no float64 pass either
+    many = f.add_many(None, np.stack([frame] * 4))  # batched: the same total
     assert np.array_equal(many, frame.astype(dtype) * 4)
