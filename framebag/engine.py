@@ -698,16 +698,21 @@ class _Job:
         or one made before framebag recorded it."""
         if not self.o.resume or self.out is None:
             return None
-        got = self.out.group.attrs.get(READ_ATTR)
-        return int(got) if isinstance(got, (int, np.integer)) and not isinstance(
-            got, (bool, np.bool_)) else None
+        return _grid_of(self.out.group.attrs.get(READ_ATTR))
 
     def _record_grid(self) -> None:
         """Record this run's read on the output (``@read_frames``), for a later --resume."""
-        if self.out is not None and self.out.group.attrs.get(READ_ATTR) != self._read_frames:
-            # written in place where it exists (an attribute made on the SWMR handle
-            # changes the group's header under the readers)
-            self.out.group.attrs.modify(READ_ATTR, np.int64(self._read_frames))
+        if self.out is None:
+            return
+        attrs = self.out.group.attrs
+        got = attrs.get(READ_ATTR)
+        if _grid_of(got) == self._read_frames:
+            return
+        if got is not None and type(got) is not np.int64:
+            del attrs[READ_ATTR]  # another type (an edited output): made afresh, not cast into
+        # written in place where it exists (an attribute made on the SWMR handle
+        # changes the group's header under the readers)
+        attrs.modify(READ_ATTR, np.int64(self._read_frames))
 
     def _copy_axes(self) -> None:
         """Copy a growing scan's positions (``--axes``) that the input holds now."""
@@ -1016,6 +1021,13 @@ class _Job:
 #: the output attribute (on the workflow's group) that records a run's read, in frames: a
 #: resumed run reads on the same grid (see dispatch.task_size's ``grid``)
 READ_ATTR = "read_frames"
+
+
+def _grid_of(got: object) -> int | None:
+    """The read an output's ``@read_frames`` holds: an integer scalar, or None (absent, or
+    any other value a file may hold there: a string, an array, a float)."""
+    return int(got) if isinstance(got, (int, np.integer)) and not isinstance(
+        got, (bool, np.bool_)) else None
 
 
 #: the most workers an adaptive cluster's maximum counts for (``maximum=math.inf`` is

@@ -220,10 +220,22 @@ def _sum_binop(acc: Any, v: Any) -> Any:
     v = np.asarray(v)
     if acc is None:
         return v.astype(_accumulator_dtype(v.dtype), copy=True)
+    check = v.dtype.kind in "iu" and v.dtype.itemsize == 8 and not _fits(acc, v)
     acc += v
-    if v.dtype.kind in "iu" and v.dtype.itemsize == 8 and _wrapped(acc, v):
+    if check and _wrapped(acc, v):
         raise SumOverflow(acc.dtype)
     return acc
+
+
+def _fits(acc: Any, v: np.ndarray) -> bool:
+    """Whether ``acc + v`` (64-bit integers) cannot leave ``acc``'s range, by their bounds:
+    four reductions, which allocate nothing (the exact check of :func:`_wrapped` makes five
+    frame-sized arrays: 5x the cost of the sum itself)."""
+    if not v.size:
+        return True
+    acc = np.asarray(acc)
+    lo, hi = _LIMITS.get(acc.dtype.char) or _limits(acc.dtype)
+    return int(acc.max()) + int(v.max()) <= hi and int(acc.min()) + int(v.min()) >= lo
 
 
 def _sum_many(acc: Any, values: Any) -> Any:
@@ -232,8 +244,11 @@ def _sum_many(acc: Any, values: Any) -> Any:
         return acc
     dtype = _accumulator_dtype(values.dtype)
     part = values.sum(axis=0, dtype=dtype)
-    if values.dtype.kind in "iu" and values.dtype.itemsize == 8:
-        _check_reduction(values, dtype)
+    if values.dtype.kind in "iu" and values.dtype.itemsize == 8 and values.size:
+        lo, hi = _LIMITS.get(dtype.char) or _limits(dtype)
+        n = len(values)  # n values within [min, max] sum within [n * min, n * max]
+        if not (n * int(values.max()) <= hi and n * int(values.min()) >= lo):
+            _check_reduction(values, dtype)
     return part if acc is None else _sum_combine(acc, part)
 
 

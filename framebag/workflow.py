@@ -665,6 +665,12 @@ class Workflow:
             except ValueKindError:
                 raise
             except Exception as exc:  # noqa: BLE001 - reported with the frame, below
+                if r.on_error != "skip" and r.n > 1:  # which frame of the stack is not known
+                    raise FrameError(
+                        f"batched function {fname!r} failed on a stack of {r.n} frames, "
+                        f"{scan_index(int(r.flat[0]), r.scan_shape)} to "
+                        f"{scan_index(int(r.flat[-1]), r.scan_shape)}: "
+                        f"{type(exc).__name__}: {exc}{_user_line(exc)}") from exc
                 if r.on_error != "skip" or r.n == 1:
                     self._fail(fname, r.start, r.scan_shape, exc, r.on_error, r.errors,
                                r.done, 0)
@@ -677,7 +683,7 @@ class Workflow:
                 if v is not None:
                     r.kinds[x.name] = _batched_kind(x.name, v, r.start, r.scan_shape,
                                                     x.fold.is_stack, r.expect.get(x.name),
-                                                    _who(x))
+                                                    _who(x), r.flat)
                     v = _in_native_order(v)
                 values[x.name] = v
         return values
@@ -1257,11 +1263,24 @@ def _fix(ref: tuple[np.dtype, tuple[int, ...], int], is_stack: bool) -> str:
             else "every value of a function needs one dtype")
 
 
-def _mismatch(message: str, ref: tuple[np.dtype, tuple[int, ...], int]) -> ValueKindError:
+def _mismatch(message: str, ref: tuple[np.dtype, tuple[int, ...], int],
+              dtype_only: bool = False) -> ValueKindError:
     err = ValueKindError(message)
     if ref[2] == DECLARED:
         err.fix = ("correct shape= and dtype= on the function's decorator (or drop them, to "
                    "probe it), then rerun with --overwrite")
+    elif dtype_only:  # not the shape advice: padding would not change the dtype
+        err.fix = ("make the function return one dtype for every frame (np.float64(v), or "
+                   "v.astype(...); a Python int past int64 is uint64 to numpy), then rerun "
+                   "with --overwrite; --on-error skip does not help here")
+    return err
+
+
+def _kind_error(message: str) -> ValueKindError:
+    """A value that is not numeric: its fix is not the shape advice of tasks._stopped."""
+    err = ValueKindError(message)
+    err.fix = ("make the function return that for every frame, then rerun with --overwrite; "
+               "--on-error skip does not help here")
     return err
 
 
@@ -1290,14 +1309,21 @@ def _value_kind(fname: str, v: Any, flat: int, scan_shape: tuple[int, ...], is_s
     except Exception:  # noqa: BLE001 - e.g. a ragged list numpy refuses
         a = np.asarray(None)
     if a.dtype.kind not in NUMERIC:
+        if type(v) is int:  # numpy holds it in no integer dtype
+            err = ValueKindError(f"{who} returned the int {v} on frame "
+                                 f"{scan_index(flat, scan_shape)}, which neither int64 nor "
+                                 "uint64 holds")
+            err.fix = _folds.OVERFLOW_FIX
+            raise err
         must = (_RAGGED_MUST if ragged else "a function must return a number or a numeric "
                 "array")
-        raise ValueKindError(
+        raise _kind_error(
             f"{who} returned {_what(v)} on frame {scan_index(flat, scan_shape)}; {must}")
     if ref is not None and _unlike(a.dtype, a.shape, ref, is_stack):
         where = scan_index(flat, scan_shape)
         raise _mismatch(f"{who} returned {_what(v)} on frame {where}, but "
-                        f"{_earlier(ref, scan_shape, is_stack)}; {_fix(ref, is_stack)}", ref)
+                        f"{_earlier(ref, scan_shape, is_stack)}; {_fix(ref, is_stack)}", ref,
+                        _native(a.dtype) != ref[0] and a.shape == ref[1])
     dtype = _native(a.dtype)
     kinds.setdefault(fname, (dtype, a.shape, flat))
     # a list, tuple or Python int has no dtype of its own: [1, 2.5] after [1, 2], or an
@@ -1373,16 +1399,19 @@ def _no_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> str:
 
 def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],
                   is_stack: bool, ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                  who: str = "") -> tuple[np.dtype, tuple[int, ...], int]:
-    """Check a batched function's values (one per frame) as :func:`_value_kind` does."""
+                  who: str = "", flat: np.ndarray | None = None,
+                  ) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Check a batched function's values (one per frame) as :func:`_value_kind` does;
+    ``flat``: each frame's flat index (default: the run from ``start``)."""
     who = f"batched {who or f'function {fname!r}'}"
     if values.dtype.kind not in NUMERIC:
         bad = next((i for i, v in enumerate(values)
                     if np.asarray(v).dtype.kind not in NUMERIC), 0) if values.ndim else 0
         v = values[bad] if values.ndim else values
-        raise ValueKindError(
+        at = start + bad if flat is None else int(flat[bad])
+        raise _kind_error(
             f"{who} returned {_what(v)} for frame "
-            f"{scan_index(start + bad, scan_shape)} (in an array of dtype {values.dtype}); "
+            f"{scan_index(at, scan_shape)} (in an array of dtype {values.dtype}); "
             "a function must return numbers or numeric arrays"
         )
     shape = values.shape[1:]
@@ -1390,7 +1419,7 @@ def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[
         raise _mismatch(
             f"{who} returned values of shape {shape} dtype {values.dtype} for frames from "
             f"{scan_index(start, scan_shape)}, but {_earlier(ref, scan_shape, is_stack)}; "
-            f"{_fix(ref, is_stack)}", ref)
+            f"{_fix(ref, is_stack)}", ref, _native(values.dtype) != ref[0] and shape == ref[1])
     return _native(values.dtype), shape, start
 
 

@@ -277,3 +277,51 @@ def test_a_resumed_run_reads_on_the_grid_of_the_run_it_continues(tmp_path, uncha
     assert resumed.done.all()
     for name in ("f_mean", "f_var"):
         assert resumed[name].tobytes() == whole[name].tobytes(), name
+
+
+STOPS = """
+import numpy as np
+from framebag import Workflow
+
+workflow = Workflow("stops", data="entry/data/data", keys=["entry/keys/key_1"])
+
+@workflow.frame(fold="sum")
+def total(frame):
+    if int(frame[0, 0]) == 7:
+        raise ValueError("frame 7")
+    return frame.astype(np.int64)
+"""
+
+
+@pytest.mark.parametrize("value", ["abc", [27, 5], np.int8(-3)], ids=["str", "array", "int8"])
+def test_a_resumed_output_whose_read_attribute_is_not_a_read_is_recorded_afresh(
+        tmp_path, unchanged, client, value):
+    """``@read_frames`` is read back from a file: any value may be there. One that is no
+    read is neither used (dispatch.reusable_grid) nor written into as it is (a string
+    took the resume down with 'Can't implicitly convert non-string objects to strings',
+    an array with 'truth value ... ambiguous', an int8 would cast the read): it is made
+    afresh, and the resumed run ends with every frame."""
+    import h5py
+
+    from framebag import load_workflow
+
+    data = np.random.default_rng(5).integers(0, 1000, (6, 10, 4, 4)).astype(np.uint16)
+    data[..., 0, 0] = np.arange(60).reshape(6, 10)
+    path = unchanged(write_scan(tmp_path / "in.h5", data, 2))
+    (tmp_path / "wf.py").write_text(STOPS)
+    wf = load_workflow(str(tmp_path / "wf.py"))
+    out = tmp_path / "out.h5"
+    with pytest.raises(Exception, match="frame 7"):
+        wf.run(path, out, client=client, progress=None)
+    with h5py.File(out, "r+") as f:
+        g = f["entry/stops"]
+        del g.attrs["read_frames"]
+        g.attrs["read_frames"] = value
+    res = wf.run(path, out, client=client, resume=True, on_error="skip", progress=None)
+    assert res.done.sum() == 59 and not res.done.flat[7]
+    keep = np.ones(60, dtype=bool)
+    keep[7] = False
+    assert np.array_equal(res["total"], data.reshape(60, 4, 4)[keep].astype(np.int64).sum(0))
+    with h5py.File(out, "r") as f:
+        got = f["entry/stops"].attrs["read_frames"]
+        assert type(got) is np.int64 and int(got) >= 1

@@ -258,3 +258,47 @@ def test_a_damaged_frame_of_a_read_stops_it_after_the_pieces_before(tmp_path, un
     np.testing.assert_array_equal(kept.stacks["s"][kept.done],
                                   data.reshape(-1, *FRAME)[0:16:2].sum(axis=(1, 2)))
     assert (failed.start, failed.stop) == (0, 19) and "(1, 6)" in failed.failure
+
+
+def test_a_non_numeric_value_of_a_compacted_read_names_its_own_frame(tmp_path, unchanged):
+    """A batched function's non-numeric value for one frame of a compacted read is named
+    by that frame's scan index, not by ``start + position`` (a frame outside the ROI)."""
+    path, data = _scan(tmp_path, unchanged)
+    info = KeyFollower(path, DATA, [KEY]).data
+    wf = Workflow("obj", data=DATA, keys=[KEY])
+    bad = 2 * SCAN[1] + 6  # frame (2, 6): the 4th of its read's stack under ::2
+
+    @wf.frames
+    def values(frames):
+        out = frames[:, 0, 0]
+        if bad in out:  # this read's values only
+            out = out.astype(object)
+            out[frames[:, 0, 0] == bad] = "x"
+        return out
+
+    mask = np.zeros(SCAN, dtype=bool)
+    mask[COLS] = True
+    parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
+    failures = [p.failure for p in parts if p.failure]
+    assert len(failures) == 1 and "for frame (2, 6) (in an array" in failures[0], failures
+
+
+def test_a_batched_failure_in_a_compacted_read_names_its_stack(tmp_path, unchanged) -> None:
+    """A batched function that raises on one frame of a compacted read's stack names the
+    stack (which frame failed is not known), not its first frame as the one that failed."""
+    path, _ = _scan(tmp_path, unchanged)
+    info = KeyFollower(path, DATA, [KEY]).data
+    wf = Workflow("bnamed", data=DATA, keys=[KEY])
+
+    @wf.frames
+    def f(frames):
+        if 26 in frames[:, 0, 0]:
+            raise ValueError("bad frame 26")
+        return frames[:, 0, 0]
+
+    mask = np.zeros(SCAN, dtype=bool)
+    mask[COLS] = True
+    parts = process_partition(_roi_runs(mask), RunSpec(info, wf, {}, "raise", False, 20))
+    assert [bool(p.failure) for p in parts] == [False, True]
+    assert "'f' failed on a stack of 10 frames, (2, 0) to (3, 8): ValueError: bad frame 26" \
+        in parts[-1].failure, parts[-1].failure
