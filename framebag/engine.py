@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,11 @@ __all__ = ["run", "run_many", "Results", "Ragged", "ManyResults"]
 log = logging.getLogger("framebag")
 #: the logger framebag.progress configures and --quiet silences (a name, not an import of it)
 progress_log = logging.getLogger("framebag.progress")
+
+
+def _address(client: Any) -> str:
+    """The address of ``client``'s scheduler, or "" where it has none."""
+    return str(getattr(getattr(client, "scheduler", None), "address", "") or "")
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
@@ -484,6 +490,14 @@ class _Job:
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except (CancelledError, OSError) as exc:  # a lost scheduler: cancelled, or closed comms
+            if getattr(client, "status", "running") == "running" or isinstance(
+                    exc, FramebagError):
+                raise
+            raise FramebagError(
+                f"the connection to the dask scheduler {_address(client)} was lost "
+                "(it stopped, or the network failed) before the run ended; the frames done "
+                "so far are kept: rerun with --resume") from exc
         finally:
             self._stop(client, status)
         try:
