@@ -81,6 +81,17 @@ def _address(client: Any) -> str:
     return str(getattr(getattr(client, "scheduler", None), "address", "") or "")
 
 
+def _check_scheduler(client: Any) -> None:
+    """Raise if ``client`` lost its scheduler: distributed then cancels every future and
+    tries to reconnect, and a query of the scheduler waits out its connect timeout."""
+    if getattr(client, "status", "running") not in ("connecting", "closing", "closed"):
+        return
+    raise FramebagError(
+        f"the connection to the dask scheduler {_address(client)} was lost (it stopped, or "
+        "the network failed) before the run ended; the frames done so far are kept: rerun "
+        "with --resume")
+
+
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
         *, client: Any = None, options: RunOptions | None = None, **given: Any) -> Results:
     """Run ``workflow`` over ``input``; see :meth:`framebag.Workflow.run`.
@@ -491,13 +502,10 @@ class _Job:
             status = "interrupted"
             raise
         except (CancelledError, OSError) as exc:  # a lost scheduler: cancelled, or closed comms
-            if getattr(client, "status", "running") == "running" or isinstance(
-                    exc, FramebagError):
+            if isinstance(exc, FramebagError):
                 raise
-            raise FramebagError(
-                f"the connection to the dask scheduler {_address(client)} was lost "
-                "(it stopped, or the network failed) before the run ended; the frames done "
-                "so far are kept: rerun with --resume") from exc
+            _check_scheduler(client)
+            raise
         finally:
             self._stop(client, status)
         try:
@@ -552,6 +560,7 @@ class _Job:
 
     def _step(self, client: Any) -> bool:
         """One pass of the loop; True once the run has ended and everything is committed."""
+        _check_scheduler(client)
         now = time.monotonic()
         self._follow_growth()
         self._open_when_complete()
@@ -680,6 +689,7 @@ class _Job:
         now = time.monotonic()
         if now - self._workers_at > 1.0:
             self._workers_at = now
+            _check_scheduler(client)
             self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         per_task = self._task_bytes = size * self.result_nbytes
         if not per_task:

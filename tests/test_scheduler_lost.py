@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 
 SLOW = '''
 import os
@@ -39,7 +40,11 @@ def _wait_for(path: Path, proc: subprocess.Popen, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_scheduler_killed_mid_run_is_one_sentence_and_resumable(make_scan, tmp_path):
+@pytest.mark.parametrize("where", ["worker", "driver"])
+def test_a_scheduler_killed_mid_run_is_one_sentence_and_resumable(make_scan, tmp_path, where):
+    """Killed while a worker runs a task, or while the driver probes the first frame
+    (before any task is out: the run then hung, asking the lost scheduler for its
+    workers every second, each ask waiting out the connect timeout)."""
     path, data = make_scan((6, 10))
     module = tmp_path / "slow.py"
     module.write_text(SLOW)
@@ -48,30 +53,35 @@ def test_a_scheduler_killed_mid_run_is_one_sentence_and_resumable(make_scan, tmp
     bindir = Path(sys.executable).parent
     sfile = tmp_path / "scheduler.json"
     env = dict(os.environ)
+
+    def label(process: str) -> str:  # the process that opens the gate and slows down
+        return "gated" if process == where else "not"
+
     env.pop("DASK_LOGGING__DISTRIBUTED", None)
     sched = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1",
                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sfile)],
                              stderr=subprocess.DEVNULL)
-    worker = None
+    worker = run = None
     try:
         _wait_for(sfile, sched, "the scheduler")
         time.sleep(0.2)  # the file is written whole just after it appears
         address = json.loads(sfile.read_text())["address"]
         worker = subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
                                    "--no-dashboard", "--death-timeout", "10"],
-                                  env=dict(env, DASK_WORKER_LABEL="gated"),
+                                  env=dict(env, DASK_WORKER_LABEL=label("worker")),
                                   stderr=subprocess.DEVNULL)
         prof = tmp_path / "here.yaml"
         prof.write_text(f"cluster: address\naddress: {address}\n")
         run = subprocess.Popen([sys.executable, "-m", "framebag.cli", "run", str(module),
                                 str(path), "-o", str(out), "--profile", str(prof),
                                 "--set", f"gate={gate}"],
-                               stderr=subprocess.PIPE, text=True, env=env)
+                               stderr=subprocess.PIPE, text=True,
+                               env=dict(env, DASK_WORKER_LABEL=label("driver")))
         _wait_for(gate, run, "the run")
         sched.send_signal(signal.SIGKILL)
-        _, err = run.communicate(timeout=120)
+        _, err = run.communicate(timeout=150)
     finally:
-        for p in (sched, worker):
+        for p in (sched, worker, run):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
