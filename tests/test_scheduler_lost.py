@@ -85,8 +85,11 @@ def test_a_scheduler_killed_mid_run_is_one_sentence_and_resumable(make_scan, tmp
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-    last = err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    last = lines[-1]
     assert run.returncode == 2, err
+    # the dashboard, the frames to process (not yet when killed in the probe), the error
+    assert all(line.startswith("framebag: ") for line in lines) and len(lines) <= 3, err
     assert last.startswith(f"framebag: error: the connection to the dask scheduler {address} "
                            "was lost"), err
     assert last.endswith("rerun with --resume"), err
