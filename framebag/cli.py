@@ -516,6 +516,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # read when distributed is first imported, here and in every worker process we start
     noisy = "debug" if args.debug else ("info" if args.verbose > 1 else "critical")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", noisy)
+    if os.environ["DASK_LOGGING__DISTRIBUTED"] == "critical":
+        # distributed's own config keeps its client at "warning": a client closed while it
+        # reconnects to a lost scheduler logs a traceback beside our one sentence
+        logging.getLogger("distributed.client").addFilter(
+            lambda record: record.levelno >= logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except FramebagError as exc:

@@ -32,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +74,22 @@ __all__ = ["run", "run_many", "Results", "Ragged", "ManyResults"]
 log = logging.getLogger("framebag")
 #: the logger framebag.progress configures and --quiet silences (a name, not an import of it)
 progress_log = logging.getLogger("framebag.progress")
+
+
+def _address(client: Any) -> str:
+    """The address of ``client``'s scheduler, or "" where it has none."""
+    return str(getattr(getattr(client, "scheduler", None), "address", "") or "")
+
+
+def _check_scheduler(client: Any) -> None:
+    """Raise if ``client`` lost its scheduler: distributed then cancels every future and
+    tries to reconnect, and a query of the scheduler waits out its connect timeout."""
+    if getattr(client, "status", "running") not in ("connecting", "closing", "closed"):
+        return
+    raise FramebagError(
+        f"the connection to the dask scheduler {_address(client)} was lost (it stopped, or "
+        "the network failed) before the run ended; the frames done so far are kept: rerun "
+        "with --resume")
 
 
 def run(workflow: Workflow, input: str | os.PathLike, output: str | os.PathLike | None = None,  # noqa: A002
@@ -484,6 +501,11 @@ class _Job:
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except (CancelledError, OSError) as exc:  # a lost scheduler: cancelled, or closed comms
+            if isinstance(exc, FramebagError):
+                raise
+            _check_scheduler(client)
+            raise
         finally:
             self._stop(client, status)
         try:
@@ -538,6 +560,7 @@ class _Job:
 
     def _step(self, client: Any) -> bool:
         """One pass of the loop; True once the run has ended and everything is committed."""
+        _check_scheduler(client)
         now = time.monotonic()
         self._follow_growth()
         self._open_when_complete()
@@ -666,6 +689,7 @@ class _Job:
         now = time.monotonic()
         if now - self._workers_at > 1.0:
             self._workers_at = now
+            _check_scheduler(client)
             self._nworkers = max(1, len(client.scheduler_info().get("workers", {})))
         per_task = self._task_bytes = size * self.result_nbytes
         if not per_task:

@@ -497,6 +497,7 @@ class Workflow:
         try:
             dead = exc.last_worker.address
             events = [msg for _, msg in client.get_events(SETUP_EVENTS)]
+            alive = set(client.scheduler_info(n_workers=-1).get("workers", {}))
         except Exception:  # noqa: BLE001 - the plain KilledWorker is reported instead
             return None
         last: dict[tuple[str, str], str] = {}
@@ -507,7 +508,9 @@ class Workflow:
         if not names:
             return None
         name = names[-1]
-        died = sum(1 for (_, n), phase in last.items() if n == name and phase == "start")
+        # a worker still alive and in the setup (a slow one) has not died of it
+        died = sum(1 for (w, n), phase in last.items()
+                   if n == name and phase == "start" and w not in alive)
         return (f"workers died (KilledWorker), and the workflow's setup function {name!r} is "
                 f"the likely cause: worker process {dead} ended while running it, before it "
                 f"returned ({died} worker process{'es' if died > 1 else ''} in all; a setup "

@@ -230,6 +230,72 @@ def test_setup_that_ends_its_worker_process_is_named_in_one_sentence(make_scan, 
     assert "ended while running it" in lines[-1] and "--resume" in lines[-1], err
 
 
+ONE_KILLER = '''
+import os
+import time
+
+from distributed import get_worker
+from framebag import Workflow
+
+workflow = Workflow("killer", data="entry/data/data", keys=["entry/keys/key_1"])
+
+
+def _wait_for(path):
+    for _ in range(600):  # a bound, not the sequencing: the gate opens long before
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+
+
+@workflow.setup
+def calib(gates=""):
+    try:
+        get_worker()
+    except ValueError:
+        return 2.0  # on the driver
+    try:
+        os.close(os.open(os.path.join(gates, "first"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:  # the other worker: still in its setup when the first dies
+        open(os.path.join(gates, "waiting"), "w").close()
+        _wait_for(os.path.join(gates, "never"))
+        return 2.0
+    _wait_for(os.path.join(gates, "waiting"))
+    os._exit(1)
+
+
+@workflow.frame
+def scaled(frame, calib):
+    return frame.sum() * calib
+'''
+
+
+def test_setup_killer_counts_only_the_worker_processes_that_died(make_scan, tmp_path):
+    """Two workers in the setup, one ends its process: the sentence counts that one, not
+    the other, still alive in its setup (it said "2 worker processes in all")."""
+    import subprocess
+    import sys
+
+    path, _ = make_scan((8, 10))
+    module = tmp_path / "killer.py"
+    module.write_text(ONE_KILLER)
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    prof = tmp_path / "two.yaml"
+    prof.write_text("cluster: local\nscale: {workers: 2}\n"
+                    "options: {threads_per_worker: 1, processes: true}\n")
+    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    env.pop("DASK_LOGGING__DISTRIBUTED", None)  # dask's log lines as a user sees them (none)
+    run = subprocess.run([sys.executable, "-m", "framebag.cli", "run", str(module), str(path),
+                          "-o", str(tmp_path / "o.h5"), "--profile", str(prof),
+                          "--set", f"gates={gates}"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    err = run.stderr.strip()
+    assert (gates / "waiting").exists(), err  # both workers were in the setup
+    assert run.returncode == 2, err
+    assert "setup function 'calib' is the likely cause" in err, err
+    assert "(1 worker process in all;" in err and len(err.splitlines()) == 3, err
+
+
 UNKNOWN = '''
 from framebag import Workflow
 
