@@ -380,17 +380,16 @@ class OutputFile:
             lo, hi = start, stop
         spans.append((lo, hi))
         zeros = (0,) * len(vshape)
-        one = (1,) * len(self.scan_shape) + vshape
-        for start, stop in spans:
-            if stop - start == 1:  # the common case when completion is fragmented
-                index, rest = [], int(start)
-                for n in reversed(self.scan_shape):
-                    rest, i = divmod(rest, n)
-                    index.append(i)
-                fspace.select_hyperslab(tuple(reversed(index)) + zeros, one,
-                                        op=h5py.h5s.SELECT_OR)
+        for start, count, step in _strided(spans, self.scan_shape[-1]):
+            if count:  # single frames at a fixed step along the last scan dim (--roi :,::2)
+                index = np.unravel_index(start, self.scan_shape)
+                fspace.select_hyperslab(
+                    tuple(int(i) for i in index) + zeros,
+                    (1,) * (len(self.scan_shape) - 1) + (count,) + (1,) * len(vshape),
+                    stride=(1,) * (len(self.scan_shape) - 1) + (step,) + (1,) * len(vshape),
+                    block=(1,) * len(self.scan_shape) + vshape, op=h5py.h5s.SELECT_OR)
                 continue
-            for sel, _ in blocks(start, stop, self.scan_shape):
+            for sel, _ in blocks(start, step, self.scan_shape):
                 fspace.select_hyperslab(tuple(s.start for s in sel) + zeros,
                                         selection_shape(sel) + vshape, op=h5py.h5s.SELECT_OR)
         values = runs[0][2] if len(runs) == 1 else np.concatenate([v for _, _, v in runs])
@@ -788,6 +787,28 @@ def detach(f: h5py.File) -> None:
         f.close()
     except Exception:  # noqa: BLE001 - the failure was reported; this file is given up
         pass
+
+
+def _strided(spans: list[tuple[int, int]], row: int) -> Iterator[tuple[int, int, int]]:
+    """The flat ``spans`` (sorted, apart) as HDF5 selections: ``(start, count, step)`` for
+    ``count`` single frames ``step`` apart within one row of ``row`` frames (the last scan
+    dim), else ``(start, 0, stop)`` for a span of its own. A strided ROI's commit of
+    thousands of one-frame runs is then one selection per row, not one per frame (each
+    ``select_hyperslab`` costs about 12 us)."""
+    i = 0
+    while i < len(spans):
+        start, stop = spans[i]
+        j = i + 1
+        if stop - start == 1:
+            step = spans[j][0] - start if j < len(spans) else 0
+            while (j < len(spans) and spans[j][1] - spans[j][0] == 1 and step > 0
+                   and spans[j][0] - spans[j - 1][0] == step
+                   and spans[j][0] // row == start // row):
+                j += 1
+            yield start, j - i, max(step, 1)
+        else:
+            yield start, 0, stop
+        i = j
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -127,3 +127,31 @@ def test_fold_state_is_checkpointed_when_due_and_the_last_commit_at_close(tmp_pa
     assert np.unpackbits(state["done"], count=8).tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
     for have, want in zip(state["accs"]["spread"], second):
         np.testing.assert_array_equal(have, want)
+
+
+@pytest.mark.parametrize("scan_shape", [(6, 10), (3, 4, 9), (40,)])
+@pytest.mark.parametrize("seed", range(4))
+def test_single_frames_at_strides_land_where_they_belong(tmp_path, scan_shape, seed):
+    """One-frame runs at a fixed step along a row (a strided ROI's commit) are written as
+    one strided selection per row; mixed with other steps, rows and longer runs, every
+    value lands at its frame and no other frame is touched."""
+    rng = np.random.default_rng(seed)
+    n = int(np.prod(scan_shape))
+    row = scan_shape[-1]
+    pick = np.zeros(n, dtype=bool)
+    pick[rng.integers(0, 3)::rng.integers(2, 4)] = True  # a stride across the scan
+    pick[rng.integers(0, n, size=n // 5)] ^= True        # and some noise in it
+    value = np.arange(1, n + 1, dtype=np.int64) * 7
+    runs = [(int(i), int(i) + 1, value[i : i + 1]) for i in np.flatnonzero(pick)]
+    if seed % 2:  # adjacent frames as one run, as a task's partial gives them
+        from framebag.partitions import cut
+
+        runs = [(a, b, value[a:b]) for a, b in cut(np.flatnonzero(pick), row)]
+    out = _output(tmp_path, scan_shape)
+    try:
+        out.write_stack("v", runs)
+    finally:
+        out.close()
+    want = np.where(pick, value, 0)
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        np.testing.assert_array_equal(f["entry/wf/v"][()].ravel(), want)
