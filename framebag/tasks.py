@@ -196,12 +196,16 @@ def _stopped(exc: FramebagError) -> str:
 _SPECS: dict[str, RunSpec] = {}
 
 
-def process_task(group: list[tuple[int, int]], token: str, spec: bytes) -> list[Partial]:
-    """Runs on a worker: one task, :func:`process_partition` over the runs of ``group``.
+def process_task(group: np.ndarray | list[tuple[int, int]], token: str,
+                 spec: bytes) -> list[Partial]:
+    """Runs on a worker: one task, :func:`process_partition` over the runs of ``group``
+    (``(start, stop)`` rows: the driver sends an int64 array, which dask does not walk).
 
     ``spec`` is the run's :class:`RunSpec`, pickled once by the driver for all its
     tasks; ``token`` names it, so each worker process unpickles it once.
     """
+    if isinstance(group, np.ndarray):
+        group = [(a, b) for a, b in group.tolist()]
     run_spec = _SPECS.get(token)
     if run_spec is None:
         import cloudpickle
