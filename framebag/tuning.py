@@ -56,12 +56,6 @@ _PARAM = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # glibc's malloc.h
 PLUGIN_NAME = "framebag-worker-tuning"
 
 
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-        "fordblks", "keepcost")]
-
-
 _libc: Any = None
 _tuned = False
 _lock = threading.Lock()
@@ -108,17 +102,18 @@ def tune_process() -> bool:
 def mmapped(nbytes: int) -> bool | None:
     """Whether glibc serves a ``malloc(nbytes)`` in this process by mmap now (None: no glibc).
 
-    The read-back of :func:`tune_process`, through ``mallinfo2``'s count of mmapped
-    blocks: under dask's nanny environment a 1 MiB block is mmapped, once tuned it is not.
+    The read-back of :func:`tune_process`: glibc marks a chunk it mmapped with the
+    ``IS_MMAPPED`` bit (2) of the size word just before the pointer it returns. Under
+    dask's nanny environment a 1 MiB block is mmapped; once tuned it is not. (A count
+    of mmapped blocks, ``mallinfo2().hblks``, is no read-back: another thread of a
+    worker frees or maps blocks of its own meanwhile.)
     """
     libc = _glibc()
-    if libc is None or not hasattr(libc, "mallinfo2"):
+    if libc is None:
         return None
-    libc.mallinfo2.restype = _Mallinfo2
-    before = libc.mallinfo2().hblks
     p = libc.malloc(nbytes)
     try:
-        return bool(libc.mallinfo2().hblks > before)
+        return bool(ctypes.c_size_t.from_address(p - ctypes.sizeof(ctypes.c_size_t)).value & 2)
     finally:
         libc.free(p)
 

@@ -24,6 +24,7 @@ from framebag.clusters import start_client
 from framebag.errors import FramebagError
 
 pytestmark = pytest.mark.slurm
+PROBE = 8 << 20  # the malloc the tuning's read-back makes (see test_tuning.PROBE)
 ROOT = Path(__file__).resolve().parents[1]
 FRAME_SUM = ROOT / "workflows" / "frame_sum.py"
 
@@ -111,10 +112,10 @@ def test_frame_sum_runs_inside_two_slurm_jobs(tmp_path, make_scan, unchanged):
         job_of_worker = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
         host_of_worker = client.run(lambda: os.environ.get("SLURMD_NODENAME"))
         # the jobs' workers start with dask's MALLOC_TRIM_THRESHOLD_; the run tunes them
-        untuned = client.run(tuning.mmapped, 1 << 20)
+        untuned = client.run(tuning.mmapped, PROBE)
         node_of_job = {j: node_of(j) for j in job_of_worker.values() if j}
         res = wf.run(inp, tmp_path / "out.h5", client=client, partition_bytes=4096)
-        tuned = client.run(tuning.mmapped, 1 << 20)
+        tuned = client.run(tuning.mmapped, PROBE)
     assert list(untuned.values()) == [True, True], untuned
     assert list(tuned.values()) == [False, False], tuned
     ids = set(job_of_worker.values())
