@@ -518,7 +518,9 @@ class _Job:
                                  self._resumed)
         finally:
             if self._closing is not None:  # the workers' input handles (see _cleanup)
-                self._closing.join()
+                # bounded: closing them is a courtesy, and a cluster that stopped answering
+                # (a Ctrl-C, a lost job) must not keep the run from ending
+                self._closing.join(timeout=CLOSE_INPUTS_WAIT)
 
     def _start(self, client: Any) -> None:
         """Tune the workers, poll the keys first, and (for a finished file) probe."""
@@ -1043,6 +1045,9 @@ class _Job:
         return res
 
 
+
+#: seconds the end of a run waits for the workers to close their input handles
+CLOSE_INPUTS_WAIT = 10.0
 
 #: the output attribute (on the workflow's group) that records a run's read, in frames: a
 #: resumed run reads on the same grid (see dispatch.task_size's ``grid``)
