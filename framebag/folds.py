@@ -256,24 +256,27 @@ def _check_reduction(values: np.ndarray, dtype: np.dtype) -> None:
     """Raise :class:`SumOverflow` if the sum of 64-bit ``values`` along axis 0 leaves
     ``dtype``'s range: a float64 sum says where it cannot (a margin of 2**62 is far above
     its rounding), Python's exact integers decide the rest."""
-    info = np.iinfo(dtype)
     near = np.abs(values.sum(axis=0, dtype=np.float64)) >= 2.0**62
     if not np.any(near):
         return
     exact = values[:, near] if values.ndim > 1 else values
     total = exact.astype(object).sum(axis=0)
-    if np.any((total < int(info.min)) | (total > int(info.max))):
+    lo, hi = _LIMITS.get(dtype.char) or _limits(dtype)
+    if np.any((total < lo) | (total > hi)):
         raise SumOverflow(dtype)
 
 
+_add = _merge(np.add)
+
+
 def _sum_combine(a: Any, b: Any) -> Any:
-    """``combine`` of two sum accumulators, refusing an integer sum that wraps around."""
-    if a is None:
-        return None if b is None else np.array(b, copy=True)
-    if b is None:
-        return a
-    out = _into(np.add, a, b)
-    if np.asarray(out).dtype.kind in "iu" and _wrapped(np.asarray(out), b):
+    """``combine`` of two sum accumulators (``np.add``, see :func:`_merge`), refusing an
+    integer sum that wraps around: checked exactly only where their bounds allow it, as
+    in :func:`_sum_binop` (``a`` may be added into in place, so the bounds come first)."""
+    check = a is not None and b is not None and np.result_type(a, b).kind in "iu" \
+        and not _fits(a, np.asarray(b))
+    out = _add(a, b)
+    if check and _wrapped(np.asarray(out), b):
         raise SumOverflow(np.asarray(out).dtype)
     return out
 
