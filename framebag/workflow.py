@@ -601,7 +601,7 @@ class Workflow:
         for _, rs in batched:
             for f in rs:
                 if values[f.name] is not None:
-                    _fold_batched(f, values[f.name], r.done, stacks, accs, r)
+                    _fold_batched(f, values[f.name], r, stacks, accs)
         ragged = {f.name: _folds.pack_ragged(accs.pop(f.name), r.done)
                   for f in self.functions.values() if f.fold.is_ragged}
         return _partial(r, stacks, accs, ragged)
@@ -674,7 +674,7 @@ class Workflow:
                         f"{scan_index(int(r.flat[0]), r.scan_shape)} to "
                         f"{scan_index(int(r.flat[-1]), r.scan_shape)}: "
                         f"{type(exc).__name__}: {exc}{_user_line(exc)}") from exc
-                if r.on_error != "skip" or r.n == 1:
+                if r.n == 1:  # (with more frames, only under on_error="skip")
                     self._fail(fname, r.start, r.scan_shape, exc, r.on_error, r.errors,
                                r.done, 0)
                     got = dict.fromkeys(x.name for x in rs)
@@ -1134,20 +1134,21 @@ def _spread(values: np.ndarray, at: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _fold_batched(f: FrameFunction, vals: Any, done: np.ndarray,
-                  stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
-    """Fold one batched result's values of a read (frames not done left out), each run
+def _fold_batched(f: FrameFunction, vals: Any, r: _Read,
+                  stacks: dict[str, np.ndarray], accs: dict[str, Any]) -> None:
+    """Fold one batched result's values of read ``r`` (frames not done left out), each run
     of ``r`` on its own, their accumulators combined in order (see :meth:`Workflow.apply`)."""
     try:
-        _fold_values(f, vals, done, stacks, accs, r)
+        _fold_values(f, vals, r, stacks, accs)
     except _folds.SumOverflow as exc:
         raise _overflow(_who(f), exc, f"frames {scan_index(r.start, r.scan_shape)} to "
                         f"{scan_index(r.stop - 1, r.scan_shape)}") from exc
 
 
-def _fold_values(f: FrameFunction, vals: Any, done: np.ndarray,
-                 stacks: dict[str, np.ndarray], accs: dict[str, Any], r: _Read) -> None:
+def _fold_values(f: FrameFunction, vals: Any, r: _Read,
+                 stacks: dict[str, np.ndarray], accs: dict[str, Any]) -> None:
     """:func:`_fold_batched`, but for the sentence of an integer sum that overflows."""
+    done = r.done
     if f.fold.is_ragged:
         accs[f.name] = [vals[i] for i in np.flatnonzero(done)]
     elif f.fold.is_stack:
@@ -1402,19 +1403,17 @@ def _no_rows(row_shape: tuple[int, ...], dtype: np.dtype) -> str:
 
 def _batched_kind(fname: str, values: np.ndarray, start: int, scan_shape: tuple[int, ...],
                   is_stack: bool, ref: tuple[np.dtype, tuple[int, ...], int] | None,
-                  who: str = "", flat: np.ndarray | None = None,
-                  ) -> tuple[np.dtype, tuple[int, ...], int]:
+                  who: str, flat: np.ndarray) -> tuple[np.dtype, tuple[int, ...], int]:
     """Check a batched function's values (one per frame) as :func:`_value_kind` does;
-    ``flat``: each frame's flat index (default: the run from ``start``)."""
+    ``flat``: each frame's flat index."""
     who = f"batched {who or f'function {fname!r}'}"
     if values.dtype.kind not in NUMERIC:
         bad = next((i for i, v in enumerate(values)
                     if np.asarray(v).dtype.kind not in NUMERIC), 0) if values.ndim else 0
         v = values[bad] if values.ndim else values
-        at = start + bad if flat is None else int(flat[bad])
         raise _kind_error(
             f"{who} returned {_what(v)} for frame "
-            f"{scan_index(at, scan_shape)} (in an array of dtype {values.dtype}); "
+            f"{scan_index(int(flat[bad]), scan_shape)} (in an array of dtype {values.dtype}); "
             "a function must return numbers or numeric arrays"
         )
     shape = values.shape[1:]
