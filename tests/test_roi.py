@@ -365,9 +365,9 @@ def _growing_scan(path: Path, data: np.ndarray, rows: int) -> None:
         f[KEY][:rows] = 1
 
 
-def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, capsys):
-    """``::2`` over a scan that grew between two runs: the resumed run (no --roi) keeps the
-    recorded slices, takes the new rows they select, and records them in roi_mask."""
+def _every_other_row_of_a_growing_scan(tmp_path, client, job, capsys):
+    """An output of ``--roi ::2`` over a growing scan of 4 rows so far: ``(wf, path, out,
+    profile, data)``."""
     wf, _, data = job
     path = tmp_path / "growing.h5"
     _growing_scan(path, data, 4)
@@ -376,6 +376,14 @@ def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, cap
     rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
                        "--roi", "::2")
     assert rc == 0, text
+    return wf, path, out, prof, data
+
+
+def test_open_roi_of_a_growing_scan_is_kept_on_resume(tmp_path, client, job, capsys):
+    """``::2`` over a scan that grew between two runs: the resumed run (no --roi) keeps the
+    recorded slices, takes the new rows they select, and records them in roi_mask."""
+    wf, path, out, prof, data = _every_other_row_of_a_growing_scan(tmp_path, client, job,
+                                                                   capsys)
     check(out, data[:4], region_mask(slice(0, 4, 2))[:4])
     _growing_scan(path, data, 8)
     rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
@@ -392,14 +400,8 @@ def test_open_roi_of_a_growing_scan_is_not_closed_on_resume(tmp_path, client, jo
     """An output made with ``::2`` over a growing scan, resumed with ``0:8``: that holds every
     row written so far, but not rows 8, 10, ... that ``::2`` takes as the scan grows, so it is
     refused (it was taken, and the output's ROI silently became ``0:8``); ``0:`` grows it."""
-    wf, _, data = job
-    path = tmp_path / "growing.h5"
-    _growing_scan(path, data, 4)
-    out = tmp_path / "out.h5"
-    prof = address_profile(tmp_path, client)
-    rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
-                       "--roi", "::2")
-    assert rc == 0, text
+    wf, path, out, prof, data = _every_other_row_of_a_growing_scan(tmp_path, client, job,
+                                                                   capsys)
     rc, text = run_cli(capsys, "run", str(wf), str(path), "-o", str(out), "--profile", prof,
                        "--resume", "--roi", "0:8")
     assert_one_sentence(rc, text, "--roi 0:8", "::2", "rows the growing scan has yet to write",
